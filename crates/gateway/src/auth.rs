@@ -1,0 +1,103 @@
+//! Who is calling. The tenant always comes from the API key presented, never from the
+//! request body or a header the client chooses.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use saas_core::{ApiKeyId, TenantId, TenantState};
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+use tenancy::api_keys;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated tenant request.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantContext {
+    pub tenant_id: TenantId,
+    pub key_id: ApiKeyId,
+    pub state: TenantState,
+}
+
+/// An authenticated operator request (`Authorization: Bearer <operator token>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_credentials",
+            "send Authorization: Bearer <api key>",
+        )
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "malformed_credentials",
+                "the Authorization header must be `Bearer <api key>`",
+            )
+        })
+}
+
+async fn key_owner(state: &AppState, secret: &str) -> Result<Option<api_keys::KeyOwner>, ApiError> {
+    let mut tx = state.db.system_tx("authenticate API key").await?;
+    let owner = api_keys::authenticate(&mut tx, secret).await?;
+    tx.commit().await?;
+    Ok(owner)
+}
+
+impl FromRequestParts<AppState> for TenantContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = bearer_token(parts)?;
+        let owner = key_owner(state, secret).await?.ok_or_else(|| {
+            ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
+        })?;
+        tracing::Span::current().record("tenant_id", tracing::field::display(owner.tenant_id));
+        Ok(TenantContext {
+            tenant_id: owner.tenant_id,
+            key_id: owner.key_id,
+            state: owner.tenant_state,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer_token(parts)?;
+        let matches_operator_token = state
+            .config
+            .operator_token
+            .as_ref()
+            .is_some_and(|expected| {
+                bool::from(
+                    presented
+                        .as_bytes()
+                        .ct_eq(expected.expose_secret().as_bytes()),
+                )
+            });
+        if matches_operator_token {
+            return Ok(Operator);
+        }
+        // A valid tenant key is a known caller who is simply not allowed here.
+        if key_owner(state, presented).await?.is_some() {
+            return Err(ApiError::forbidden(
+                "operator_only",
+                "this endpoint is for operators; tenant API keys cannot use it",
+            ));
+        }
+        Err(ApiError::unauthorized(
+            "invalid_operator_token",
+            "the operator token is not valid",
+        ))
+    }
+}

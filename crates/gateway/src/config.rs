@@ -1,0 +1,258 @@
+//! Configuration: defaults from `default.toml` (compiled in), then an optional file named
+//! by `SAAS_CONFIG_FILE`, then `SAAS_*` environment variables. Validated before anything
+//! starts; secrets are wrapped so that printing a `Config` never shows them.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use metering::ClickHouseSettings;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+
+const DEFAULTS: &str = include_str!("../default.toml");
+const MIN_OPERATOR_TOKEN_LEN: usize = 16;
+const MAX_BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub operator_token: Option<SecretString>,
+    pub migrate_on_start: bool,
+    pub database: DatabaseConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub stripe: StripeConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+    pub migration_url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StripeConfig {
+    pub secret_key: Option<SecretString>,
+    pub api_base: String,
+    pub allow_live_mode: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, the optional file, then the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Ok(path) = std::env::var("SAAS_CONFIG_FILE") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = Env::prefixed("SAAS_").split("__").ignore(&["config_file"]);
+        Self::from_figment(figment.merge(env))
+    }
+
+    /// The compiled-in defaults alone, ignoring the environment: the base for tests.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULTS)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let short_token = self
+            .operator_token
+            .as_ref()
+            .is_some_and(|token| token.expose_secret().len() < MIN_OPERATOR_TOKEN_LEN);
+        if short_token {
+            return invalid(format!(
+                "operator_token must be at least {MIN_OPERATOR_TOKEN_LEN} characters"
+            ));
+        }
+        if self.http.body_limit_bytes == 0 || self.http.body_limit_bytes > MAX_BODY_LIMIT_BYTES {
+            return invalid(format!(
+                "http.body_limit_bytes must be between 1 and {MAX_BODY_LIMIT_BYTES}"
+            ));
+        }
+        if self.http.request_timeout_ms == 0 {
+            return invalid("http.request_timeout_ms must be positive".into());
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections must be positive".into());
+        }
+        for (name, url) in [
+            ("database.url", &self.database.url),
+            ("database.migration_url", &self.database.migration_url),
+        ] {
+            let url = url.expose_secret();
+            let postgres_scheme =
+                url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !postgres_scheme || PgConnectOptions::from_str(url).is_err() {
+                return invalid(format!("{name} is not a valid Postgres URL"));
+            }
+        }
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
+            return invalid("clickhouse.url must be an http(s) URL".into());
+        }
+        if let Some(key) = &self.stripe.secret_key {
+            let key = key.expose_secret();
+            let live = key.starts_with("sk_live_") || key.starts_with("rk_live_");
+            let test = key.starts_with("sk_test_") || key.starts_with("rk_test_");
+            if !live && !test {
+                return invalid(
+                    "stripe.secret_key must be a Stripe secret key (sk_test_...)".into(),
+                );
+            }
+            if live && !self.stripe.allow_live_mode {
+                return invalid(
+                    "stripe.secret_key is a live-mode key; set stripe.allow_live_mode = true to use it"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_options(&self) -> PgConnectOptions {
+        // Validated above, so parsing cannot fail here.
+        PgConnectOptions::from_str(self.database.url.expose_secret())
+            .expect("validated at load")
+            .application_name("saas-gateway")
+    }
+
+    pub fn migration_options(&self) -> PgConnectOptions {
+        PgConnectOptions::from_str(self.database.migration_url.expose_secret())
+            .expect("validated at load")
+            .application_name("saas-migrate")
+    }
+
+    pub fn clickhouse_settings(&self) -> ClickHouseSettings {
+        ClickHouseSettings {
+            url: self.clickhouse.url.clone(),
+            database: self.clickhouse.database.clone(),
+            user: self.clickhouse.user.clone(),
+            password: self.clickhouse.password.expose_secret().to_owned(),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.http.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        for (key, value) in overrides {
+            figment = figment.merge((*key, *value));
+        }
+        Config::from_figment(figment)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_loopback_8080() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(config.operator_token.is_none());
+        assert!(config.stripe.secret_key.is_none());
+    }
+
+    #[test]
+    fn printing_the_configuration_never_shows_a_secret() {
+        let config = with(&[
+            ("operator_token", "operator-secret-value-123"),
+            (
+                "database.url",
+                "postgres://saas_app:db-password-xyz@db/saas",
+            ),
+            ("stripe.secret_key", "sk_test_stripe_secret_abc"),
+            ("clickhouse.password", "ch-password-789"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?} {config:#?}");
+        for secret in [
+            "operator-secret-value-123",
+            "db-password-xyz",
+            "sk_test_stripe_secret_abc",
+            "ch-password-789",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_at_load() {
+        for (key, value) in [
+            ("operator_token", "short"),
+            ("http.body_limit_bytes", "0"),
+            ("http.request_timeout_ms", "0"),
+            ("database.url", "mysql://nope"),
+            ("clickhouse.url", "tcp://127.0.0.1:9000"),
+            ("stripe.secret_key", "pk_test_publishable"),
+            ("stripe.secret_key", "sk_live_real_money"),
+            ("listen", "not an address"),
+        ] {
+            assert!(with(&[(key, value)]).is_err(), "{key} = {value} accepted");
+        }
+    }
+
+    #[test]
+    fn live_stripe_keys_need_an_explicit_opt_in() {
+        let figment = Figment::from(Toml::string(DEFAULTS))
+            .merge(("stripe.secret_key", "sk_live_real_money"))
+            .merge(("stripe.allow_live_mode", true));
+        assert!(Config::from_figment(figment).is_ok());
+    }
+}

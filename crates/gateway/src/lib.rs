@@ -1,0 +1,17 @@
+//! The HTTP gateway: the only crate that speaks HTTP. It authenticates callers, validates
+//! input, maps domain errors to the public error shape, and hands the work to the domain
+//! crates.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod request_context;
+mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::{Application, migrate, openapi_document};

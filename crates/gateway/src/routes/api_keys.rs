@@ -1,0 +1,158 @@
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use saas_core::ApiKeyId;
+use serde::{Deserialize, Serialize};
+use tenancy::api_keys::{self, ApiKey};
+use tenancy::audit::{self, Actor, AuditEntry};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::TenantContext;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+use crate::request_context::RequestId;
+use crate::state::AppState;
+
+const MAX_NAME_CHARS: usize = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateApiKey {
+    /// A label for people; 1 to 100 printable characters.
+    name: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiKeyView {
+    id: ApiKeyId,
+    name: String,
+    /// The first characters of the secret, to tell keys apart.
+    prefix: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(key: ApiKey) -> Self {
+        Self {
+            id: key.id,
+            name: key.name,
+            prefix: key.display_prefix,
+            created_at: key.created_at,
+            revoked_at: key.revoked_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedApiKeyView {
+    #[serde(flatten)]
+    key: ApiKeyView,
+    /// The secret. Shown only in this response; store it now.
+    secret: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiKeyList {
+    api_keys: Vec<ApiKeyView>,
+}
+
+fn validate_name(name: Option<String>) -> Result<String, ApiError> {
+    let name = name.unwrap_or_else(|| "default".to_owned());
+    let trimmed = name.trim();
+    if trimmed.is_empty()
+        || trimmed.chars().count() > MAX_NAME_CHARS
+        || trimmed.chars().any(char::is_control)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            format!("name must be 1 to {MAX_NAME_CHARS} printable characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Creates an API key for the calling tenant. The secret is in this response only.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api keys", security(("api_key" = [])),
+    request_body = CreateApiKey,
+    responses((status = 201, body = CreatedApiKeyView), (status = 401, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn create_api_key(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(body): ApiJson<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKeyView>)> {
+    let name = validate_name(body.name)?;
+    let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+    let created = api_keys::create(&mut tx, tenant.tenant_id, &name).await?;
+    let mut entry = AuditEntry::new(
+        Some(tenant.tenant_id),
+        Actor::Tenant(tenant.key_id),
+        "api_key.created",
+    );
+    entry.request_id = Some(request_id.0);
+    entry.details = serde_json::json!({ "api_key_id": created.key.id });
+    audit::record(&mut tx, &entry).await?;
+    tx.commit().await?;
+    let view = CreatedApiKeyView {
+        key: created.key.into(),
+        secret: created.secret,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Lists the calling tenant's API keys, revoked ones included. Secrets are never shown.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api keys", security(("api_key" = [])),
+    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody)))]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+) -> ApiResult<Json<ApiKeyList>> {
+    let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+    let keys = api_keys::list(&mut tx, tenant.tenant_id).await?;
+    tx.commit().await?;
+    Ok(Json(ApiKeyList {
+        api_keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// Revokes one of the calling tenant's keys; it stops working at once. Idempotent.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api keys", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The key's id, `key_...`")),
+    responses((status = 200, body = ApiKeyView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApiKeyView>> {
+    // An id that does not parse cannot name one of this tenant's keys.
+    let key_id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found("API key"))?;
+    let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+    let key = api_keys::revoke(&mut tx, tenant.tenant_id, key_id)
+        .await
+        .map_err(|error| match error {
+            tenancy::StoreError::NotFound => ApiError::not_found("API key"),
+            other => other.into(),
+        })?;
+    let mut entry = AuditEntry::new(
+        Some(tenant.tenant_id),
+        Actor::Tenant(tenant.key_id),
+        "api_key.revoked",
+    );
+    entry.request_id = Some(request_id.0);
+    entry.details = serde_json::json!({ "api_key_id": key.id });
+    audit::record(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(Json(key.into()))
+}

@@ -1,0 +1,33 @@
+use std::ops::Deref;
+use std::sync::Arc;
+
+use metering::ClickHouseSink;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tenancy::Db;
+
+use crate::config::Config;
+
+/// Everything a handler may need. Cheap to clone: one `Arc` inside.
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
+    pub config: Config,
+    pub db: Db,
+    pub clickhouse: ClickHouseSink,
+    pub prometheus: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}

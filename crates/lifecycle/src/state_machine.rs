@@ -1,0 +1,103 @@
+//! Which tenant state changes are allowed. Everything that moves a tenant asks
+//! [`check_transition`]; nothing else decides.
+
+use saas_core::TenantState::{self, *};
+
+/// Every allowed `(from, to)` pair. `Deleted` appears only on the right: it is final.
+///
+/// - Provisioning ends `Active` once payment is confirmed, or `Deleted` if it never is.
+/// - Plan changes run in `Upgrading` / `Downgrading` and end back in `Active`; a failed
+///   change also ends `Active`, on the old plan.
+/// - Dunning or an operator suspends; paying or an operator reactivates.
+/// - Erasure is possible from every state but the final one.
+pub const TRANSITIONS: &[(TenantState, TenantState)] = &[
+    (Provisioning, Active),
+    (Provisioning, Deleted),
+    (Active, Upgrading),
+    (Active, Downgrading),
+    (Active, Suspended),
+    (Active, Deleted),
+    (Upgrading, Active),
+    (Upgrading, Suspended),
+    (Upgrading, Deleted),
+    (Downgrading, Active),
+    (Downgrading, Suspended),
+    (Downgrading, Deleted),
+    (Suspended, Active),
+    (Suspended, Deleted),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a tenant cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub from: TenantState,
+    pub to: TenantState,
+}
+
+pub fn check_transition(from: TenantState, to: TenantState) -> Result<(), InvalidTransition> {
+    if TRANSITIONS.contains(&(from, to)) {
+        Ok(())
+    } else {
+        Err(InvalidTransition { from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expected answer for every ordered pair of states, written out independently
+    /// of the table so that a change to either shows up here.
+    fn expected(from: TenantState, to: TenantState) -> bool {
+        match (from, to) {
+            (Deleted, _) => false,
+            (_, Deleted) => true,
+            (Provisioning, Active) => true,
+            (Active, Upgrading | Downgrading | Suspended) => true,
+            (Upgrading | Downgrading, Active | Suspended) => true,
+            (Suspended, Active) => true,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn every_pair_of_states_is_decided_by_the_table() {
+        for from in TenantState::ALL {
+            for to in TenantState::ALL {
+                assert_eq!(
+                    check_transition(from, to).is_ok(),
+                    expected(from, to),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_is_final_and_no_state_moves_to_itself() {
+        for state in TenantState::ALL {
+            assert!(check_transition(Deleted, state).is_err());
+            assert!(check_transition(state, state).is_err());
+        }
+    }
+
+    #[test]
+    fn the_table_has_no_duplicates() {
+        for (i, pair) in TRANSITIONS.iter().enumerate() {
+            assert!(
+                !TRANSITIONS[i + 1..].contains(pair),
+                "{pair:?} listed twice"
+            );
+        }
+    }
+
+    #[test]
+    fn every_live_state_can_reach_active_or_is_active() {
+        for state in TenantState::ALL
+            .into_iter()
+            .filter(|s| *s != Deleted && *s != Active)
+        {
+            assert!(check_transition(state, Active).is_ok(), "{state} is stuck");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The vocabulary every other crate speaks: prefixed ids, money, metrics, tenant states
+//! and the clock. No I/O lives here.
+
+pub mod clock;
+pub mod ids;
+pub mod metric;
+pub mod money;
+pub mod tenant_state;
+
+pub use clock::{Clock, SystemClock};
+pub use ids::{ApiKeyId, IdParseError, TenantId};
+pub use metric::{Metric, UnknownMetric};
+pub use money::{Currency, Money};
+pub use tenant_state::{TenantState, UnknownTenantState};

@@ -1,0 +1,144 @@
+//! Tenants: who they are, which plan and billing period they are on, and their state.
+
+use chrono::{DateTime, Utc};
+use saas_core::{TenantId, TenantState};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub email: Option<String>,
+    pub state: TenantState,
+    pub plan_code: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub version: i64,
+    pub synthetic: bool,
+    pub stripe_customer_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub name: String,
+    pub email: Option<String>,
+    pub state: TenantState,
+    pub plan_code: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub synthetic: bool,
+    pub stripe_customer_id: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: Uuid,
+    name: String,
+    email: Option<String>,
+    state: String,
+    plan_code: String,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    version: i64,
+    synthetic: bool,
+    stripe_customer_id: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+
+    fn try_from(row: TenantRow) -> Result<Self, Self::Error> {
+        Ok(Tenant {
+            id: TenantId::from_uuid(row.id),
+            name: row.name,
+            email: row.email,
+            state: row.state.parse()?,
+            plan_code: row.plan_code,
+            period_start: row.period_start,
+            period_end: row.period_end,
+            version: row.version,
+            synthetic: row.synthetic,
+            stripe_customer_id: row.stripe_customer_id,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// The columns `TenantRow` reads, as a literal so that queries stay static strings.
+macro_rules! columns {
+    () => {
+        "id, name, email, state, plan_code, period_start, period_end, version, synthetic, \
+         stripe_customer_id, created_at"
+    };
+}
+
+pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, StoreError> {
+    let row: TenantRow = sqlx::query_as(concat!(
+        "INSERT INTO tenants (id, name, email, state, plan_code, period_start, period_end, \
+                              synthetic, stripe_customer_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+        columns!()
+    ))
+    .bind(new.id.as_uuid())
+    .bind(&new.name)
+    .bind(&new.email)
+    .bind(new.state.as_str())
+    .bind(&new.plan_code)
+    .bind(new.period_start)
+    .bind(new.period_end)
+    .bind(new.synthetic)
+    .bind(&new.stripe_customer_id)
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+pub async fn get(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreError> {
+    let row: TenantRow = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM tenants WHERE id = $1"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    row.try_into()
+}
+
+/// Filter and keyset page for the operator's tenant list.
+#[derive(Debug, Clone, Default)]
+pub struct TenantQuery {
+    pub state: Option<TenantState>,
+    /// Return tenants whose id sorts after this one (the previous page's last id).
+    pub after: Option<TenantId>,
+    pub limit: u32,
+    /// Readiness probes are hidden unless asked for.
+    pub include_synthetic: bool,
+}
+
+/// Lists tenants across the whole store; needs a system transaction.
+pub async fn list(conn: &mut PgConnection, query: &TenantQuery) -> Result<Vec<Tenant>, StoreError> {
+    let rows: Vec<TenantRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM tenants \
+         WHERE ($1::text IS NULL OR state = $1) \
+           AND ($2::uuid IS NULL OR id > $2) \
+           AND ($3 OR NOT synthetic) \
+         ORDER BY id LIMIT $4"
+    ))
+    .bind(query.state.map(TenantState::as_str))
+    .bind(query.after.map(|id| id.as_uuid()))
+    .bind(query.include_synthetic)
+    .bind(i64::from(query.limit))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Tenant::try_from).collect()
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The local stack: Postgres, ClickHouse 18.16 and a Stripe-compatible fake (localstripe),
+# all on loopback, installed when missing and started when not already running.
+#
+#   scripts/stack.sh up       install what is missing, start what is not running
+#   scripts/stack.sh status   what is running, and who started it
+#   scripts/stack.sh down     stop what this checkout started (and nothing else)
+#   scripts/stack.sh run      up, then run the service on 127.0.0.1:8080
+#   scripts/stack.sh test     up, then run every test
+#
+# Every step is idempotent. A service already answering on its port is used as it is.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$ROOT/.stack"
+PG_HOST=127.0.0.1
+PG_PORT="${SAAS_STACK_PG_PORT:-5432}"
+CH_HTTP_PORT="${SAAS_STACK_CH_HTTP_PORT:-8123}"
+CH_TCP_PORT="${SAAS_STACK_CH_TCP_PORT:-9000}"
+STRIPE_PORT="${SAAS_STACK_STRIPE_PORT:-8420}"
+LOCALSTRIPE_VERSION=1.15.10
+STRIPE_TEST_KEY=sk_test_local_stack
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Waits up to $2 seconds for command $1 to succeed.
+wait_for() {
+    local check="$1" seconds="$2" i
+    for ((i = 0; i < seconds * 10; i++)); do
+        if eval "$check" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Starts a command in its own session, detached, logging to $STATE/<name>.log.
+start_detached() {
+    local name="$1"; shift
+    mkdir -p "$STATE"
+    setsid nohup "$@" >"$STATE/$name.log" 2>&1 < /dev/null &
+    echo $! >"$STATE/$name.pid"
+}
+
+# --- Postgres -------------------------------------------------------------------------
+
+postgres_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; }
+
+psql_superuser() {
+    # Trust auth over TCP where the cluster allows it, else peer auth as postgres.
+    if psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -q "$@"
+    else
+        su postgres -c "psql -p $PG_PORT -d postgres -v ON_ERROR_STOP=1 -q $(printf '%q ' "$@")"
+    fi
+}
+
+postgres_up() {
+    if ! postgres_ready; then
+        command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+        local version
+        version="$(ls /etc/postgresql | sort -n | tail -n 1)"
+        [ -n "$version" ] || die "no Postgres cluster found after installing postgresql"
+        log "starting Postgres $version"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        echo "$version" >"$STATE/postgres.started"
+        wait_for postgres_ready 30 || die "Postgres did not become ready"
+    fi
+    psql_superuser -f "$ROOT/deploy/postgres-bootstrap.sql" >/dev/null
+    log "postgres   ready on $PG_HOST:$PG_PORT (roles saas_owner, saas_app; database saas)"
+}
+
+# --- ClickHouse -----------------------------------------------------------------------
+
+clickhouse_ready() { [ "$(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" 2>/dev/null)" = "1" ]; }
+
+clickhouse_up() {
+    if clickhouse_ready; then
+        log "clickhouse already running on 127.0.0.1:$CH_HTTP_PORT"
+        return
+    fi
+    command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+    local dir="$STATE/clickhouse"
+    mkdir -p "$dir/log" "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
+    sed -e "s#@DIR@#$dir#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" -e "s#@TCP_PORT@#$CH_TCP_PORT#g" \
+        "$ROOT/scripts/clickhouse/config.xml.template" >"$dir/config.xml"
+    cp "$ROOT/scripts/clickhouse/users.xml" "$dir/users.xml"
+    log "starting ClickHouse ($(clickhouse-server --version 2>/dev/null | head -n 1 || echo unknown))"
+    start_detached clickhouse clickhouse-server --config-file="$dir/config.xml"
+    wait_for clickhouse_ready 60 || { tail -n 20 "$dir/log/error.log" >&2 || true; die "ClickHouse did not start"; }
+    log "clickhouse ready on 127.0.0.1:$CH_HTTP_PORT"
+}
+
+# --- localstripe ----------------------------------------------------------------------
+
+stripe_ready() { curl -fsS -u "$STRIPE_TEST_KEY:" "http://127.0.0.1:$STRIPE_PORT/v1/customers?limit=1" >/dev/null 2>&1; }
+
+stripe_up() {
+    if stripe_ready; then
+        log "localstripe already running on 127.0.0.1:$STRIPE_PORT"
+        return
+    fi
+    if ! python3 -c "import localstripe" 2>/dev/null; then
+        log "pip install localstripe==$LOCALSTRIPE_VERSION"
+        python3 -m pip install -q --disable-pip-version-check "localstripe==$LOCALSTRIPE_VERSION"
+    fi
+    mkdir -p "$STATE/localstripe"
+    log "starting localstripe"
+    LOCALSTRIPE_STATE_FILE="$STATE/localstripe/state.pickle" \
+        start_detached localstripe python3 "$ROOT/scripts/localstripe_faithful.py" \
+        --host 127.0.0.1 --port "$STRIPE_PORT" --from-scratch
+    wait_for stripe_ready 30 || { tail -n 20 "$STATE/localstripe.log" >&2 || true; die "localstripe did not start"; }
+    log "localstripe ready on 127.0.0.1:$STRIPE_PORT"
+}
+
+# --- commands -------------------------------------------------------------------------
+
+up() {
+    mkdir -p "$STATE"
+    command -v curl >/dev/null || apt_install curl
+    postgres_up
+    clickhouse_up
+    stripe_up
+}
+
+stop_pid() {
+    local name="$1" file="$STATE/$1.pid" pid
+    [ -f "$file" ] || return 0
+    pid="$(cat "$file")"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $name (pid $pid)"
+        kill "$pid" 2>/dev/null || true
+        wait_for "! kill -0 $pid" 20 || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+}
+
+down() {
+    stop_pid localstripe
+    stop_pid clickhouse
+    if [ -f "$STATE/postgres.started" ]; then
+        log "stopping Postgres"
+        pg_ctlcluster --skip-systemctl-redirect "$(cat "$STATE/postgres.started")" main stop || true
+        rm -f "$STATE/postgres.started"
+    fi
+}
+
+status() {
+    local started
+    for service in postgres clickhouse stripe; do
+        started="already running"
+        case $service in
+            postgres) [ -f "$STATE/postgres.started" ] && started="started here" ;;
+            clickhouse) [ -f "$STATE/clickhouse.pid" ] && started="started here (pid $(cat "$STATE/clickhouse.pid"))" ;;
+            stripe) [ -f "$STATE/localstripe.pid" ] && started="started here (pid $(cat "$STATE/localstripe.pid"))" ;;
+        esac
+        if "${service}_ready"; then echo "$service: up, $started"; else echo "$service: down"; fi
+    done
+}
+
+# The environment that points the service at this stack.
+export_stack_env() {
+    export SAAS_CLICKHOUSE__URL="http://127.0.0.1:$CH_HTTP_PORT"
+    export SAAS_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT"
+    export SAAS_STRIPE__SECRET_KEY="${SAAS_STRIPE__SECRET_KEY:-$STRIPE_TEST_KEY}"
+}
+
+run() {
+    up
+    export_stack_env
+    export SAAS_LOG__FORMAT="${SAAS_LOG__FORMAT:-pretty}"
+    if [ -z "${SAAS_OPERATOR_TOKEN:-}" ]; then
+        export SAAS_OPERATOR_TOKEN="local-operator-token-change-me"
+        log "operator token for /v1/admin/*: $SAAS_OPERATOR_TOKEN"
+    fi
+    cd "$ROOT"
+    exec cargo run --quiet --bin saas -- serve
+}
+
+test_all() {
+    up
+    export_stack_env
+    # Databases left behind by earlier runs (a killed test cannot drop its own).
+    psql_superuser -tAc "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
+                         FROM pg_database WHERE datname LIKE 'saas\_test\_%'" \
+        | psql_superuser >/dev/null 2>&1 || true
+    cd "$ROOT"
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast "$@"
+    else
+        cargo test --workspace --no-fail-fast "$@"
+    fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    run) run ;;
+    test) shift; test_all "$@" ;;
+    *) echo "usage: $0 {up|down|status|run|test [test args]}" >&2; exit 2 ;;
+esac

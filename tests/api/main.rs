@@ -1,0 +1,8 @@
+//! API integration tests, one binary so that they link once.
+
+mod admin;
+mod api_keys;
+mod auth;
+mod errors;
+mod health;
+mod row_level_security;

@@ -1,0 +1,204 @@
+//! The integration-test harness.
+//!
+//! [`TestApp::spawn`] starts the real service on port 0 against a fresh Postgres database
+//! (cloned from a migrated template, which takes milliseconds), the stack's ClickHouse
+//! and the stack's localstripe. `scripts/stack.sh test` brings the stack up first; the
+//! addresses can be moved with the same `SAAS_STACK_*` variables the script reads.
+
+mod database;
+mod stack;
+
+use std::time::Duration;
+
+use gateway::{Application, Config};
+use saas_core::{ApiKeyId, TenantId, TenantState};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tenancy::Db;
+use tenancy::tenants::NewTenant;
+use tokio::sync::oneshot;
+
+pub use stack::Stack;
+
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    /// The service's own role on this test's database: row-level security applies.
+    pub db: Db,
+    /// The owner role on this test's database, for looking behind the service's back.
+    pub owner_pool: PgPool,
+    pub database_name: String,
+    pub config: Config,
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// A tenant made directly in the store, with one API key.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    pub id: TenantId,
+    pub key_id: ApiKeyId,
+    pub api_key: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the app with the test configuration, adjusted by `customize` first.
+    pub async fn spawn_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+        let stack = Stack::from_env();
+        if std::env::var_os("TEST_LOG").is_some() {
+            gateway::telemetry::init(&gateway::config::LogConfig {
+                format: gateway::config::LogFormat::Pretty,
+                filter: std::env::var("TEST_LOG").unwrap_or_default(),
+            });
+        }
+        let database_name = database::fresh_database(&stack).await;
+
+        let mut config = Config::defaults().expect("defaults are valid");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.migrate_on_start = false; // the template is migrated already
+        config.database.url = SecretString::from(stack.app_url(&database_name));
+        config.database.migration_url = SecretString::from(stack.owner_url(&database_name));
+        config.database.max_connections = 10;
+        config.clickhouse.url = stack.clickhouse_url.clone();
+        config.clickhouse.database = stack::CLICKHOUSE_TEST_DATABASE.to_owned();
+        config.stripe.api_base = stack.stripe_url.clone();
+        config.stripe.secret_key = Some(SecretString::from(stack::STRIPE_TEST_KEY));
+        config.operator_token = Some(SecretString::from(OPERATOR_TOKEN));
+        customize(&mut config);
+
+        let application = Application::build(config.clone())
+            .await
+            .expect("app builds");
+        let port = application.port();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(application.run_until(async move {
+            let _ = stopped.await;
+        }));
+
+        let db = Db::from_pool(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(&stack.app_url(&database_name))
+                .await
+                .expect("connect as the service role"),
+        );
+        let owner_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&stack.owner_url(&database_name))
+            .await
+            .expect("connect as the owner role");
+
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            db,
+            owner_pool,
+            database_name,
+            config,
+            _shutdown: shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Creates an active tenant on `plan` with one API key, straight in the store.
+    pub async fn create_tenant(&self, plan: &str) -> TestTenant {
+        self.create_tenant_in_state(plan, TenantState::Active, false)
+            .await
+    }
+
+    pub async fn create_tenant_in_state(
+        &self,
+        plan: &str,
+        state: TenantState,
+        synthetic: bool,
+    ) -> TestTenant {
+        let now = chrono::Utc::now();
+        let id = TenantId::new();
+        let mut tx = self.db.system_tx("test setup").await.unwrap();
+        tenancy::tenants::insert(
+            &mut tx,
+            &NewTenant {
+                id,
+                name: format!("Test tenant {id}"),
+                email: Some(format!("owner+{}@example.com", id.as_uuid().simple())),
+                state,
+                plan_code: plan.to_owned(),
+                period_start: now,
+                period_end: now + chrono::Duration::days(30),
+                synthetic,
+                stripe_customer_id: None,
+            },
+        )
+        .await
+        .unwrap();
+        let created = tenancy::api_keys::create(&mut tx, id, "test")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        TestTenant {
+            id,
+            key_id: created.key.id,
+            api_key: created.secret,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+}
+
+/// Reads a JSON error body and returns its `error.code`, checking the standard shape
+/// (code, message, request id matching the header) on the way.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .expect("every response carries x-request-id");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "error body is {content_type}"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        error["request_id"].as_str(),
+        Some(header_id.as_str()),
+        "{body}"
+    );
+    let code = error["code"].as_str().expect("error.code").to_owned();
+    assert!(
+        code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+        "code {code:?}"
+    );
+    code
+}
