@@ -47,16 +47,17 @@ CREATE TABLE tenants (
     state               text NOT NULL CHECK (state IN
                             ('provisioning', 'active', 'upgrading', 'downgrading', 'suspended', 'deleted')),
     plan_code           text NOT NULL REFERENCES plans (code),
-    period_start        timestamptz NOT NULL,
-    period_end          timestamptz NOT NULL,
+    -- Billing periods follow one another from the anchor (activation) at this cycle:
+    -- '<n>mo' calendar months or '<n>s' seconds. The current period is computed.
+    billing_anchor      timestamptz NOT NULL,
+    billing_cycle       text NOT NULL CHECK (billing_cycle ~ '^[1-9][0-9]*(mo|s)$'),
     -- Bumped by every state change; transitions are conditional updates on it.
     version             bigint NOT NULL DEFAULT 0,
     -- Readiness probes: never billed, never listed to operators.
     synthetic           boolean NOT NULL DEFAULT false,
     stripe_customer_id  text CONSTRAINT tenants_stripe_customer_id_key UNIQUE,
     created_at          timestamptz NOT NULL DEFAULT now(),
-    updated_at          timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT tenants_period_valid CHECK (period_end > period_start)
+    updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX tenants_state_idx ON tenants (state, id);
 

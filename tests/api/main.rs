@@ -6,3 +6,7 @@ mod auth;
 mod errors;
 mod health;
 mod row_level_security;
+mod usage_ingest;
+mod usage_outage;
+mod usage_quota;
+mod usage_validation;

@@ -6,18 +6,23 @@
 //! addresses can be moved with the same `SAAS_STACK_*` variables the script reads.
 
 mod database;
+mod fault_proxy;
 mod stack;
 
 use std::time::Duration;
 
 use gateway::{Application, Config};
+use metering::ClickHouseSink;
+use metering::relay::Relay;
 use saas_core::{ApiKeyId, TenantId, TenantState};
 use secrecy::SecretString;
+use serde_json::Value;
 use sqlx::PgPool;
 use tenancy::Db;
 use tenancy::tenants::NewTenant;
 use tokio::sync::oneshot;
 
+pub use fault_proxy::FaultProxy;
 pub use stack::Stack;
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
@@ -32,6 +37,8 @@ pub struct TestApp {
     pub owner_pool: PgPool,
     pub database_name: String,
     pub config: Config,
+    /// The ClickHouse the app writes to (through its own URL, which may be a proxy).
+    pub clickhouse: ClickHouseSink,
     _shutdown: oneshot::Sender<()>,
 }
 
@@ -76,6 +83,7 @@ impl TestApp {
             .await
             .expect("app builds");
         let port = application.port();
+        let clickhouse = ClickHouseSink::new(&stack.clickhouse_settings());
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(application.run_until(async move {
             let _ = stopped.await;
@@ -105,6 +113,7 @@ impl TestApp {
             owner_pool,
             database_name,
             config,
+            clickhouse,
             _shutdown: shutdown,
         }
     }
@@ -136,8 +145,8 @@ impl TestApp {
                 email: Some(format!("owner+{}@example.com", id.as_uuid().simple())),
                 state,
                 plan_code: plan.to_owned(),
-                period_start: now,
-                period_end: now + chrono::Duration::days(30),
+                billing_anchor: now,
+                billing_cycle: saas_core::BillingCycle::Months(1),
                 synthetic,
                 stripe_customer_id: None,
             },
@@ -153,6 +162,33 @@ impl TestApp {
             key_id: created.key.id,
             api_key: created.secret,
         }
+    }
+
+    /// Copies everything committed so far to ClickHouse (the background relay does the
+    /// same; this waits for it).
+    pub async fn drain_relay(&self) -> usize {
+        let sink = ClickHouseSink::new(&Stack::from_env().clickhouse_settings());
+        Relay::new(self.db.clone(), sink, self.config.relay_settings())
+            .drain()
+            .await
+            .expect("relay drains")
+    }
+
+    /// Posts a batch of usage events as `api_key`.
+    pub async fn ingest(&self, api_key: &str, events: Value) -> reqwest::Response {
+        self.post("/v1/usage/events")
+            .bearer_auth(api_key)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs `path` as `api_key` and returns the JSON body, asserting 200.
+    pub async fn get_json(&self, api_key: &str, path: &str) -> Value {
+        let response = self.get(path).bearer_auth(api_key).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use metering::ClickHouseSettings;
+use metering::relay::RelaySettings;
+use saas_core::BillingCycle;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
@@ -25,6 +27,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub clickhouse: ClickHouseConfig,
     pub stripe: StripeConfig,
+    pub billing: BillingConfig,
+    pub workers: WorkersConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -49,6 +53,18 @@ pub struct StripeConfig {
     pub secret_key: Option<SecretString>,
     pub api_base: String,
     pub allow_live_mode: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingConfig {
+    pub cycle: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkersConfig {
+    pub enabled: bool,
+    pub relay_batch_size: u32,
+    pub relay_idle_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +136,12 @@ impl Config {
         if self.http.request_timeout_ms == 0 {
             return invalid("http.request_timeout_ms must be positive".into());
         }
+        if self.billing.cycle.parse::<BillingCycle>().is_err() {
+            return invalid("billing.cycle must look like \"1mo\" or \"30s\"".into());
+        }
+        if self.workers.relay_batch_size == 0 {
+            return invalid("workers.relay_batch_size must be positive".into());
+        }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be positive".into());
         }
@@ -177,6 +199,18 @@ impl Config {
             database: self.clickhouse.database.clone(),
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.expose_secret().to_owned(),
+        }
+    }
+
+    pub fn billing_cycle(&self) -> BillingCycle {
+        self.billing.cycle.parse().expect("validated at load")
+    }
+
+    pub fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            batch_size: self.workers.relay_batch_size,
+            idle_wait: Duration::from_millis(self.workers.relay_idle_ms),
+            ..RelaySettings::default()
         }
     }
 
@@ -243,6 +277,7 @@ mod tests {
             ("stripe.secret_key", "pk_test_publishable"),
             ("stripe.secret_key", "sk_live_real_money"),
             ("listen", "not an address"),
+            ("billing.cycle", "monthly"),
         ] {
             assert!(with(&[(key, value)]).is_err(), "{key} = {value} accepted");
         }

@@ -12,6 +12,7 @@ mod routes;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod workers;
 
 pub use config::Config;
 pub use startup::{Application, migrate, openapi_document};

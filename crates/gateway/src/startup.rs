@@ -22,10 +22,12 @@ use crate::error::ApiError;
 use crate::request_context::request_context;
 use crate::routes;
 use crate::state::{AppState, Services};
+use crate::workers;
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    state: AppState,
     shutdown_grace: Duration,
 }
 
@@ -42,9 +44,14 @@ impl Application {
             .with_context(|| format!("could not listen on {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state.clone()),
+            state,
             shutdown_grace: config.shutdown_grace(),
         })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     pub fn port(&self) -> u16 {
@@ -66,13 +73,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+        let workers = if self.state.config.workers.enabled {
+            workers::spawn(&self.state, stopping_rx.clone())
+        } else {
+            Vec::new()
+        };
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
             let _ = stopping_tx.send(true);
         });
         let grace = self.shutdown_grace;
-        tokio::select! {
+        let result = tokio::select! {
             result = server => result,
             () = async move {
                 let _ = stopping_rx.wait_for(|stopping| *stopping).await;
@@ -81,7 +93,10 @@ impl Application {
                 tracing::warn!(grace_ms = grace.as_millis() as u64, "drain grace expired; stopping");
                 Ok(())
             }
-        }
+        };
+        // Workers saw the same stop signal; let them finish the step they are in.
+        let _ = tokio::time::timeout(grace, futures_join_all(workers)).await;
+        result
     }
 }
 
@@ -99,6 +114,7 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         db,
         clickhouse,
         prometheus: crate::metrics::install(),
+        clock: std::sync::Arc::new(saas_core::SystemClock),
     }))
 }
 
@@ -177,5 +193,11 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
     }
 }

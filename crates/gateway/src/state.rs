@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use metering::ClickHouseSink;
 use metrics_exporter_prometheus::PrometheusHandle;
+use saas_core::clock::SharedClock;
 use tenancy::Db;
 
 use crate::config::Config;
@@ -16,6 +17,7 @@ pub struct Services {
     pub db: Db,
     pub clickhouse: ClickHouseSink,
     pub prometheus: PrometheusHandle,
+    pub clock: SharedClock,
 }
 
 impl AppState {

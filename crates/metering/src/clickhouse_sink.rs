@@ -27,6 +27,8 @@ pub enum SinkError {
     Query(#[source] clickhouse::error::Error),
     #[error("unexpected ClickHouse version string {0:?}")]
     Version(String),
+    #[error("ClickHouse returned unexpected data: {0}")]
+    Corrupt(String),
 }
 
 impl From<clickhouse::error::Error> for SinkError {

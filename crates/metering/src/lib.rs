@@ -1,6 +1,18 @@
-//! Usage metering. Postgres is the durable ledger; ClickHouse, reached through
-//! [`clickhouse_sink`], is the sink that usage reads and invoices come from.
+//! Usage metering.
+//!
+//! - [`event`]: what a usage event is and the rules it must meet.
+//! - [`ledger`]: ingestion. Events are committed to Postgres together with the quota
+//!   counters before they are acknowledged; hard limits are exact under concurrency.
+//! - [`relay`]: copies the ledger to ClickHouse, in order, replay-safe.
+//! - [`usage_query`]: real-time reads, ClickHouse plus whatever the relay has not copied.
+//! - [`quota`]: quota arithmetic, pure.
 
 pub mod clickhouse_sink;
+pub mod event;
+pub mod ledger;
+pub mod quota;
+pub mod relay;
+pub mod usage_query;
+pub mod usage_rows;
 
 pub use clickhouse_sink::{ClickHouseSettings, ClickHouseSink, SinkError};

@@ -5,10 +5,12 @@ pub mod clock;
 pub mod ids;
 pub mod metric;
 pub mod money;
+pub mod period;
 pub mod tenant_state;
 
 pub use clock::{Clock, SystemClock};
 pub use ids::{ApiKeyId, IdParseError, TenantId};
 pub use metric::{Metric, UnknownMetric};
 pub use money::{Currency, Money};
+pub use period::{BillingCycle, BillingPeriod, InvalidBillingCycle};
 pub use tenant_state::{TenantState, UnknownTenantState};

@@ -86,11 +86,28 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Plan>, StoreError> {
             metrics: BTreeMap::new(),
         };
         for m in metrics.iter().filter(|m| m.plan_code == plan.code) {
-            plan.metrics.insert(m.metric.parse()?, metric_terms(m)?);
+            plan.metrics.insert(m.metric.parse()?, to_terms(m)?);
         }
         result.push(plan);
     }
     Ok(result)
+}
+
+/// The per-metric terms of one plan.
+pub async fn metric_terms(
+    conn: &mut PgConnection,
+    plan_code: &str,
+) -> Result<BTreeMap<Metric, MetricTerms>, StoreError> {
+    let rows: Vec<PlanMetricRow> = sqlx::query_as(
+        "SELECT plan_code, metric, included, hard_limit, unit_size, tiers FROM plan_metrics \
+         WHERE plan_code = $1",
+    )
+    .bind(plan_code)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.metric.parse()?, to_terms(row)?)))
+        .collect()
 }
 
 pub async fn get(conn: &mut PgConnection, code: &str) -> Result<Plan, StoreError> {
@@ -101,7 +118,7 @@ pub async fn get(conn: &mut PgConnection, code: &str) -> Result<Plan, StoreError
         .ok_or(StoreError::NotFound)
 }
 
-fn metric_terms(row: &PlanMetricRow) -> Result<MetricTerms, StoreError> {
+fn to_terms(row: &PlanMetricRow) -> Result<MetricTerms, StoreError> {
     let non_negative = |value: i64| {
         u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {value}")))
     };

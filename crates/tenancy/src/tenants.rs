@@ -1,7 +1,7 @@
 //! Tenants: who they are, which plan and billing period they are on, and their state.
 
-use chrono::{DateTime, Utc};
-use saas_core::{TenantId, TenantState};
+use chrono::{DateTime, DurationRound, Utc};
+use saas_core::{BillingCycle, BillingPeriod, TenantId, TenantState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -14,8 +14,8 @@ pub struct Tenant {
     pub email: Option<String>,
     pub state: TenantState,
     pub plan_code: String,
-    pub period_start: DateTime<Utc>,
-    pub period_end: DateTime<Utc>,
+    pub billing_anchor: DateTime<Utc>,
+    pub billing_cycle: BillingCycle,
     pub version: i64,
     pub synthetic: bool,
     pub stripe_customer_id: Option<String>,
@@ -29,8 +29,8 @@ pub struct NewTenant {
     pub email: Option<String>,
     pub state: TenantState,
     pub plan_code: String,
-    pub period_start: DateTime<Utc>,
-    pub period_end: DateTime<Utc>,
+    pub billing_anchor: DateTime<Utc>,
+    pub billing_cycle: BillingCycle,
     pub synthetic: bool,
     pub stripe_customer_id: Option<String>,
 }
@@ -42,12 +42,20 @@ struct TenantRow {
     email: Option<String>,
     state: String,
     plan_code: String,
-    period_start: DateTime<Utc>,
-    period_end: DateTime<Utc>,
+    billing_anchor: DateTime<Utc>,
+    billing_cycle: String,
     version: i64,
     synthetic: bool,
     stripe_customer_id: Option<String>,
     created_at: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// The billing period that contains `at`.
+    pub fn period_at(&self, at: DateTime<Utc>) -> BillingPeriod {
+        self.billing_cycle
+            .period_containing(self.billing_anchor, at)
+    }
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -60,8 +68,11 @@ impl TryFrom<TenantRow> for Tenant {
             email: row.email,
             state: row.state.parse()?,
             plan_code: row.plan_code,
-            period_start: row.period_start,
-            period_end: row.period_end,
+            billing_anchor: row.billing_anchor,
+            billing_cycle: row
+                .billing_cycle
+                .parse()
+                .map_err(|e: saas_core::InvalidBillingCycle| StoreError::Corrupt(e.to_string()))?,
             version: row.version,
             synthetic: row.synthetic,
             stripe_customer_id: row.stripe_customer_id,
@@ -73,14 +84,14 @@ impl TryFrom<TenantRow> for Tenant {
 /// The columns `TenantRow` reads, as a literal so that queries stay static strings.
 macro_rules! columns {
     () => {
-        "id, name, email, state, plan_code, period_start, period_end, version, synthetic, \
+        "id, name, email, state, plan_code, billing_anchor, billing_cycle, version, synthetic, \
          stripe_customer_id, created_at"
     };
 }
 
 pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, StoreError> {
     let row: TenantRow = sqlx::query_as(concat!(
-        "INSERT INTO tenants (id, name, email, state, plan_code, period_start, period_end, \
+        "INSERT INTO tenants (id, name, email, state, plan_code, billing_anchor, billing_cycle, \
                               synthetic, stripe_customer_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
         columns!()
@@ -90,8 +101,14 @@ pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, 
     .bind(&new.email)
     .bind(new.state.as_str())
     .bind(&new.plan_code)
-    .bind(new.period_start)
-    .bind(new.period_end)
+    // Whole seconds, like every usage timestamp, so that an event in the anchor's first
+    // second is not before the period's start.
+    .bind(
+        new.billing_anchor
+            .duration_trunc(chrono::TimeDelta::seconds(1))
+            .unwrap_or(new.billing_anchor),
+    )
+    .bind(new.billing_cycle.to_string())
     .bind(new.synthetic)
     .bind(&new.stripe_customer_id)
     .fetch_one(conn)

@@ -42,15 +42,16 @@ struct AdminTenantView {
     created_at: DateTime<Utc>,
 }
 
-impl From<Tenant> for AdminTenantView {
-    fn from(tenant: Tenant) -> Self {
+impl AdminTenantView {
+    fn new(tenant: Tenant, now: DateTime<Utc>) -> Self {
+        let period = tenant.period_at(now);
         Self {
             id: tenant.id,
             name: tenant.name,
             state: tenant.state,
             plan: tenant.plan_code,
-            period_start: tenant.period_start,
-            period_end: tenant.period_end,
+            period_start: period.start,
+            period_end: period.end,
             created_at: tenant.created_at,
         }
     }
@@ -99,7 +100,10 @@ async fn list_tenants(
         .then(|| page.last().map(|t| t.id))
         .flatten();
     Ok(Json(AdminTenantPage {
-        tenants: page.into_iter().map(AdminTenantView::from).collect(),
+        tenants: page
+            .into_iter()
+            .map(|t| AdminTenantView::new(t, state.clock.now()))
+            .collect(),
         next_after,
     }))
 }
@@ -126,5 +130,5 @@ async fn get_tenant(
     if tenant.synthetic {
         return Err(ApiError::not_found("tenant"));
     }
-    Ok(Json(tenant.into()))
+    Ok(Json(AdminTenantView::new(tenant, state.clock.now())))
 }

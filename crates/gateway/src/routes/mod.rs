@@ -5,6 +5,8 @@ mod admin_tenants;
 mod api_keys;
 mod health;
 mod plans;
+mod tenant;
+mod usage;
 
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -59,4 +61,6 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(plans::router())
         .merge(api_keys::router())
         .merge(admin_tenants::router())
+        .merge(tenant::router())
+        .merge(usage::router())
 }

@@ -1,0 +1,200 @@
+//! The relay: copies committed events from the Postgres ledger to ClickHouse, in order,
+//! in batches, until told to stop.
+//!
+//! Exactly one relay works at a time (whoever holds the cursor row's lock); the others
+//! wait their turn. A batch is inserted into ClickHouse first and the cursor moved after,
+//! in the same transaction that holds the lock: a crash in between replays the batch,
+//! which ClickHouse absorbs (ReplacingMergeTree, reads with FINAL). ClickHouse being down
+//! only delays the relay; ingestion never waits for it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tenancy::{Db, StoreError};
+use tokio::sync::watch;
+
+use crate::clickhouse_sink::{ClickHouseSink, SinkError};
+use crate::ledger::parse_u64;
+use crate::usage_rows::{LedgerPosition, UsageRow, to_clickhouse_time};
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub batch_size: u32,
+    /// Pause when there was nothing (or little) to copy.
+    pub idle_wait: Duration,
+    /// Longest pause between retries while ClickHouse or Postgres is failing.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 10_000,
+            idle_wait: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(error: sqlx::Error) -> Self {
+        RelayError::Store(error.into())
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayStep {
+    /// Copied this many events (0: nothing was waiting).
+    Copied(usize),
+    /// Another relay holds the cursor.
+    Busy,
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    db: Db,
+    sink: ClickHouseSink,
+    settings: RelaySettings,
+}
+
+type LedgerRow = (
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    i64,
+    i64,
+);
+
+impl Relay {
+    pub fn new(db: Db, sink: ClickHouseSink, settings: RelaySettings) -> Self {
+        Self { db, sink, settings }
+    }
+
+    /// Copies one batch, if there is one and no other relay is at work.
+    pub async fn step(&self) -> Result<RelayStep, RelayError> {
+        let mut tx = self.db.system_tx("usage relay").await?;
+        let cursor: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT ledger_xid, ledger_seq FROM usage_relay_cursor FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((xid, seq)) = cursor else {
+            return Ok(RelayStep::Busy);
+        };
+        // Only rows whose transaction is older than every transaction still running:
+        // nothing can commit below that line any more, so the cursor never passes a
+        // row that is yet to appear.
+        let rows: Vec<LedgerRow> = sqlx::query_as(
+            "SELECT tenant_id, event_id, metric, value::text, event_time, period_start, \
+                    ledger_xid, ledger_seq \
+             FROM usage_events \
+             WHERE (ledger_xid, ledger_seq) > ($1, $2) \
+               AND ledger_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+             ORDER BY ledger_xid, ledger_seq LIMIT $3",
+        )
+        .bind(xid)
+        .bind(seq)
+        .bind(i64::from(self.settings.batch_size))
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(RelayStep::Copied(0));
+        };
+        let last = LedgerPosition {
+            xid: last.6,
+            seq: last.7,
+        };
+        let usage_rows = rows
+            .iter()
+            .map(
+                |(tenant, event_id, metric, value, time, period_start, xid, seq)| {
+                    Ok(UsageRow {
+                        tenant_id: *tenant,
+                        metric: metric.clone(),
+                        event_id: event_id.clone(),
+                        value: parse_u64(value)?,
+                        event_time: to_clickhouse_time(*time),
+                        period_start: to_clickhouse_time(*period_start),
+                        ledger_xid: u64::try_from(*xid).unwrap_or_default(),
+                        ledger_seq: u64::try_from(*seq).unwrap_or_default(),
+                    })
+                },
+            )
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.sink.insert_usage(&usage_rows).await?;
+        sqlx::query(
+            "UPDATE usage_relay_cursor SET ledger_xid = $1, ledger_seq = $2, updated_at = now()",
+        )
+        .bind(last.xid)
+        .bind(last.seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("usage_relay_events_total").increment(usage_rows.len() as u64);
+        Ok(RelayStep::Copied(usage_rows.len()))
+    }
+
+    /// Relays until `stop` turns true, backing off while a dependency fails.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pause = match self.step().await {
+                Ok(RelayStep::Copied(n)) if n == self.settings.batch_size as usize => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.settings.idle_wait
+                }
+                Err(error) => {
+                    metrics::counter!("usage_relay_errors_total").increment(1);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "usage relay failed");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Relays until nothing is left below the horizon; for tests and shutdown.
+    pub async fn drain(&self) -> Result<usize, RelayError> {
+        let mut total = 0;
+        loop {
+            match self.step().await? {
+                RelayStep::Copied(0) => return Ok(total),
+                RelayStep::Copied(n) => total += n,
+                RelayStep::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+/// Where the relay has got to: ClickHouse holds every event at or below this position.
+pub async fn relay_position(conn: &mut sqlx::PgConnection) -> Result<LedgerPosition, StoreError> {
+    let (xid, seq): (i64, i64) =
+        sqlx::query_as("SELECT ledger_xid, ledger_seq FROM usage_relay_cursor")
+            .fetch_one(conn)
+            .await?;
+    Ok(LedgerPosition { xid, seq })
+}

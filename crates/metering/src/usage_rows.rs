@@ -1,0 +1,168 @@
+//! Writing usage rows to ClickHouse and summing them back, exactly.
+//!
+//! `sum()` over UInt64 wraps silently in ClickHouse. Sums are therefore taken in two
+//! halves (the high and low 32 bits of each value), each of which fits in 64 bits for up
+//! to 2^32 events, and recombined here as u128.
+
+use chrono::{DateTime, Utc};
+use clickhouse::Row;
+use saas_core::{Metric, TenantId};
+use serde::{Deserialize, Serialize};
+
+use crate::clickhouse_sink::{ClickHouseSink, SinkError};
+
+/// One event as stored in ClickHouse.
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct UsageRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub tenant_id: uuid::Uuid,
+    pub metric: String,
+    pub event_id: String,
+    pub value: u64,
+    /// Unix seconds (ClickHouse `DateTime`).
+    pub event_time: u32,
+    pub period_start: u32,
+    pub ledger_xid: u64,
+    pub ledger_seq: u64,
+}
+
+/// The ledger position up to which ClickHouse holds every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LedgerPosition {
+    pub xid: i64,
+    pub seq: i64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct SplitSum {
+    bucket: u32,
+    high: u64,
+    low: u64,
+}
+
+fn recombine(high: u64, low: u64) -> u128 {
+    (u128::from(high) << 32) + u128::from(low)
+}
+
+/// Seconds since the epoch as ClickHouse `DateTime`, clamped to its range.
+pub fn to_clickhouse_time(time: DateTime<Utc>) -> u32 {
+    u32::try_from(time.timestamp().max(0)).unwrap_or(u32::MAX)
+}
+
+/// Only rows at or below the relay cursor: those above it are read from Postgres.
+const UP_TO_CURSOR: &str = "(ledger_xid < ? OR (ledger_xid = ? AND ledger_seq <= ?))";
+
+impl ClickHouseSink {
+    /// Writes rows in one insert. Replaying the same rows is harmless (see the schema).
+    pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), SinkError> {
+        let mut insert = self.client().insert::<UsageRow>("usage_events").await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    /// Sums per time bucket (`bucket_expr` is one of our fixed `toStartOf...` functions)
+    /// for rows at or below `cursor`.
+    pub async fn bucket_sums(
+        &self,
+        tenant: TenantId,
+        metric: Metric,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket_function: &'static str,
+        cursor: LedgerPosition,
+    ) -> Result<Vec<(DateTime<Utc>, u128)>, SinkError> {
+        let sql = format!(
+            "SELECT toUInt32({bucket_function}(event_time)) AS bucket, \
+                    toUInt64(sum(intDiv(value, 4294967296))) AS high, \
+                    toUInt64(sum(value % 4294967296)) AS low \
+             FROM usage_events FINAL \
+             WHERE tenant_id = toUUID(?) AND metric = ? \
+               AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
+               AND {UP_TO_CURSOR} \
+             GROUP BY bucket ORDER BY bucket"
+        );
+        let rows = self
+            .client()
+            .query(&sql)
+            .bind(tenant.as_uuid().to_string())
+            .bind(metric.as_str())
+            .bind(to_clickhouse_time(from))
+            .bind(to_clickhouse_time(to))
+            .bind(cursor.xid)
+            .bind(cursor.xid)
+            .bind(cursor.seq)
+            .fetch_all::<SplitSum>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let start = DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default();
+                (start, recombine(row.high, row.low))
+            })
+            .collect())
+    }
+
+    /// The tenant's total per metric for one billing period, over every row in
+    /// ClickHouse (for invoices, once the relay has passed the period).
+    pub async fn period_totals(
+        &self,
+        tenant: TenantId,
+        period_start: DateTime<Utc>,
+    ) -> Result<Vec<(Metric, u128)>, SinkError> {
+        #[derive(Row, Deserialize)]
+        struct MetricSum {
+            metric: String,
+            high: u64,
+            low: u64,
+        }
+        let rows = self
+            .client()
+            .query(
+                "SELECT metric, toUInt64(sum(intDiv(value, 4294967296))) AS high, \
+                        toUInt64(sum(value % 4294967296)) AS low \
+                 FROM usage_events FINAL \
+                 WHERE tenant_id = toUUID(?) AND period_start = toDateTime(?) \
+                 GROUP BY metric ORDER BY metric",
+            )
+            .bind(tenant.as_uuid().to_string())
+            .bind(to_clickhouse_time(period_start))
+            .fetch_all::<MetricSum>()
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let metric = row
+                    .metric
+                    .parse()
+                    .map_err(|e: saas_core::UnknownMetric| SinkError::Corrupt(e.to_string()))?;
+                Ok((metric, recombine(row.high, row.low)))
+            })
+            .collect()
+    }
+
+    /// How many distinct events of the tenant ClickHouse holds (replays counted once).
+    pub async fn event_count(&self, tenant: TenantId) -> Result<u64, SinkError> {
+        Ok(self
+            .client()
+            .query("SELECT count() FROM usage_events FINAL WHERE tenant_id = toUUID(?)")
+            .bind(tenant.as_uuid().to_string())
+            .fetch_one::<u64>()
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_sums_recombine_past_u64() {
+        let values = [u64::MAX, u64::MAX, 5, 1 << 40];
+        let high: u64 = values.iter().map(|v| v >> 32).sum();
+        let low: u64 = values.iter().map(|v| v & 0xFFFF_FFFF).sum();
+        let exact: u128 = values.iter().map(|v| u128::from(*v)).sum();
+        assert_eq!(recombine(high, low), exact);
+    }
+}
