@@ -196,6 +196,8 @@ test_all() {
                          FROM pg_database WHERE datname LIKE 'saas\_test\_%'" \
         | psql_superuser >/dev/null 2>&1 || true
     cd "$ROOT"
+    # The crash tests run the real binary as a child process.
+    cargo build --quiet --bin saas
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --workspace --no-fail-fast "$@"
     else

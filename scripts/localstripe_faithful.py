@@ -1,0 +1,832 @@
+#!/usr/bin/env python3
+"""Run localstripe 1.15.10 with responses shaped like the current Stripe API.
+
+Why this exists
+---------------
+localstripe is a stateful fake Stripe server, but its JSON still follows a
+2017-era API. async-stripe 1.0 deserializes into structs generated from the
+current Stripe OpenAPI spec, and those structs treat many fields as always
+present (product ``images``, invoice ``issuer``, event ``pending_webhooks``,
+subscription item ``price``, ...). Against stock localstripe most billing
+responses and every webhook event fail with an opaque "error deserializing".
+
+This launcher imports localstripe, wraps its single serialization point
+(``StripeObject._export``, used for HTTP responses, nested objects, list
+pages and webhook event payloads alike) and completes every exported object
+from one table of per-object-type defaults (``DEFAULTS`` below). It only
+*adds* fields that localstripe leaves out, using the values real Stripe sends
+for an account without Connect, tax, discounts or test clocks. The few places
+where localstripe's value itself cannot be parsed (a null where Stripe always
+sends a value, an obsolete JSON shape) are marked ``if_null`` / ``reshape``.
+
+Three request-side gaps that a billing flow trips over are closed too (see
+"Behaviour fixes"): invoice previews no longer swallow pending invoice items,
+subscription updates accept ``proration_behavior``, and paying an invoice
+with a declining card emits the failure events Stripe sends.
+
+It also makes two deployment details configurable that stock localstripe
+hard-codes:
+
+* the listen address (``--host``, default 127.0.0.1; stock binds ``::``,
+  i.e. every interface);
+* the pickle file holding its state (env ``LOCALSTRIPE_STATE_FILE``, default
+  /tmp/localstripe.pickle as before), so that two instances do not overwrite
+  each other's data.
+
+Usage::
+
+    python3 scripts/localstripe_faithful.py --port 8420 [--from-scratch] \
+        [--host 127.0.0.1]
+
+Requires ``pip install localstripe==1.15.10``.
+"""
+
+import argparse
+import copy
+import logging
+import os
+import pickle
+import socket
+import sys
+
+try:
+    import localstripe
+    from localstripe import resources, server
+except ImportError:  # pragma: no cover - setup error, not a code path
+    sys.exit('localstripe is not installed: pip install localstripe==1.15.10')
+
+from aiohttp import web
+
+SUPPORTED_LOCALSTRIPE = '1.15.10'
+
+
+# --------------------------------------------------------------------------
+# Markers used in DEFAULTS. A plain value is added when the key is missing
+# (dicts are also merged into an existing dict, so nested objects get their
+# missing keys too). Every value is deep-copied, never shared.
+# --------------------------------------------------------------------------
+
+class derived:
+    """Value computed from the exported dict and the localstripe object."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
+class if_null:
+    """Also replaces a null that localstripe sends where Stripe never does."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class fill_in:
+    """Complete a nested object only when localstripe sent one (it is
+    conditional in Stripe too, e.g. ``card`` on a non-card payment method)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class reshape:
+    """Convert a value localstripe sends in an obsolete shape."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
+def field(name):
+    """Copy of another field of the same object (``updated`` = ``created``)."""
+    return derived(lambda obj, src: obj.get(name))
+
+
+# --------------------------------------------------------------------------
+# Helpers for derived values
+# --------------------------------------------------------------------------
+
+def _price_from_plan(plan):
+    """The Price object Stripe exposes next to every Plan (same id).
+
+    Since 2018 Stripe returns both ``plan`` and ``price`` on subscription items
+    and invoice lines; localstripe only knows plans, and async-stripe requires
+    ``price``.
+    """
+    if not isinstance(plan, dict):
+        return None
+    amount = plan.get('amount')
+    return {
+        'id': plan['id'],
+        'object': 'price',
+        'active': plan.get('active', True),
+        'billing_scheme': plan.get('billing_scheme', 'per_unit'),
+        'created': plan.get('created'),
+        'currency': plan.get('currency'),
+        'custom_unit_amount': None,
+        'livemode': False,
+        'lookup_key': None,
+        'metadata': copy.deepcopy(plan.get('metadata') or {}),
+        'nickname': plan.get('nickname'),
+        'product': plan.get('product'),
+        'recurring': {
+            'interval': plan.get('interval'),
+            'interval_count': plan.get('interval_count', 1),
+            'meter': None,
+            'trial_period_days': plan.get('trial_period_days'),
+            'usage_type': plan.get('usage_type', 'licensed'),
+        },
+        'tax_behavior': 'unspecified',
+        'tiers_mode': plan.get('tiers_mode'),
+        'transform_quantity': None,
+        'type': 'recurring',
+        'unit_amount': amount,
+        'unit_amount_decimal': None if amount is None else str(amount),
+    }
+
+
+def _pricing_from_plan(plan):
+    """Invoice line / invoice item ``pricing`` (API 2025-03-31+)."""
+    if not isinstance(plan, dict):
+        return None
+    amount = plan.get('amount')
+    return {
+        'type': 'price_details',
+        'price_details': {'price': plan['id'], 'product': plan.get('product')},
+        'unit_amount_decimal': None if amount is None else str(amount),
+    }
+
+
+def _line_item_parent(obj, src):
+    """Invoice line ``parent`` (API 2025-03-31+) from localstripe's ``type``.
+    """
+    proration_details = {'credited_items': None}
+    subscription = obj.get('subscription')
+    if subscription is None and isinstance(obj.get('invoice'), str):
+        # Lines of invoices created via POST /v1/invoices lack it.
+        invoice = resources.store.get('invoice:' + obj['invoice'])
+        subscription = getattr(invoice, 'subscription', None)
+    if obj.get('type') == 'subscription' and obj.get('subscription_item'):
+        return {
+            'type': 'subscription_item_details',
+            'invoice_item_details': None,
+            'subscription_item_details': {
+                'invoice_item': None,
+                'proration': bool(obj.get('proration')),
+                'proration_details': proration_details,
+                'subscription': subscription,
+                'subscription_item': obj['subscription_item'],
+            },
+        }
+    if obj.get('type') == 'invoiceitem' and obj.get('invoice_item'):
+        return {
+            'type': 'invoice_item_details',
+            'invoice_item_details': {
+                'invoice_item': obj['invoice_item'],
+                'proration': bool(obj.get('proration')),
+                'proration_details': proration_details,
+                'subscription': subscription,
+            },
+            'subscription_item_details': None,
+        }
+    return None
+
+
+def _invoice_item_parent(obj, src):
+    """Invoice item ``parent`` (API 2025-03-31+)."""
+    if not obj.get('subscription'):
+        return None
+    return {
+        'type': 'subscription_details',
+        'subscription_details': {
+            'subscription': obj['subscription'],
+            'subscription_item': None,
+        },
+    }
+
+
+def _subscription_item_period(edge):
+    """Billing period moved from the subscription to its items in 2025."""
+    def fn(obj, src):
+        try:
+            return src._current_period()[edge]
+        except (AttributeError, resources.UserError):
+            # No localstripe object at hand, or its subscription was deleted.
+            return obj.get('created')
+    return derived(fn)
+
+
+def _balance_amounts(value):
+    # Stripe sends one entry per currency; localstripe a single dict.
+    return [value] if isinstance(value, dict) else value
+
+
+def _tiers(value):
+    # localstripe stores tiers as posted (form strings, 'inf'); Stripe sends
+    # integers, null for the last tier, plus the *_decimal strings.
+    if not isinstance(value, list):
+        return value
+    out = []
+    for tier in value:
+        if not isinstance(tier, dict):
+            out.append(tier)
+            continue
+        tier = dict(tier)
+        for key in ('flat_amount', 'unit_amount'):
+            raw = tier.get(key)
+            amount = int(raw) if raw not in (None, '') else None
+            tier[key] = amount
+            tier.setdefault(key + '_decimal',
+                            None if amount is None else str(amount))
+        up_to = tier.get('up_to')
+        tier['up_to'] = None if up_to in (None, 'inf') else int(up_to)
+        out.append(tier)
+    return out
+
+
+def _charge_outcome(obj, src):
+    failed = obj.get('status') == 'failed'
+    return {
+        'advice_code': None,
+        'network_advice_code': None,
+        'network_decline_code': None,
+        'network_status': ('declined_by_network' if failed
+                           else 'approved_by_network'),
+        'reason': 'generic_decline' if failed else None,
+        'risk_level': 'normal',
+        'risk_score': 20,
+        'seller_message': ('The bank did not return any further details '
+                           'with this decline.' if failed
+                           else 'Payment complete.'),
+        'type': 'issuer_declined' if failed else 'authorized',
+    }
+
+
+def _charge_payment_method_details(obj, src):
+    pm_type = 'card'
+    pm_id = obj.get('payment_method')
+    if isinstance(pm_id, str):
+        pm = resources.store.get('payment_method:' + pm_id)
+        if pm is not None:
+            pm_type = pm.type
+    return {'type': pm_type}
+
+
+def _payment_method_types(obj, src):
+    pm_id = obj.get('payment_method')
+    if isinstance(pm_id, str):
+        pm = resources.store.get('payment_method:' + pm_id)
+        if pm is not None:
+            return [pm.type]
+    return ['card']
+
+
+BILLING_DETAILS = {
+    'address': None, 'email': None, 'name': None, 'phone': None,
+    'tax_id': None,
+}
+
+# Who issues invoices; the platform itself unless Connect is used.
+ISSUER_SELF = {'type': 'self'}
+
+
+# --------------------------------------------------------------------------
+# Fields real Stripe sends, per object type (the `object` key). Values are
+# those of an account without Connect, Stripe Tax, discounts or test clocks.
+# --------------------------------------------------------------------------
+
+DEFAULTS = {
+    'balance': {
+        'available': reshape(_balance_amounts),
+        'pending': reshape(_balance_amounts),
+        'connect_reserved': None,
+        'instant_available': None,
+        'issuing': None,
+        'refund_and_dispute_prefunding': None,
+    },
+    'balance_transaction': {
+        # Card charges settle into the regular payments balance.
+        'balance_type': 'payments',
+    },
+    'card': {
+        'address_line1_check': None,
+        'address_zip_check': None,
+        'allow_redisplay': 'unspecified',
+        'regulated_status': 'unregulated',
+        'wallet': None,
+    },
+    'charge': {
+        'amount_captured': derived(
+            lambda obj, src: obj.get('amount', 0) if obj.get('captured')
+            else 0),
+        'application': None,
+        'application_fee': None,
+        'application_fee_amount': None,
+        'billing_details': BILLING_DETAILS,
+        'calculated_statement_descriptor': None,
+        'disputed': False,
+        'failure_balance_transaction': None,
+        'fraud_details': {},
+        'on_behalf_of': None,
+        'outcome': derived(_charge_outcome),
+        'payment_method_details': derived(_charge_payment_method_details),
+        'receipt_url': None,
+        'review': None,
+        'shipping': None,
+        'source_transfer': None,
+        'statement_descriptor_suffix': None,
+        'transfer_data': None,
+        'transfer_group': None,
+    },
+    'coupon': {
+        'applies_to': None,
+        'name': None,
+    },
+    'customer': {
+        'balance': derived(lambda obj, src: obj.get('account_balance', 0)),
+        'invoice_settings': {
+            'custom_fields': None,
+            'default_payment_method': None,
+            'footer': None,
+            'rendering_options': None,
+        },
+        'next_invoice_sequence': 1,
+        'tax_exempt': 'none',
+        'test_clock': None,
+    },
+    'event': {
+        # Deliveries are not tracked by localstripe; 0 = nothing pending.
+        'pending_webhooks': 0,
+        'request': {'id': None, 'idempotency_key': None},
+    },
+    'invoice': {
+        'account_country': 'US',
+        'account_name': None,
+        'account_tax_ids': None,
+        'amount_overpaid': 0,
+        'amount_remaining': derived(
+            lambda obj, src: max(0, (obj.get('amount_due') or 0)
+                                 - (obj.get('amount_paid') or 0))),
+        'amount_shipping': 0,
+        'application': None,
+        'automatic_tax': {
+            'disabled_reason': None, 'enabled': False, 'liability': None,
+            'provider': None, 'status': None,
+        },
+        'automatically_finalizes_at': None,
+        'collection_method': 'charge_automatically',
+        'confirmation_secret': None,
+        'custom_fields': None,
+        'customer_address': None,
+        'customer_name': None,
+        'customer_phone': None,
+        'customer_shipping': None,
+        'customer_tax_exempt': 'none',
+        'customer_tax_ids': [],
+        'default_payment_method': None,
+        'default_source': None,
+        'default_tax_rates': if_null([]),
+        'discounts': [],
+        'due_date': None,
+        'effective_at': derived(
+            lambda obj, src: (obj.get('status_transitions') or {})
+            .get('finalized_at')),
+        'footer': None,
+        'from_invoice': None,
+        'hosted_invoice_url': None,
+        'invoice_pdf': None,
+        'issuer': ISSUER_SELF,
+        'last_finalization_error': None,
+        'latest_revision': None,
+        'number': None,
+        'on_behalf_of': None,
+        'payment_settings': {
+            'default_mandate': None,
+            'payment_method_options': None,
+            'payment_method_types': None,
+        },
+        # Invoices without a subscription: Stripe uses the creation time.
+        'period_end': if_null(field('created')),
+        'period_start': if_null(field('created')),
+        'post_payment_credit_notes_amount': 0,
+        'pre_payment_credit_notes_amount': 0,
+        'rendering': None,
+        'shipping_cost': None,
+        'shipping_details': None,
+        'status_transitions': {
+            'finalized_at': None, 'marked_uncollectible_at': None,
+            'paid_at': None, 'voided_at': None,
+        },
+        'subtotal_excluding_tax': field('subtotal'),
+        'test_clock': None,
+        'threshold_reason': None,
+        'total_discount_amounts': [],
+        'total_excluding_tax': field('subtotal'),
+        'total_pretax_credit_amounts': [],
+        'total_taxes': [],
+    },
+    'invoiceitem': {
+        'discountable': derived(lambda obj, src: not obj.get('proration')),
+        'discounts': [],
+        'net_amount': field('amount'),
+        'parent': derived(_invoice_item_parent),
+        'pricing': derived(
+            lambda obj, src: _pricing_from_plan(obj.get('plan'))),
+        'proration_details': {'credited_items': None, 'discount_amounts': []},
+        'quantity_decimal': derived(
+            lambda obj, src: str(obj.get('quantity', 1))),
+        'test_clock': None,
+    },
+    'line_item': {
+        'discount_amounts': [],
+        'discountable': derived(lambda obj, src: not obj.get('proration')),
+        'discounts': [],
+        'parent': derived(_line_item_parent),
+        'pretax_credit_amounts': [],
+        'pricing': derived(
+            lambda obj, src: _pricing_from_plan(obj.get('plan'))),
+        'subtotal': field('amount'),
+        'taxes': [],
+    },
+    'list': {
+        'url': if_null(''),
+    },
+    'payment_intent': {
+        'amount_capturable': 0,
+        'amount_details': {'tip': {}},
+        'amount_received': derived(
+            lambda obj, src: obj.get('amount', 0)
+            if obj.get('status') == 'succeeded' else 0),
+        'application': None,
+        'application_fee_amount': None,
+        'automatic_payment_methods': None,
+        'canceled_at': None,
+        'cancellation_reason': None,
+        'confirmation_method': 'automatic',
+        'description': None,
+        'excluded_payment_method_types': None,
+        # localstripe's decline error lacks the error type Stripe sends.
+        'last_payment_error': fill_in({
+            'decline_code': 'generic_decline',
+            'type': 'card_error',
+        }),
+        'on_behalf_of': None,
+        'payment_method_configuration_details': None,
+        'payment_method_options': {},
+        'payment_method_types': derived(_payment_method_types),
+        'processing': None,
+        'receipt_email': None,
+        'review': None,
+        'setup_future_usage': None,
+        'shipping': None,
+        'statement_descriptor': None,
+        'statement_descriptor_suffix': None,
+        'transfer_data': None,
+        'transfer_group': None,
+    },
+    'payment_method': {
+        'allow_redisplay': 'unspecified',
+        'billing_details': BILLING_DETAILS,
+        'card': fill_in({
+            'checks': {
+                'address_line1_check': None,
+                'address_postal_code_check': None,
+                'cvc_check': 'pass',
+            },
+            'display_brand': derived(lambda obj, src: obj.get('brand')),
+            'generated_from': None,
+            'networks': derived(lambda obj, src: {
+                'available': [obj.get('brand', 'visa')], 'preferred': None}),
+            'regulated_status': 'unregulated',
+            'wallet': None,
+        }),
+    },
+    'plan': {
+        'amount_decimal': derived(
+            lambda obj, src: None if obj.get('amount') is None
+            else str(obj['amount'])),
+        'meter': None,
+        'tiers': reshape(_tiers),
+        'transform_usage': None,
+    },
+    'product': {
+        'default_price': None,
+        'images': [],
+        'marketing_features': [],
+        'package_dimensions': None,
+        'tax_code': None,
+        'unit_label': None,
+        'updated': field('created'),
+    },
+    'refund': {
+        'destination_details': None,
+        'reason': None,
+        'receipt_number': None,
+        'source_transfer_reversal': None,
+        'transfer_reversal': None,
+    },
+    'setup_intent': {
+        'application': None,
+        'automatic_payment_methods': None,
+        'cancellation_reason': None,
+        'description': None,
+        'flow_directions': None,
+        'last_setup_error': fill_in({'type': 'card_error'}),
+        'latest_attempt': None,
+        'mandate': None,
+        'on_behalf_of': None,
+        'payment_method_options': {},
+        'payment_method_types': ['card'],
+        'single_use_mandate': None,
+        'usage': 'off_session',
+    },
+    'subscription': {
+        'automatic_tax': {
+            'disabled_reason': None, 'enabled': False, 'liability': None,
+        },
+        # Without an explicit anchor Stripe anchors on the start date.
+        'billing_cycle_anchor': if_null(field('start_date')),
+        'billing_cycle_anchor_config': None,
+        'billing_mode': {'flexible': None, 'type': 'classic',
+                         'updated_at': None},
+        'billing_schedules': [],
+        'billing_thresholds': None,
+        'cancellation_details': {
+            'comment': None, 'feedback': None, 'reason': None,
+        },
+        'collection_method': 'charge_automatically',
+        'currency': derived(
+            lambda obj, src: (obj.get('plan') or {}).get('currency')),
+        'days_until_due': None,
+        'default_payment_method': None,
+        'default_source': None,
+        'default_tax_rates': if_null([]),
+        'description': None,
+        'discounts': [],
+        'invoice_settings': {'account_tax_ids': None, 'issuer': ISSUER_SELF},
+        'next_pending_invoice_item_invoice': None,
+        'on_behalf_of': None,
+        'pause_collection': None,
+        'payment_settings': {
+            'payment_method_options': None,
+            'payment_method_types': None,
+            'save_default_payment_method': 'off',
+        },
+        'pending_invoice_item_interval': None,
+        'pending_setup_intent': None,
+        'pending_update': None,
+        'schedule': None,
+        'test_clock': None,
+        'transfer_data': None,
+        'trial_settings': {
+            'end_behavior': {'missing_payment_method': 'create_invoice'},
+        },
+    },
+    'subscription_item': {
+        'billing_thresholds': None,
+        'current_period_end': _subscription_item_period('end'),
+        'current_period_start': _subscription_item_period('start'),
+        'discounts': [],
+        'price': derived(lambda obj, src: _price_from_plan(obj.get('plan'))),
+        # localstripe keeps the owning subscription in a private attribute.
+        'subscription': derived(
+            lambda obj, src: getattr(src, '_subscription', None)),
+    },
+    'tax_rate': {
+        'country': None,
+        'effective_percentage': field('percentage'),
+        'flat_amount': None,
+        'jurisdiction_level': None,
+        'rate_type': 'percentage',
+        'state': None,
+        'tax_type': None,
+    },
+    'token': {
+        'client_ip': None,
+        'used': False,
+    },
+}
+
+
+# --------------------------------------------------------------------------
+# Completion of exported objects
+# --------------------------------------------------------------------------
+
+def _resolve(default, obj, src):
+    if isinstance(default, derived):
+        return default.fn(obj, src)
+    if isinstance(default, if_null):
+        return _resolve(default.value, obj, src)
+    return copy.deepcopy(default)
+
+
+def _merge_missing(target, defaults, src):
+    """Add the keys of `defaults` that `target` lacks, recursively."""
+    for key, default in defaults.items():
+        if isinstance(default, reshape):
+            if key in target:
+                target[key] = default.fn(target[key])
+        elif isinstance(default, fill_in):
+            if isinstance(target.get(key), dict):
+                _merge_missing(target[key], default.value, src)
+        elif key not in target:
+            target[key] = _resolve(default, target, src)
+        elif target[key] is None and isinstance(default, if_null):
+            target[key] = _resolve(default, target, src)
+        elif isinstance(default, dict) and isinstance(target[key], dict):
+            _merge_missing(target[key], default, src)
+
+
+def complete(obj, src=None):
+    """Return `obj` (exported JSON) with the fields real Stripe would send.
+
+    Nested objects exported through `_export` are already complete; this also
+    reaches the plain dicts localstripe embeds (event ``data.object`` copies,
+    list pages), which is idempotent for the rest.
+    """
+    if isinstance(obj, list):
+        return [complete(item) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    # Copy: exported dicts may share nested dicts with stored objects.
+    obj = {key: complete(value) for key, value in obj.items()}
+    object_type = obj.get('object')
+    if isinstance(object_type, str) and object_type in DEFAULTS:
+        _merge_missing(obj, DEFAULTS[object_type], src)
+    return obj
+
+
+def _wrap_export(cls):
+    original = cls._export
+
+    def _export(self, expand=None):
+        exported = original(self, expand=expand)
+        # Balance leaves out `object` (a class attribute); Stripe always
+        # sends it and async-stripe dispatches on it.
+        if isinstance(exported, dict) and 'object' not in exported:
+            exported['object'] = getattr(self, 'object', None)
+        return complete(exported, self)
+
+    _export.__wrapped__ = original
+    cls._export = _export
+
+
+# --------------------------------------------------------------------------
+# Behaviour fixes (request side). Kept to what a billing flow trips over.
+# --------------------------------------------------------------------------
+
+def _pending_invoice_items():
+    return [item for key, item in resources.store.items()
+            if key.startswith('invoiceitem:') and item.invoice is None]
+
+
+def _previews_keep_pending_items(original):
+    """GET /v1/invoices/upcoming and POST /v1/invoices/create_preview build a
+    throwaway invoice; stock localstripe attaches the customer's pending
+    invoice items to it, so they silently never reach the next real invoice.
+    """
+    def _get_next_invoice(cls, *args, upcoming=False, **kwargs):
+        pending = _pending_invoice_items() if upcoming else []
+        try:
+            return original.__func__(cls, *args, upcoming=upcoming, **kwargs)
+        finally:
+            for item in pending:
+                item.invoice = None
+    return classmethod(_get_next_invoice)
+
+
+def _subscription_update_with_proration_behavior(original):
+    """Accept `proration_behavior` on subscription updates (stock localstripe
+    answers 500). localstripe always credits unused time as a proration
+    invoice item: that is `create_prorations`; `none` drops those items while
+    they are pending. (An interval change makes localstripe invoice at once,
+    credit included, whatever the behaviour.) `always_invoice` gets a 400.
+    """
+    def _update(self, proration_behavior=None, **data):
+        if proration_behavior not in (None, 'create_prorations', 'none'):
+            raise resources.UserError(
+                400, 'proration_behavior=%s is not supported by localstripe'
+                % proration_behavior)
+        before = set(resources.store.keys())
+        original(self, **data)
+        if proration_behavior == 'none':
+            for key in set(resources.store.keys()) - before:
+                item = resources.store.get(key)
+                if key.startswith('invoiceitem:') and item.proration \
+                        and item.invoice is None:
+                    del resources.store[key]
+    return _update
+
+
+def _invoice_payment_failure_events(original):
+    """POST /v1/invoices/{id}/pay with a declining card leaves the invoice
+    open, as Stripe does, but stock localstripe emits no event for it. Stripe
+    sends payment_intent.payment_failed and invoice.payment_failed; send them
+    too (events only: localstripe's own state handling is left as is).
+    """
+    def _confirm(self, on_failure_now):
+        # Outside invoices, on_failure_now reports the failure itself (and
+        # raises), so this only runs for the silent invoice payment path.
+        original(self, on_failure_now)
+        charge = self.latest_charge
+        if self.invoice and charge is not None and charge.status == 'failed':
+            invoice = resources.Invoice._api_retrieve(self.invoice)
+            resources.schedule_webhook(
+                resources.Event('payment_intent.payment_failed', self))
+            resources.schedule_webhook(
+                resources.Event('invoice.payment_failed', invoice))
+    return _confirm
+
+
+# --------------------------------------------------------------------------
+# State file
+# --------------------------------------------------------------------------
+
+def _state_file():
+    return os.environ.get('LOCALSTRIPE_STATE_FILE', '/tmp/localstripe.pickle')
+
+
+def _try_load_from_disk(self):
+    try:
+        with open(_state_file(), 'rb') as f:
+            old = pickle.load(f)
+    except FileNotFoundError:
+        return
+    self.clear()
+    self.update(old)
+
+
+def _dump_to_disk(self):
+    # Write then rename, so a crash mid-write never leaves a torn pickle.
+    path = _state_file()
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def patch():
+    """Apply every patch to the imported localstripe modules (idempotent)."""
+    if getattr(resources, '_faithful_patched', False):
+        return
+    # StripeObject._export serves every resource (incl. Event and List);
+    # Balance is not a StripeObject and has its own _export.
+    _wrap_export(resources.StripeObject)
+    _wrap_export(resources.Balance)
+    resources.Invoice._get_next_invoice = _previews_keep_pending_items(
+        resources.Invoice._get_next_invoice)
+    resources.Subscription._update = \
+        _subscription_update_with_proration_behavior(
+            resources.Subscription._update)
+    resources.PaymentIntent._confirm = _invoice_payment_failure_events(
+        resources.PaymentIntent._confirm)
+    resources.Store.try_load_from_disk = _try_load_from_disk
+    resources.Store.dump_to_disk = _dump_to_disk
+    resources._faithful_patched = True
+
+
+# --------------------------------------------------------------------------
+# Server start-up (mirrors localstripe.server.start, plus --host)
+# --------------------------------------------------------------------------
+
+def _listen_socket(host, port):
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == '::':
+        # Like stock localstripe: '::' accepts IPv4 clients as well.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    return sock
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='localstripe with Stripe-faithful JSON responses')
+    parser.add_argument('--port', type=int, default=8420)
+    parser.add_argument('--host', default='127.0.0.1',
+                        help="address to listen on (default 127.0.0.1; "
+                             "'::' = every interface, like stock "
+                             "localstripe)")
+    parser.add_argument('--from-scratch', action='store_true',
+                        help='ignore the state saved in '
+                             'LOCALSTRIPE_STATE_FILE')
+    args = parser.parse_args(argv)
+
+    if localstripe.__version__ != SUPPORTED_LOCALSTRIPE:
+        logging.warning('localstripe %s found; this launcher is written '
+                        'for %s', localstripe.__version__,
+                        SUPPORTED_LOCALSTRIPE)
+
+    patch()
+    if not args.from_scratch:
+        resources.store.try_load_from_disk()
+
+    logger = logging.getLogger('aiohttp.access')
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(logging.StreamHandler())
+
+    sock = _listen_socket(args.host, args.port)
+    web.run_app(server.app, sock=sock, access_log=logger)
+
+
+if __name__ == '__main__':
+    main()
