@@ -14,6 +14,23 @@ CREATE FUNCTION app_is_system() RETURNS boolean
     LANGUAGE sql STABLE
     AS $$ SELECT coalesce(current_setting('app.system', true), '') = 'on' $$;
 
+-- Turns on the wall for one tenant-owned table: row-level security enabled and forced
+-- (so that even the owner obeys), with the one policy every such table has. The column
+-- names the tenant (`tenant_id`, or `id` on the tenants table itself).
+CREATE FUNCTION enable_tenant_isolation(target regclass, tenant_column name) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', target);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', target);
+    EXECUTE format(
+        'CREATE POLICY tenant_isolation ON %s '
+        'USING (app_is_system() OR %I = app_tenant_id()) '
+        'WITH CHECK (app_is_system() OR %I = app_tenant_id())',
+        target, tenant_column, tenant_column);
+END
+$$;
+
 -- The plan catalogue is public and shared, so it is not tenant-owned.
 CREATE TABLE plans (
     code        text PRIMARY KEY CHECK (code ~ '^[a-z][a-z0-9_]{0,31}$'),
@@ -100,24 +117,9 @@ CREATE TRIGGER audit_log_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_reject_change();
 
--- Row-level security on every tenant-owned table, forced so that even the owner obeys.
-ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenants
-    USING (app_is_system() OR id = app_tenant_id())
-    WITH CHECK (app_is_system() OR id = app_tenant_id());
-
-ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
-ALTER TABLE api_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON api_keys
-    USING (app_is_system() OR tenant_id = app_tenant_id())
-    WITH CHECK (app_is_system() OR tenant_id = app_tenant_id());
-
-ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_log
-    USING (app_is_system() OR tenant_id = app_tenant_id())
-    WITH CHECK (app_is_system() OR tenant_id = app_tenant_id());
+SELECT enable_tenant_isolation('tenants', 'id');
+SELECT enable_tenant_isolation('api_keys', 'tenant_id');
+SELECT enable_tenant_isolation('audit_log', 'tenant_id');
 
 GRANT USAGE ON SCHEMA public TO saas_app;
 GRANT SELECT ON plans, plan_metrics TO saas_app;

@@ -56,23 +56,9 @@ CREATE TABLE usage_relay_cursor (
 );
 INSERT INTO usage_relay_cursor (ledger_xid, ledger_seq) VALUES (0, 0);
 
-ALTER TABLE usage_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE usage_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON usage_events
-    USING (app_is_system() OR tenant_id = app_tenant_id())
-    WITH CHECK (app_is_system() OR tenant_id = app_tenant_id());
-
-ALTER TABLE usage_counters ENABLE ROW LEVEL SECURITY;
-ALTER TABLE usage_counters FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON usage_counters
-    USING (app_is_system() OR tenant_id = app_tenant_id())
-    WITH CHECK (app_is_system() OR tenant_id = app_tenant_id());
-
-ALTER TABLE quota_alerts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_alerts FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_alerts
-    USING (app_is_system() OR tenant_id = app_tenant_id())
-    WITH CHECK (app_is_system() OR tenant_id = app_tenant_id());
+SELECT enable_tenant_isolation('usage_events', 'tenant_id');
+SELECT enable_tenant_isolation('usage_counters', 'tenant_id');
+SELECT enable_tenant_isolation('quota_alerts', 'tenant_id');
 
 -- Events are never updated; the prune job deletes relayed ones past the dedup window.
 GRANT SELECT, INSERT, DELETE ON usage_events TO saas_app;

@@ -3,6 +3,7 @@
 mod admin;
 mod api_keys;
 mod auth;
+mod crash_recovery;
 mod errors;
 mod health;
 mod row_level_security;

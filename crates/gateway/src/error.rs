@@ -72,6 +72,14 @@ impl ApiError {
         )
     }
 
+    /// Maps a store error to the API, naming the missing thing on `NotFound`.
+    pub fn from_store(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+        move |error| match error {
+            StoreError::NotFound => ApiError::not_found(what),
+            other => other.into(),
+        }
+    }
+
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }

@@ -122,10 +122,7 @@ async fn get_tenant(
     let mut tx = state.db.system_tx("operator tenant detail").await?;
     let tenant = tenants::get(&mut tx, id)
         .await
-        .map_err(|error| match error {
-            tenancy::StoreError::NotFound => ApiError::not_found("tenant"),
-            other => other.into(),
-        })?;
+        .map_err(ApiError::from_store("tenant"))?;
     tx.commit().await?;
     if tenant.synthetic {
         return Err(ApiError::not_found("tenant"));

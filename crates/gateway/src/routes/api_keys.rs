@@ -141,10 +141,7 @@ async fn revoke_api_key(
     let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
     let key = api_keys::revoke(&mut tx, tenant.tenant_id, key_id)
         .await
-        .map_err(|error| match error {
-            tenancy::StoreError::NotFound => ApiError::not_found("API key"),
-            other => other.into(),
-        })?;
+        .map_err(ApiError::from_store("API key"))?;
     let mut entry = AuditEntry::new(
         Some(tenant.tenant_id),
         Actor::Tenant(tenant.key_id),
