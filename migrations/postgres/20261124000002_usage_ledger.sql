@@ -22,15 +22,19 @@ CREATE TABLE usage_events (
     PRIMARY KEY (tenant_id, event_id)
 );
 CREATE INDEX usage_events_ledger_idx ON usage_events (ledger_xid, ledger_seq);
-CREATE INDEX usage_events_ingested_idx ON usage_events (ingested_at);
+-- For pruning events past the deduplication window. BRIN: rows arrive in time order, and
+-- a BRIN index costs next to nothing on the insert path.
+CREATE INDEX usage_events_ingested_idx ON usage_events USING brin (ingested_at);
 
 -- Usage per tenant, period and metric, updated in the same transaction as the events.
 CREATE TABLE usage_counters (
     tenant_id     uuid NOT NULL,
     period_start  timestamptz NOT NULL,
     metric        text NOT NULL CHECK (metric IN ('queries', 'tokens', 'bytes')),
-    used          numeric(20, 0) NOT NULL DEFAULT 0
-                  CHECK (used >= 0 AND used <= 18446744073709551615),
+    -- Unbounded on purpose: inside the ingest transaction the counter may briefly hold a
+    -- total past 2^64 - 1 (or past a hard limit); the service then rolls back, so no
+    -- such total is ever committed.
+    used          numeric NOT NULL DEFAULT 0 CHECK (used >= 0),
     PRIMARY KEY (tenant_id, period_start, metric)
 );
 

@@ -46,9 +46,16 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
 }
 
 async fn key_owner(state: &AppState, secret: &str) -> Result<Option<api_keys::KeyOwner>, ApiError> {
+    let digest = api_keys::hash_secret(secret);
+    if let Some(owner) = state.key_cache.get(&digest) {
+        return Ok(Some(owner));
+    }
     let mut tx = state.db.system_tx("authenticate API key").await?;
     let owner = api_keys::authenticate(&mut tx, secret).await?;
     tx.commit().await?;
+    if let Some(owner) = owner {
+        state.key_cache.insert(digest, owner);
+    }
     Ok(owner)
 }
 

@@ -70,6 +70,7 @@ pub struct WorkersConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpConfig {
     pub body_limit_bytes: usize,
+    pub key_cache_ttl_ms: u64,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod json;
+pub mod key_cache;
 pub mod metrics;
 pub mod request_context;
 mod routes;

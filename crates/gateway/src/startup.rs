@@ -19,6 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::key_cache::KeyCache;
 use crate::request_context::request_context;
 use crate::routes;
 use crate::state::{AppState, Services};
@@ -110,11 +111,12 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Err(error) => tracing::warn!(%error, "ClickHouse not reachable at start"),
     }
     Ok(AppState::new(Services {
-        config,
         db,
         clickhouse,
         prometheus: crate::metrics::install(),
         clock: std::sync::Arc::new(saas_core::SystemClock),
+        key_cache: KeyCache::new(Duration::from_millis(config.http.key_cache_ttl_ms)),
+        config,
     }))
 }
 

@@ -7,6 +7,7 @@ use saas_core::clock::SharedClock;
 use tenancy::Db;
 
 use crate::config::Config;
+use crate::key_cache::KeyCache;
 
 /// Everything a handler may need. Cheap to clone: one `Arc` inside.
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct Services {
     pub clickhouse: ClickHouseSink,
     pub prometheus: PrometheusHandle,
     pub clock: SharedClock,
+    pub key_cache: KeyCache,
 }
 
 impl AppState {

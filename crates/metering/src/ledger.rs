@@ -4,7 +4,7 @@
 //! one tenant queue behind each other and a hard limit is checked against the exact
 //! current total; different tenants never wait for each other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use saas_core::{BillingPeriod, Metric, TenantId, TenantState};
@@ -72,8 +72,7 @@ pub async fn tenant_terms(
     tenant: TenantId,
     now: DateTime<Utc>,
 ) -> Result<TenantTerms, StoreError> {
-    let tenant_row = tenancy::tenants::get(conn, tenant).await?;
-    let metrics = tenancy::plans::metric_terms(conn, &tenant_row.plan_code).await?;
+    let (tenant_row, metrics) = tenancy::tenants::get_with_terms(conn, tenant).await?;
     Ok(TenantTerms {
         state: tenant_row.state,
         plan_code: tenant_row.plan_code.clone(),
@@ -96,31 +95,20 @@ pub async fn ingest(
         return Err(IngestError::NotServing(terms.state));
     }
     let period = terms.period;
-    let used_before = lock_counters(&mut tx, tenant, period.start).await?;
-
-    let inserted = insert_new_events(&mut tx, tenant, period.start, events).await?;
-    let mut adding: BTreeMap<Metric, u64> = BTreeMap::new();
-    let by_id: HashMap<&str, &UsageEvent> = events.iter().map(|e| (e.id.as_str(), e)).collect();
-    for id in &inserted {
-        let event = by_id[id.as_str()];
-        let sum = adding.entry(event.metric).or_default();
-        *sum = sum
-            .checked_add(event.value)
-            .ok_or(IngestError::Overflow(event.metric))?;
-    }
+    let written = write_events(&mut tx, tenant, period.start, events).await?;
 
     let mut usage = BTreeMap::new();
     let mut alerts = Vec::new();
-    for metric in Metric::ALL {
-        let Some(metric_terms) = terms.metrics.get(&metric) else {
-            continue;
-        };
-        let before = used_before.get(&metric).copied().unwrap_or(0);
-        let add = adding.get(&metric).copied().unwrap_or(0);
-        let after = quota::admit(metric_terms, before, add).map_err(|source| match source {
-            QuotaError::Overflow => IngestError::Overflow(metric),
+    for (metric, metric_terms) in &terms.metrics {
+        // The counter already holds the batch (as an unbounded numeric); refusing here
+        // rolls both back, so no total past the limit or past 2^64 - 1 is ever committed.
+        let (total, added) = written.totals.get(metric).copied().unwrap_or_default();
+        let before = u64::try_from(total - added).map_err(|_| IngestError::Overflow(*metric))?;
+        let added = u64::try_from(added).map_err(|_| IngestError::Overflow(*metric))?;
+        let after = quota::admit(metric_terms, before, added).map_err(|source| match source {
+            QuotaError::Overflow => IngestError::Overflow(*metric),
             QuotaError::Exceeded { limit, used, .. } => IngestError::QuotaExceeded {
-                metric,
+                metric: *metric,
                 limit,
                 used,
                 retry_after_secs: period.seconds_left(now),
@@ -129,11 +117,11 @@ pub async fn ingest(
         })?;
         if let Some(alert_quota) = quota::alert_quota(metric_terms) {
             for threshold in quota::crossed_thresholds(alert_quota, before, after) {
-                alerts.push((metric, threshold, after, alert_quota));
+                alerts.push((*metric, threshold, after, alert_quota));
             }
         }
         usage.insert(
-            metric,
+            *metric,
             MetricStatus {
                 used: after,
                 limit: metric_terms.limit,
@@ -141,12 +129,10 @@ pub async fn ingest(
             },
         );
     }
-
-    add_to_counters(&mut tx, tenant, period.start, &adding).await?;
     record_alerts(&mut tx, tenant, period.start, &alerts).await?;
     tx.commit().await?;
 
-    let accepted = inserted.len() as u64;
+    let accepted = written.inserted;
     metrics::counter!("usage_events_accepted_total").increment(accepted);
     let duplicates = (events.len() as u64 - accepted) + in_batch_duplicates;
     metrics::counter!("usage_events_duplicate_total").increment(duplicates);
@@ -158,46 +144,47 @@ pub async fn ingest(
     })
 }
 
-/// Creates the period's counters if needed and locks them; returns usage so far.
-async fn lock_counters(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    period_start: DateTime<Utc>,
-) -> Result<BTreeMap<Metric, u64>, StoreError> {
-    // DO UPDATE (not DO NOTHING) so that existing rows are locked and returned too.
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO usage_counters (tenant_id, period_start, metric) \
-         SELECT $1, $2, unnest($3::text[]) \
-         ON CONFLICT (tenant_id, period_start, metric) DO UPDATE SET used = usage_counters.used \
-         RETURNING metric, used::text",
-    )
-    .bind(tenant.as_uuid())
-    .bind(period_start)
-    .bind(Metric::ALL.map(Metric::as_str).to_vec())
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|(metric, used)| Ok((metric.parse()?, parse_u64(&used)?)))
-        .collect()
+/// What one batch wrote: how many events were new, and per metric the counter after the
+/// batch and what the batch added to it.
+#[derive(Debug, Default)]
+struct Written {
+    inserted: u64,
+    totals: BTreeMap<Metric, (u128, u128)>,
 }
 
-/// Inserts the events whose ids are new for the tenant; returns their ids.
-async fn insert_new_events(
+/// Inserts the events whose ids are new for the tenant and adds their values to the
+/// period's counters, in one statement. The counter upsert takes the row lock and adds
+/// to the latest committed value, so concurrent batches of one tenant queue behind each
+/// other on it and every batch sees the exact total it would make.
+async fn write_events(
     conn: &mut PgConnection,
     tenant: TenantId,
     period_start: DateTime<Utc>,
     events: &[UsageEvent],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Written, StoreError> {
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let metrics: Vec<&str> = events.iter().map(|e| e.metric.as_str()).collect();
     let values: Vec<String> = events.iter().map(|e| e.value.to_string()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
-         SELECT $1, e.id, e.metric, e.value::numeric, e.time, $2 \
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS e(id, metric, value, time) \
-         ON CONFLICT (tenant_id, event_id) DO NOTHING \
-         RETURNING event_id",
+    // One row per metric the batch added to; none when every event was a duplicate.
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "WITH inserted AS ( \
+             INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
+             SELECT $1, e.id, e.metric, e.value::numeric, e.time, $2 \
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS e(id, metric, value, time) \
+             ON CONFLICT (tenant_id, event_id) DO NOTHING \
+             RETURNING metric, value \
+         ), added AS ( \
+             SELECT metric, sum(value) AS amount FROM inserted GROUP BY metric \
+         ), counted AS ( \
+             INSERT INTO usage_counters AS c (tenant_id, period_start, metric, used) \
+             SELECT $1, $2, metric, amount FROM added \
+             ON CONFLICT (tenant_id, period_start, metric) DO UPDATE SET used = c.used + EXCLUDED.used \
+             RETURNING c.metric, c.used \
+         ) \
+         SELECT counted.metric, counted.used::text, added.amount::text, \
+                (SELECT count(*) FROM inserted) \
+         FROM counted JOIN added USING (metric)",
     )
     .bind(tenant.as_uuid())
     .bind(period_start)
@@ -207,32 +194,18 @@ async fn insert_new_events(
     .bind(&times)
     .fetch_all(conn)
     .await?;
-    Ok(inserted)
-}
-
-async fn add_to_counters(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    period_start: DateTime<Utc>,
-    adding: &BTreeMap<Metric, u64>,
-) -> Result<(), StoreError> {
-    if adding.is_empty() {
-        return Ok(());
+    let parse = |text: &str| {
+        text.parse::<u128>()
+            .map_err(|_| StoreError::Corrupt(format!("not a number: {text}")))
+    };
+    let mut written = Written::default();
+    for (metric, used, amount, inserted) in rows {
+        written.inserted = u64::try_from(inserted).unwrap_or_default();
+        written
+            .totals
+            .insert(metric.parse()?, (parse(&used)?, parse(&amount)?));
     }
-    let metrics: Vec<&str> = adding.keys().map(|m| m.as_str()).collect();
-    let amounts: Vec<String> = adding.values().map(u64::to_string).collect();
-    sqlx::query(
-        "UPDATE usage_counters c SET used = c.used + d.amount::numeric \
-         FROM unnest($3::text[], $4::text[]) AS d(metric, amount) \
-         WHERE c.tenant_id = $1 AND c.period_start = $2 AND c.metric = d.metric",
-    )
-    .bind(tenant.as_uuid())
-    .bind(period_start)
-    .bind(&metrics)
-    .bind(&amounts)
-    .execute(conn)
-    .await?;
-    Ok(())
+    Ok(written)
 }
 
 async fn record_alerts(

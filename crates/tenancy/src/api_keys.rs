@@ -71,7 +71,8 @@ fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{}", hex::encode(bytes))
 }
 
-fn hash_secret(secret: &str) -> Vec<u8> {
+/// The SHA-256 of a secret: what the store keeps, and a safe key for caches.
+pub fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 

@@ -38,23 +38,22 @@ impl Db {
 
     /// A transaction that can see and write only `tenant`'s rows.
     pub async fn tenant_tx(&self, tenant: TenantId) -> Result<DbTx, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.as_uuid().to_string())
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        // One round trip for both. The value is a formatted UUID, never client text.
+        let begin = format!(
+            "BEGIN; SELECT set_config('app.tenant_id', '{}', true)",
+            tenant.as_uuid().hyphenated()
+        );
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
     }
 
     /// A transaction that may cross tenants. `purpose` names the caller in the logs; use
     /// it only where no single tenant is known yet or the work spans tenants by design.
     pub async fn system_tx(&self, purpose: &'static str) -> Result<DbTx, StoreError> {
         tracing::trace!(purpose, "system transaction");
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.system', 'on', true)")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        Ok(self
+            .pool
+            .begin_with("BEGIN; SELECT set_config('app.system', 'on', true)")
+            .await?)
     }
 
     /// Round trip to Postgres, for readiness.

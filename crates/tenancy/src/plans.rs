@@ -51,14 +51,14 @@ struct PlanRow {
     rank: i32,
 }
 
-#[derive(sqlx::FromRow)]
-struct PlanMetricRow {
-    plan_code: String,
-    metric: String,
-    included: i64,
-    hard_limit: Option<i64>,
-    unit_size: i64,
-    tiers: sqlx::types::Json<Vec<PriceTier>>,
+#[derive(sqlx::FromRow, Deserialize)]
+pub(crate) struct PlanMetricRow {
+    pub(crate) plan_code: String,
+    pub(crate) metric: String,
+    pub(crate) included: i64,
+    pub(crate) hard_limit: Option<i64>,
+    pub(crate) unit_size: i64,
+    pub(crate) tiers: sqlx::types::Json<Vec<PriceTier>>,
 }
 
 /// Every plan, cheapest first.
@@ -93,23 +93,6 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Plan>, StoreError> {
     Ok(result)
 }
 
-/// The per-metric terms of one plan.
-pub async fn metric_terms(
-    conn: &mut PgConnection,
-    plan_code: &str,
-) -> Result<BTreeMap<Metric, MetricTerms>, StoreError> {
-    let rows: Vec<PlanMetricRow> = sqlx::query_as(
-        "SELECT plan_code, metric, included, hard_limit, unit_size, tiers FROM plan_metrics \
-         WHERE plan_code = $1",
-    )
-    .bind(plan_code)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.metric.parse()?, to_terms(row)?)))
-        .collect()
-}
-
 pub async fn get(conn: &mut PgConnection, code: &str) -> Result<Plan, StoreError> {
     list(conn)
         .await?
@@ -118,7 +101,7 @@ pub async fn get(conn: &mut PgConnection, code: &str) -> Result<Plan, StoreError
         .ok_or(StoreError::NotFound)
 }
 
-fn to_terms(row: &PlanMetricRow) -> Result<MetricTerms, StoreError> {
+pub(crate) fn to_terms(row: &PlanMetricRow) -> Result<MetricTerms, StoreError> {
     let non_negative = |value: i64| {
         u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {value}")))
     };

@@ -1,11 +1,14 @@
 //! Tenants: who they are, which plan and billing period they are on, and their state.
 
 use chrono::{DateTime, DurationRound, Utc};
-use saas_core::{BillingCycle, BillingPeriod, TenantId, TenantState};
+use std::collections::BTreeMap;
+
+use saas_core::{BillingCycle, BillingPeriod, Metric, TenantId, TenantState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::plans::{MetricTerms, PlanMetricRow, to_terms};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -127,6 +130,38 @@ pub async fn get(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreE
     .await?
     .ok_or(StoreError::NotFound)?;
     row.try_into()
+}
+
+/// A tenant and the per-metric terms of its current plan, in one round trip: the ingest
+/// path reads both on every batch.
+pub async fn get_with_terms(
+    conn: &mut PgConnection,
+    id: TenantId,
+) -> Result<(Tenant, BTreeMap<Metric, MetricTerms>), StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        tenant: TenantRow,
+        terms: sqlx::types::Json<Vec<PlanMetricRow>>,
+    }
+    let row: Row = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        ", (SELECT coalesce(json_agg(pm), '[]') FROM plan_metrics pm \
+            WHERE pm.plan_code = tenants.plan_code) AS terms \
+         FROM tenants WHERE id = $1"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let terms = row
+        .terms
+        .0
+        .iter()
+        .map(|metric| Ok((metric.metric.parse()?, to_terms(metric)?)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok((row.tenant.try_into()?, terms))
 }
 
 /// Filter and keyset page for the operator's tenant list.

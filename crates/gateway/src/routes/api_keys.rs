@@ -151,5 +151,8 @@ async fn revoke_api_key(
     entry.details = serde_json::json!({ "api_key_id": key.id });
     audit::record(&mut tx, &entry).await?;
     tx.commit().await?;
+    // After the commit, so that every lookup from now on sees the revocation (one already
+    // in flight may still cache the key, for at most the cache's time to live).
+    state.key_cache.forget_key(key.id);
     Ok(Json(key.into()))
 }
