@@ -6,6 +6,7 @@ mod auth;
 mod crash_recovery;
 mod errors;
 mod health;
+mod invoices;
 mod row_level_security;
 mod usage_ingest;
 mod usage_outage;

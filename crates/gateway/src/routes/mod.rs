@@ -4,6 +4,7 @@
 mod admin_tenants;
 mod api_keys;
 mod health;
+mod invoices;
 mod plans;
 mod tenant;
 mod usage;
@@ -63,4 +64,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(admin_tenants::router())
         .merge(tenant::router())
         .merge(usage::router())
+        .merge(invoices::router())
 }
