@@ -10,5 +10,6 @@ mod invoices;
 mod row_level_security;
 mod usage_ingest;
 mod usage_outage;
+mod usage_prune;
 mod usage_quota;
 mod usage_validation;

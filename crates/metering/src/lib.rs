@@ -6,10 +6,12 @@
 //! - [`relay`]: copies the ledger to ClickHouse, in order, replay-safe.
 //! - [`usage_query`]: real-time reads, ClickHouse plus whatever the relay has not copied.
 //! - [`quota`]: quota arithmetic, pure.
+//! - [`prune`]: forgets relayed events once they are past the deduplication window.
 
 pub mod clickhouse_sink;
 pub mod event;
 pub mod ledger;
+pub mod prune;
 pub mod quota;
 pub mod relay;
 pub mod usage_query;

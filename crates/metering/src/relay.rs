@@ -146,12 +146,27 @@ impl Relay {
         Ok(RelayStep::Copied(usage_rows.len()))
     }
 
-    /// Relays until `stop` turns true, backing off while a dependency fails.
+    /// Relays until `stop` turns true, backing off while a dependency fails. Between
+    /// batches it also prunes the ledger, at most once a minute.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                last_prune = Some(std::time::Instant::now());
+                if let Err(error) = crate::prune::prune_once(
+                    &self.db,
+                    Utc::now(),
+                    crate::prune::DEFAULT_RETENTION,
+                    10_000,
+                )
+                .await
+                {
+                    tracing::warn!(%error, "usage ledger prune failed");
+                }
             }
             let pause = match self.step().await {
                 Ok(RelayStep::Copied(n)) if n == self.settings.batch_size as usize => {
