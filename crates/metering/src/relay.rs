@@ -95,17 +95,21 @@ impl Relay {
         };
         // Only rows whose transaction is older than every transaction still running:
         // nothing can commit below that line any more, so the cursor never passes a
-        // row that is yet to appear.
+        // row that is yet to appear. Taken once, then used as the index scan's bound.
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
         let rows: Vec<LedgerRow> = sqlx::query_as(
             "SELECT tenant_id, event_id, metric, value::text, event_time, period_start, \
                     ledger_xid, ledger_seq \
              FROM usage_events \
-             WHERE (ledger_xid, ledger_seq) > ($1, $2) \
-               AND ledger_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-             ORDER BY ledger_xid, ledger_seq LIMIT $3",
+             WHERE (ledger_xid, ledger_seq) > ($1, $2) AND ledger_xid < $3 \
+             ORDER BY ledger_xid, ledger_seq LIMIT $4",
         )
         .bind(xid)
         .bind(seq)
+        .bind(horizon)
         .bind(i64::from(self.settings.batch_size))
         .fetch_all(&mut *tx)
         .await?;
