@@ -7,6 +7,7 @@ mod crash_recovery;
 mod errors;
 mod health;
 mod invoices;
+mod payments;
 mod row_level_security;
 mod usage_ingest;
 mod usage_outage;

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 pub use child_process::{ServiceProcess, saas_binary};
 pub use fault_proxy::FaultProxy;
-pub use stack::Stack;
+pub use stack::{STRIPE_TEST_KEY, Stack};
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 

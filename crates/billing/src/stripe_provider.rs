@@ -1,0 +1,372 @@
+//! [`PaymentProvider`] on Stripe, through async-stripe.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use stripe::{Client, ClientBuilder, StripeError};
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_billing::plan::{CreatePlan, CreatePlanProduct, RetrievePlan};
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription,
+    ListSubscriptionStatus, UpdateSubscription, UpdateSubscriptionItems,
+    UpdateSubscriptionProrationBehavior,
+};
+use stripe_billing::{PlanInterval, PlanUsageType, Subscription, SubscriptionStatus};
+use stripe_core::customer::{
+    CreateCustomer, DeleteCustomer, ListCustomer, RetrieveCustomer, RetrieveCustomerReturned,
+    UpdateCustomer, UpdateCustomerInvoiceSettings,
+};
+use stripe_payment::payment_method::AttachPaymentMethod;
+use stripe_product::product::{CreateProduct, RetrieveProduct};
+use stripe_types::{Currency, Expandable};
+
+use crate::payments::{
+    CustomerDetails, PaymentError, PaymentProvider, RecurringPlan, SubscriptionRef,
+};
+
+/// Metadata key holding our reference on every customer we create.
+const REFERENCE_KEY: &str = "saas_reference";
+/// The one product our plans hang off.
+const PRODUCT_ID: &str = "saas_platform";
+
+pub struct StripeProvider {
+    client: Client,
+}
+
+impl StripeProvider {
+    /// A subscription whose first payment failed: cancel it, so that nothing is left
+    /// to charge later, and report the decline.
+    async fn give_up_on(&self, subscription: &Subscription) -> PaymentError {
+        if let Err(error) = CancelSubscription::new(subscription.id.as_str())
+            .send(&self.client)
+            .await
+        {
+            tracing::warn!(subscription = %subscription.id, %error, "could not cancel an unpaid subscription");
+        }
+        PaymentError::Declined {
+            code: "first_payment_failed".into(),
+            message: "the first payment of the subscription was declined".into(),
+        }
+    }
+
+    pub fn new(secret_key: &str, api_base: &str) -> Result<Self, PaymentError> {
+        let client = ClientBuilder::new(secret_key)
+            .url(api_base)
+            .build()
+            .map_err(|error| PaymentError::Unexpected(error.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// Our plan's id at Stripe. It carries the price, so a price change makes a new
+    /// Stripe plan instead of silently repricing existing subscriptions.
+    fn plan_id(plan: &RecurringPlan) -> String {
+        format!("saas_{}_{}_{}", plan.code, plan.currency, plan.base_fee)
+    }
+
+    async fn ensure_plan(&self, plan: &RecurringPlan) -> Result<String, PaymentError> {
+        let id = Self::plan_id(plan);
+        match RetrievePlan::new(id.as_str()).send(&self.client).await {
+            Ok(_) => return Ok(id),
+            Err(error) => match classify(error) {
+                PaymentError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        self.ensure_product().await?;
+        let currency: Currency = plan
+            .currency
+            .parse()
+            .map_err(|_| PaymentError::Unexpected(format!("currency {}", plan.currency)))?;
+        let created = CreatePlan::new(currency, PlanInterval::Month)
+            .id(id.as_str())
+            .product(CreatePlanProduct::Id(PRODUCT_ID.to_owned()))
+            .amount(plan.base_fee)
+            .usage_type(PlanUsageType::Licensed)
+            .customize()
+            .request_strategy(idempotent(&format!("plan-{id}"))?)
+            .send(&self.client)
+            .await;
+        match created {
+            Ok(_) => Ok(id),
+            // Created meanwhile by another worker: just as good.
+            Err(error) if is_already_exists(&error) => Ok(id),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn ensure_product(&self) -> Result<(), PaymentError> {
+        if RetrieveProduct::new(PRODUCT_ID)
+            .send(&self.client)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let created = CreateProduct::new("SaaS platform")
+            .id(PRODUCT_ID)
+            .customize()
+            .request_strategy(idempotent("product-saas-platform")?)
+            .send(&self.client)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(error) if is_already_exists(&error) => Ok(()),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn find_customer(
+        &self,
+        details: &CustomerDetails,
+    ) -> Result<Option<String>, PaymentError> {
+        let customers = ListCustomer::new()
+            .email(details.email.as_str())
+            .limit(100)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(customers
+            .data
+            .into_iter()
+            .find(|c| {
+                c.metadata.as_ref().and_then(|m| m.get(REFERENCE_KEY)) == Some(&details.reference)
+            })
+            .map(|c| c.id.to_string()))
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for StripeProvider {
+    async fn ensure_customer(&self, details: &CustomerDetails) -> Result<String, PaymentError> {
+        if let Some(id) = self.find_customer(details).await? {
+            return Ok(id);
+        }
+        let metadata = HashMap::from([(REFERENCE_KEY.to_owned(), details.reference.clone())]);
+        let customer = CreateCustomer::new()
+            .email(details.email.as_str())
+            .name(details.name.as_str())
+            .metadata(metadata)
+            .customize()
+            .request_strategy(idempotent(&format!("customer-{}", details.reference))?)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(customer.id.to_string())
+    }
+
+    async fn ensure_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+    ) -> Result<String, PaymentError> {
+        let existing = match RetrieveCustomer::new(customer)
+            .send(&self.client)
+            .await
+            .map_err(classify)?
+        {
+            RetrieveCustomerReturned::Customer(c) => c,
+            RetrieveCustomerReturned::DeletedCustomer(_) => {
+                return Err(PaymentError::NotFound(format!(
+                    "customer {customer} is deleted"
+                )));
+            }
+        };
+        let current = existing
+            .invoice_settings
+            .as_ref()
+            .and_then(|s| s.default_payment_method.as_ref());
+        if let Some(current) = current {
+            return Ok(expandable_id(current));
+        }
+        let attached = AttachPaymentMethod::new(payment_method)
+            .customer(customer)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        let settings = UpdateCustomerInvoiceSettings {
+            default_payment_method: Some(attached.id.to_string()),
+            ..Default::default()
+        };
+        UpdateCustomer::new(customer)
+            .invoice_settings(settings)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(attached.id.to_string())
+    }
+
+    async fn ensure_subscription(
+        &self,
+        customer: &str,
+        plan: &RecurringPlan,
+    ) -> Result<SubscriptionRef, PaymentError> {
+        let plan_id = self.ensure_plan(plan).await?;
+        let ours: Vec<Subscription> = ListSubscription::new()
+            .customer(customer)
+            .status(ListSubscriptionStatus::All)
+            .send(&self.client)
+            .await
+            .map_err(classify)?
+            .data
+            .into_iter()
+            .filter(|s| subscription_plan(s).as_deref() == Some(plan_id.as_str()))
+            .collect();
+        if let Some(live) = ours.iter().find(|s| is_live(s)) {
+            return Ok(subscription_ref(live));
+        }
+        if let Some(unpaid) = ours
+            .iter()
+            .find(|s| s.status == SubscriptionStatus::Incomplete)
+        {
+            return Err(self.give_up_on(unpaid).await);
+        }
+        // Earlier attempts ended (declined, then canceled); this one needs its own key.
+        let attempt = ours.len();
+        let item = CreateSubscriptionItems {
+            plan: Some(plan_id.clone()),
+            ..Default::default()
+        };
+        let subscription = CreateSubscription::new()
+            .customer(customer)
+            .items(vec![item])
+            .customize()
+            .request_strategy(idempotent(&format!(
+                "subscription-{customer}-{plan_id}-{attempt}"
+            ))?)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        if subscription.status == SubscriptionStatus::Incomplete {
+            return Err(self.give_up_on(&subscription).await);
+        }
+        Ok(subscription_ref(&subscription))
+    }
+
+    async fn change_plan(
+        &self,
+        subscription: &str,
+        plan: &RecurringPlan,
+        prorate: bool,
+    ) -> Result<SubscriptionRef, PaymentError> {
+        let plan_id = self.ensure_plan(plan).await?;
+        let current = stripe_billing::subscription::RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        if subscription_plan(&current).as_deref() == Some(plan_id.as_str()) {
+            return Ok(subscription_ref(&current));
+        }
+        let item_id = current
+            .items
+            .data
+            .first()
+            .map(|item| item.id.to_string())
+            .ok_or_else(|| {
+                PaymentError::Unexpected(format!("subscription {subscription} has no item"))
+            })?;
+        let item = UpdateSubscriptionItems {
+            id: Some(item_id),
+            plan: Some(plan_id.clone()),
+            ..Default::default()
+        };
+        let proration = if prorate {
+            UpdateSubscriptionProrationBehavior::CreateProrations
+        } else {
+            UpdateSubscriptionProrationBehavior::None
+        };
+        let updated = UpdateSubscription::new(subscription)
+            .items(vec![item])
+            .proration_behavior(proration)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(subscription_ref(&updated))
+    }
+
+    async fn delete_customer(&self, customer: &str) -> Result<(), PaymentError> {
+        match DeleteCustomer::new(customer).send(&self.client).await {
+            Ok(_) => Ok(()),
+            Err(error) => match classify(error) {
+                PaymentError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn ping(&self) -> Result<(), PaymentError> {
+        ListCustomer::new()
+            .limit(1)
+            .send(&self.client)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, PaymentError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|error| PaymentError::Unexpected(error.to_string()))
+}
+
+fn expandable_id<T: stripe_types::Object>(expandable: &Expandable<T>) -> String
+where
+    T::Id: ToString,
+{
+    expandable.id().to_string()
+}
+
+fn subscription_plan(subscription: &Subscription) -> Option<String> {
+    let item = subscription.items.data.first()?;
+    Some(item.plan.id.to_string())
+}
+
+/// Subscriptions that stand: paid up, or in dunning but not ended.
+fn is_live(subscription: &Subscription) -> bool {
+    matches!(
+        subscription.status,
+        SubscriptionStatus::Active
+            | SubscriptionStatus::Trialing
+            | SubscriptionStatus::PastDue
+            | SubscriptionStatus::Unpaid
+    )
+}
+
+fn subscription_ref(subscription: &Subscription) -> SubscriptionRef {
+    SubscriptionRef {
+        id: subscription.id.to_string(),
+        plan_id: subscription_plan(subscription).unwrap_or_default(),
+        status: subscription.status.to_string(),
+    }
+}
+
+fn is_already_exists(error: &StripeError) -> bool {
+    matches!(error, StripeError::Stripe(api, 400) if api.message.as_deref().is_some_and(|m| m.contains("already exists")))
+}
+
+/// Sorts an async-stripe error into what the caller can act on.
+fn classify(error: StripeError) -> PaymentError {
+    match error {
+        StripeError::Stripe(api, status) => {
+            let message = api.message.clone().unwrap_or_default();
+            let code = api.code.as_ref().map(|code| code.to_string());
+            if let Some(decline) = api.decline_code.clone().or_else(|| {
+                code.clone()
+                    .filter(|c| c == "card_declined" || c == "expired_card" || c == "incorrect_cvc")
+            }) {
+                return PaymentError::Declined {
+                    code: decline,
+                    message,
+                };
+            }
+            match status {
+                404 => PaymentError::NotFound(message),
+                429 | 500..=599 => PaymentError::Unavailable(format!("{status}: {message}")),
+                _ => PaymentError::Refused(format!("{status}: {message}")),
+            }
+        }
+        StripeError::ClientError(message) => PaymentError::Unavailable(message),
+        StripeError::Timeout => PaymentError::Unavailable("timeout".into()),
+        other => PaymentError::Unexpected(other.to_string()),
+    }
+}

@@ -1,0 +1,182 @@
+//! The Stripe payment provider against the stack's localstripe. Every operation is
+//! retried to show that a retry changes nothing.
+
+use billing::payments::{CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
+use billing::stripe_provider::StripeProvider;
+use integration_tests::{STRIPE_TEST_KEY, Stack};
+
+fn provider() -> StripeProvider {
+    StripeProvider::new(STRIPE_TEST_KEY, &Stack::from_env().stripe_url).unwrap()
+}
+
+fn details() -> CustomerDetails {
+    let reference = uuid::Uuid::new_v4().simple().to_string();
+    CustomerDetails {
+        email: format!("billing+{reference}@example.com"),
+        name: "Acme Test".into(),
+        reference,
+    }
+}
+
+fn plan(code: &str, base_fee: i64) -> RecurringPlan {
+    RecurringPlan {
+        code: code.into(),
+        currency: "usd".into(),
+        base_fee,
+    }
+}
+
+/// A card payment method that attaches but whose charges are declined.
+async fn declining_payment_method() -> String {
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/payment_methods",
+            Stack::from_env().stripe_url
+        ))
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .form(&[
+            ("type", "card"),
+            ("card[number]", "4000000000000341"),
+            ("card[exp_month]", "12"),
+            ("card[exp_year]", "2030"),
+            ("card[cvc]", "123"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn customers_payment_methods_and_subscriptions_are_created_once() {
+    let stripe = provider();
+    let who = details();
+    let customer = stripe.ensure_customer(&who).await.unwrap();
+    assert_eq!(
+        stripe.ensure_customer(&who).await.unwrap(),
+        customer,
+        "a retry finds the customer"
+    );
+
+    let card = stripe
+        .ensure_default_payment_method(&customer, "pm_card_visa")
+        .await
+        .unwrap();
+    let again = stripe
+        .ensure_default_payment_method(&customer, "pm_card_visa")
+        .await
+        .unwrap();
+    assert_eq!(card, again, "a retry keeps the default card");
+
+    let pro = plan("pro", 19_900);
+    let subscription = stripe.ensure_subscription(&customer, &pro).await.unwrap();
+    assert_eq!(subscription.status, "active");
+    assert_eq!(subscription.plan_id, "saas_pro_usd_19900");
+    let retried = stripe.ensure_subscription(&customer, &pro).await.unwrap();
+    assert_eq!(
+        retried.id, subscription.id,
+        "a retry finds the subscription"
+    );
+
+    let upgraded = stripe
+        .change_plan(&subscription.id, &plan("enterprise", 99_900), true)
+        .await
+        .unwrap();
+    assert_eq!(upgraded.plan_id, "saas_enterprise_usd_99900");
+    let unchanged = stripe
+        .change_plan(&subscription.id, &plan("enterprise", 99_900), true)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, upgraded, "a retried plan change changes nothing");
+
+    stripe.delete_customer(&customer).await.unwrap();
+    stripe.delete_customer(&customer).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_declining_card_is_reported_as_declined() {
+    let stripe = provider();
+    let customer = stripe.ensure_customer(&details()).await.unwrap();
+    let card = declining_payment_method().await;
+    stripe
+        .ensure_default_payment_method(&customer, &card)
+        .await
+        .unwrap();
+    let starter = plan("starter", 2_900);
+    for attempt in 0..2 {
+        match stripe.ensure_subscription(&customer, &starter).await {
+            Err(PaymentError::Declined { code, .. }) => assert_eq!(code, "first_payment_failed"),
+            other => panic!("attempt {attempt}: expected a decline, got {other:?}"),
+        }
+    }
+    // A good card then succeeds, on a fresh subscription; the declined ones were canceled.
+    let card = stripe_card(&customer).await;
+    set_default(&customer, &card).await;
+    let subscription = stripe
+        .ensure_subscription(&customer, &starter)
+        .await
+        .unwrap();
+    assert_eq!(subscription.status, "active");
+    assert_eq!(
+        stripe
+            .ensure_subscription(&customer, &starter)
+            .await
+            .unwrap()
+            .id,
+        subscription.id
+    );
+}
+
+/// Attaches a good test card to the customer and returns its id.
+async fn stripe_card(customer: &str) -> String {
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/payment_methods/pm_card_visa/attach",
+            Stack::from_env().stripe_url
+        ))
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .form(&[("customer", customer)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["id"].as_str().unwrap().to_owned()
+}
+
+async fn set_default(customer: &str, card: &str) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/customers/{customer}",
+            Stack::from_env().stripe_url
+        ))
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .form(&[("invoice_settings[default_payment_method]", card)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_payment_methods_are_refused_and_an_unreachable_server_is_unavailable() {
+    let stripe = provider();
+    let customer = stripe.ensure_customer(&details()).await.unwrap();
+    let error = stripe
+        .ensure_default_payment_method(&customer, "pm_does_not_exist")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PaymentError::NotFound(_) | PaymentError::Refused(_)),
+        "{error:?}"
+    );
+    stripe.ping().await.unwrap();
+
+    let unreachable = StripeProvider::new(STRIPE_TEST_KEY, "http://127.0.0.1:9").unwrap();
+    let error = unreachable.ping().await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+}
