@@ -2,6 +2,7 @@
 
 mod admin;
 mod api_keys;
+mod audit_chain;
 mod auth;
 mod crash_recovery;
 mod errors;

@@ -69,3 +69,87 @@ pub async fn record(conn: &mut PgConnection, entry: &AuditEntry) -> Result<i64, 
     .await?;
     Ok(id)
 }
+
+/// One stored entry, as operators read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEntry {
+    pub chain_seq: i64,
+    pub tenant_id: Option<uuid::Uuid>,
+    pub actor: String,
+    pub action: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub details: Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub hash: Vec<u8>,
+}
+
+/// Entries in chain order after `after`, optionally of one tenant. Needs a system
+/// transaction to see more than one tenant's entries.
+pub async fn list(
+    conn: &mut PgConnection,
+    tenant: Option<TenantId>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT chain_seq, tenant_id, actor, action, from_state, to_state, reason, request_id, \
+                details, created_at, hash \
+         FROM audit_log WHERE ($1::uuid IS NULL OR tenant_id = $1) AND chain_seq > $2 \
+         ORDER BY chain_seq LIMIT $3",
+    )
+    .bind(tenant.map(|t| t.as_uuid()))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// What verifying the chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub entries: i64,
+    /// The chain position of the first entry whose hash or link does not match, if any.
+    pub first_broken: Option<i64>,
+}
+
+/// Recomputes every entry's hash from its content and the previous entry's hash, in
+/// chain order. Needs a system transaction (the chain spans tenants).
+pub async fn verify_chain(conn: &mut PgConnection) -> Result<ChainReport, StoreError> {
+    let (entries, first_broken): (i64, Option<i64>) = sqlx::query_as(
+        "WITH chain AS ( \
+             SELECT chain_seq, hash, prev_hash, \
+                    lag(hash) OVER (ORDER BY chain_seq) AS previous_hash, \
+                    lag(chain_seq) OVER (ORDER BY chain_seq) AS previous_seq, \
+                    audit_entry_hash(prev_hash, chain_seq, tenant_id, actor, action, from_state, \
+                        to_state, reason, request_id, details, created_at) AS recomputed \
+             FROM audit_log) \
+         SELECT (SELECT count(*) FROM audit_log), \
+                min(chain_seq) FILTER (WHERE hash <> recomputed \
+                    OR prev_hash IS DISTINCT FROM coalesce(previous_hash, sha256(''::bytea)) \
+                    OR chain_seq <> coalesce(previous_seq, 0) + 1) \
+         FROM chain",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    // The head must agree with the last entry: a deleted tail shows up here.
+    let (head_seq, head_hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT chain_seq, hash FROM audit_chain_head")
+            .fetch_one(&mut *conn)
+            .await?;
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT chain_seq, hash FROM audit_log ORDER BY chain_seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let tail_intact = match &last {
+        Some((seq, hash)) => *seq == head_seq && *hash == head_hash,
+        None => head_seq == 0,
+    };
+    let first_broken = first_broken.or((!tail_intact).then_some(head_seq));
+    Ok(ChainReport {
+        entries,
+        first_broken,
+    })
+}

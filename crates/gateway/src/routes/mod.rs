@@ -1,6 +1,7 @@
 //! Every route, merged in one place. Each module exposes `router()`; the OpenAPI
 //! document is collected from the same handlers, so it cannot drift from them.
 
+mod admin_audit;
 mod admin_tenants;
 mod api_keys;
 mod health;
@@ -62,6 +63,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(plans::router())
         .merge(api_keys::router())
         .merge(admin_tenants::router())
+        .merge(admin_audit::router())
         .merge(tenant::router())
         .merge(usage::router())
         .merge(invoices::router())
