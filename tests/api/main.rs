@@ -8,6 +8,7 @@ mod crash_recovery;
 mod errors;
 mod health;
 mod invoices;
+mod job_queue;
 mod payments;
 mod row_level_security;
 mod usage_ingest;

@@ -1,0 +1,284 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tenancy::{Db, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::queue::{Job, NOTIFY_CHANNEL};
+
+/// How a handler's run ended, when it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Try again later (with backoff), unless attempts are exhausted.
+    #[error("{0}")]
+    Retry(String),
+    /// Retrying cannot help (a payload that does not decode, a refused request): the
+    /// job is dead at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// The job kind this handler runs.
+    fn kind(&self) -> &'static str;
+    /// Runs one attempt. Must be idempotent: a job can run again after a crash.
+    async fn run(&self, job: &Job) -> Result<(), JobError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Unique per process, so leases name their holder.
+    pub name: String,
+    /// Jobs run at once by this worker.
+    pub concurrency: usize,
+    /// How long a claim lasts without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// Fallback wake-up when no notification arrives (and for scheduled jobs).
+    pub poll_interval: Duration,
+    /// Retry delay after the first failure; doubles with each further one.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            name: format!(
+                "worker-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Runs the registered handlers' jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
+    settings: Arc<WorkerSettings>,
+}
+
+impl Worker {
+    pub fn new(db: &Db, settings: WorkerSettings) -> Self {
+        Self {
+            pool: db.pool().clone(),
+            handlers: Arc::default(),
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn register(mut self, handler: impl JobHandler) -> Self {
+        Arc::make_mut(&mut self.handlers).insert(handler.kind(), Arc::new(handler));
+        self
+    }
+
+    fn kinds(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
+    }
+
+    /// Takes the lease on the next due job this worker can run.
+    async fn claim(&self) -> Result<Option<Job>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE jobs SET attempts = attempts + 1, locked_by = $1, \
+                    locked_until = now() + make_interval(secs => $2) \
+             WHERE id = ( \
+                 SELECT id FROM jobs \
+                 WHERE status = 'pending' AND run_at <= now() \
+                   AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($3) \
+                 ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, payload, attempts, max_attempts",
+        )
+        .bind(&self.settings.name)
+        .bind(self.settings.lease.as_secs_f64())
+        .bind(self.kinds())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Runs one claimed job to its end, renewing the lease meanwhile, and records how
+    /// it ended.
+    async fn execute(&self, job: Job) {
+        let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
+            return;
+        };
+        let span =
+            tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
+        let _entered = span.enter();
+        let run = handler.run(&job);
+        tokio::pin!(run);
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        renew.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = renew.tick() => {
+                    if let Err(error) = self.renew(&job).await {
+                        tracing::warn!(%error, "could not renew a job lease");
+                    }
+                }
+            }
+        };
+        let recorded = match &outcome {
+            Ok(()) => self.complete(&job).await,
+            Err(error) => self.fail(&job, error).await,
+        };
+        if let Err(error) = recorded {
+            // The lease will run out and the job run again; handlers are idempotent.
+            tracing::warn!(%error, "could not record a job's outcome");
+        }
+        let result = if outcome.is_ok() { "done" } else { "failed" };
+        metrics::counter!("jobs_finished_total", "kind" => job.kind.clone(), "result" => result)
+            .increment(1);
+    }
+
+    async fn renew(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
+        )
+        .bind(job.id)
+        .bind(&self.settings.name)
+        .bind(self.settings.lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn complete(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'done', finished_at = now(), locked_until = NULL, \
+                    last_error = NULL \
+             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
+        )
+        .bind(job.id)
+        .bind(&self.settings.name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail(&self, job: &Job, error: &JobError) -> Result<(), StoreError> {
+        let permanent = matches!(error, JobError::Permanent(_));
+        let dead = permanent || job.attempts >= job.max_attempts;
+        let delay = backoff(&self.settings, job.attempts);
+        if dead {
+            tracing::error!(%error, "job is dead");
+        } else {
+            tracing::warn!(%error, retry_in_secs = delay.as_secs_f64(), "job failed; will retry");
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN $3 THEN 'dead' ELSE 'pending' END, \
+                    finished_at = CASE WHEN $3 THEN now() END, \
+                    run_at = now() + make_interval(secs => $4), \
+                    locked_until = NULL, last_error = $5 \
+             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
+        )
+        .bind(job.id)
+        .bind(&self.settings.name)
+        .bind(dead)
+        .bind(delay.as_secs_f64())
+        .bind(error.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs due jobs one after another until none is left; returns how many ran. For
+    /// tests and command-line use.
+    pub async fn run_pending(&self) -> Result<usize, StoreError> {
+        let mut ran = 0;
+        while let Some(job) = self.claim().await? {
+            self.execute(job).await;
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    /// Runs jobs until `stop` turns true, then lets the jobs in flight finish.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, "job notifications unavailable; polling only");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "job notifications unavailable; polling only");
+                None
+            }
+        };
+        let mut in_flight = JoinSet::new();
+        while !*stop.borrow() {
+            while in_flight.len() < self.settings.concurrency {
+                match self.claim().await {
+                    Ok(Some(job)) => {
+                        let worker = self.clone();
+                        in_flight.spawn(async move { worker.execute(job).await });
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not claim a job");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                notified = async { listener.as_mut()?.recv().await.ok() }, if listener.is_some() => {
+                    if notified.is_none() {
+                        // The listener reconnects by itself on the next recv.
+                        tokio::time::sleep(self.settings.poll_interval).await;
+                    }
+                }
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+}
+
+/// Delay before attempt `attempts + 1`: the base, doubled per failure, capped.
+fn backoff(settings: &WorkerSettings, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
+    settings
+        .backoff_base
+        .saturating_mul(1 << doublings)
+        .min(settings.backoff_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_is_capped() {
+        let settings = WorkerSettings {
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+            ..WorkerSettings::default()
+        };
+        let delays: Vec<u64> = (1..=7)
+            .map(|attempt| backoff(&settings, attempt).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(&settings, i32::MAX).as_secs(), 60);
+    }
+}
