@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod invoices;
 mod job_queue;
+mod onboarding;
 mod payments;
 mod row_level_security;
 mod usage_ingest;

@@ -79,6 +79,8 @@ impl TestApp {
         config.stripe.api_base = stack.stripe_url.clone();
         config.stripe.secret_key = Some(SecretString::from(stack::STRIPE_TEST_KEY));
         config.operator_token = Some(SecretString::from(OPERATOR_TOKEN));
+        config.signups.rate_per_minute = 10_000;
+        config.workers.job_poll_ms = 50;
         customize(&mut config);
 
         let application = Application::build(config.clone())
@@ -151,6 +153,7 @@ impl TestApp {
                 billing_cycle: saas_core::BillingCycle::Months(1),
                 synthetic,
                 stripe_customer_id: None,
+                stripe_subscription_id: None,
             },
         )
         .await

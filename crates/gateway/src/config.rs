@@ -28,6 +28,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub stripe: StripeConfig,
     pub billing: BillingConfig,
+    pub signups: SignupsConfig,
     pub workers: WorkersConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -61,10 +62,17 @@ pub struct BillingConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct SignupsConfig {
+    pub rate_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct WorkersConfig {
     pub enabled: bool,
     pub relay_batch_size: u32,
     pub relay_idle_ms: u64,
+    pub job_concurrency: usize,
+    pub job_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +147,11 @@ impl Config {
         }
         if self.billing.cycle.parse::<BillingCycle>().is_err() {
             return invalid("billing.cycle must look like \"1mo\" or \"30s\"".into());
+        }
+        if self.signups.rate_per_minute == 0 || self.workers.job_concurrency == 0 {
+            return invalid(
+                "signups.rate_per_minute and workers.job_concurrency must be positive".into(),
+            );
         }
         if self.workers.relay_batch_size == 0 {
             return invalid("workers.relay_batch_size must be positive".into());

@@ -24,6 +24,11 @@ use crate::request_context::request_context;
 use crate::routes;
 use crate::state::{AppState, Services};
 use crate::workers;
+use billing::payments::PaymentProvider;
+use billing::stripe_provider::StripeProvider;
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub struct Application {
     listener: TcpListener,
@@ -79,7 +84,10 @@ impl Application {
         } else {
             Vec::new()
         };
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
             let _ = stopping_tx.send(true);
@@ -114,10 +122,23 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         db,
         clickhouse,
         prometheus: crate::metrics::install(),
-        clock: std::sync::Arc::new(saas_core::SystemClock),
+        clock: Arc::new(saas_core::SystemClock),
         key_cache: KeyCache::new(Duration::from_millis(config.http.key_cache_ttl_ms)),
+        payments: payment_provider(&config)?,
+        signup_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+            std::num::NonZeroU32::new(config.signups.rate_per_minute).expect("validated at load"),
+        )),
         config,
     }))
+}
+
+fn payment_provider(config: &Config) -> anyhow::Result<Option<Arc<dyn PaymentProvider>>> {
+    let Some(key) = &config.stripe.secret_key else {
+        tracing::warn!("no Stripe key configured: paid signups and billing are unavailable");
+        return Ok(None);
+    };
+    let provider = StripeProvider::new(key.expose_secret(), &config.stripe.api_base)?;
+    Ok(Some(Arc::new(provider)))
 }
 
 /// The complete HTTP service for `state`, with every cross-cutting layer.

@@ -1,6 +1,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use billing::payments::PaymentProvider;
 use metering::ClickHouseSink;
 use metrics_exporter_prometheus::PrometheusHandle;
 use saas_core::clock::SharedClock;
@@ -20,7 +21,13 @@ pub struct Services {
     pub prometheus: PrometheusHandle,
     pub clock: SharedClock,
     pub key_cache: KeyCache,
+    /// `None` when no Stripe key is configured: billing is then not available.
+    pub payments: Option<Arc<dyn PaymentProvider>>,
+    pub signup_limiter: SignupLimiter,
 }
+
+/// Signups per client address, against card testing.
+pub type SignupLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 impl AppState {
     pub fn new(services: Services) -> Self {

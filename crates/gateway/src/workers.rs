@@ -1,6 +1,10 @@
 //! Background workers run inside the service process, each until the stop signal.
 
+use std::time::Duration;
+
+use jobs::{Worker, WorkerSettings};
 use metering::relay::Relay;
+use onboarding::OnboardingWorkflow;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -12,5 +16,23 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         state.clickhouse.clone(),
         state.config.relay_settings(),
     );
-    vec![tokio::spawn(relay.run(stop))]
+    let config = &state.config;
+    let onboarding = OnboardingWorkflow::new(
+        state.db.clone(),
+        state.payments.clone(),
+        config.billing_cycle(),
+    );
+    let jobs = Worker::new(
+        &state.db,
+        WorkerSettings {
+            concurrency: config.workers.job_concurrency,
+            poll_interval: Duration::from_millis(config.workers.job_poll_ms),
+            ..WorkerSettings::default()
+        },
+    )
+    .register(onboarding);
+    vec![
+        tokio::spawn(relay.run(stop.clone())),
+        tokio::spawn(jobs.run(stop)),
+    ]
 }

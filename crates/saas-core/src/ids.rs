@@ -114,6 +114,13 @@ prefixed_id!(
     "API key"
 );
 
+prefixed_id!(
+    /// A self-service signup, before and after it becomes a tenant.
+    SignupId,
+    "sgn",
+    "signup"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ mod api_keys;
 mod health;
 mod invoices;
 mod plans;
+mod signups;
 mod tenant;
 mod usage;
 
@@ -67,4 +68,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(tenant::router())
         .merge(usage::router())
         .merge(invoices::router())
+        .merge(signups::router())
 }

@@ -1,0 +1,14 @@
+//! Self-service onboarding: a signup becomes a paying, provisioned tenant with no human
+//! in between.
+//!
+//! - [`request`]: what a signup must look like (pure validation).
+//! - [`store`]: signups and their steps in Postgres.
+//! - [`workflow`]: the job that takes a signup through payment and provisioning. Every
+//!   step is idempotent and recorded, so a worker killed at any point resumes and
+//!   finishes exactly once.
+
+pub mod request;
+pub mod store;
+pub mod workflow;
+
+pub use workflow::{ONBOARDING_JOB, OnboardingWorkflow};

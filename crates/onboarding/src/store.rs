@@ -1,0 +1,283 @@
+//! Signups and their steps in Postgres. Signups precede tenants, so these run in system
+//! transactions; the API reads a signup only with its token.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use saas_core::{SignupId, TenantId};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use tenancy::StoreError;
+use uuid::Uuid;
+
+use crate::request::ValidSignup;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignupStatus {
+    Pending,
+    PaymentProcessing,
+    Provisioning,
+    Completed,
+    Failed,
+}
+
+impl SignupStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SignupStatus::Pending => "pending",
+            SignupStatus::PaymentProcessing => "payment_processing",
+            SignupStatus::Provisioning => "provisioning",
+            SignupStatus::Completed => "completed",
+            SignupStatus::Failed => "failed",
+        }
+    }
+
+    pub const fn is_final(self) -> bool {
+        matches!(self, SignupStatus::Completed | SignupStatus::Failed)
+    }
+}
+
+impl fmt::Display for SignupStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SignupStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        [
+            SignupStatus::Pending,
+            SignupStatus::PaymentProcessing,
+            SignupStatus::Provisioning,
+            SignupStatus::Completed,
+            SignupStatus::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("signup status {s:?}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Signup {
+    pub id: SignupId,
+    pub email: String,
+    pub company: String,
+    pub plan_code: String,
+    pub payment_method: Option<String>,
+    pub status: SignupStatus,
+    pub failure_reason: Option<String>,
+    pub token_hash: Vec<u8>,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
+    pub synthetic: bool,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SignupRow {
+    id: Uuid,
+    email: String,
+    company: String,
+    plan_code: String,
+    payment_method: Option<String>,
+    status: String,
+    failure_reason: Option<String>,
+    token_hash: Vec<u8>,
+    stripe_customer_id: Option<String>,
+    stripe_subscription_id: Option<String>,
+    synthetic: bool,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct Step {
+    pub name: String,
+    pub status: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A fresh signup token: 256 random bits. Only its hash is stored.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("st_{}", hex::encode(bytes))
+}
+
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub struct NewSignup<'a> {
+    pub id: SignupId,
+    pub signup: &'a ValidSignup,
+    pub token_hash: Vec<u8>,
+    pub idempotency_key: Option<&'a str>,
+    pub synthetic: bool,
+}
+
+pub async fn insert(conn: &mut PgConnection, new: NewSignup<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signups (id, email, company, plan_code, payment_method, token_hash, \
+                              idempotency_key, request_hash, synthetic) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(new.id.as_uuid())
+    .bind(&new.signup.email)
+    .bind(&new.signup.company)
+    .bind(&new.signup.plan_code)
+    .bind(&new.signup.payment_method)
+    .bind(&new.token_hash)
+    .bind(new.idempotency_key)
+    .bind(new.signup.digest())
+    .bind(new.synthetic)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The signup made under an Idempotency-Key: its request digest and first answer.
+pub async fn find_by_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<Option<(Vec<u8>, Option<serde_json::Value>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT request_hash, first_response FROM signups WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn set_first_response(
+    conn: &mut PgConnection,
+    id: SignupId,
+    response: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE signups SET first_response = $2 WHERE id = $1")
+        .bind(id.as_uuid())
+        .bind(response)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads a signup; `lock` takes its row lock for the rest of the transaction.
+pub async fn get(conn: &mut PgConnection, id: SignupId, lock: bool) -> Result<Signup, StoreError> {
+    let sql = if lock {
+        "SELECT * FROM signups WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT * FROM signups WHERE id = $1"
+    };
+    let row: SignupRow = sqlx::query_as(sql)
+        .bind(id.as_uuid())
+        .fetch_optional(conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let status: SignupStatus = row.status.parse()?;
+    Ok(Signup {
+        id: SignupId::from_uuid(row.id),
+        email: row.email,
+        company: row.company,
+        plan_code: row.plan_code,
+        payment_method: row.payment_method,
+        status,
+        failure_reason: row.failure_reason,
+        token_hash: row.token_hash,
+        stripe_customer_id: row.stripe_customer_id,
+        stripe_subscription_id: row.stripe_subscription_id,
+        // A completed signup's tenant carries the signup's id.
+        tenant_id: (status == SignupStatus::Completed).then(|| TenantId::from_uuid(row.id)),
+        synthetic: row.synthetic,
+        created_at: row.created_at,
+        completed_at: row.completed_at,
+    })
+}
+
+pub async fn steps(conn: &mut PgConnection, id: SignupId) -> Result<Vec<Step>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT name, status, at FROM signup_steps WHERE signup_id = $1 ORDER BY at, name",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records a step once; recording it again keeps the first time.
+pub async fn record_step(
+    conn: &mut PgConnection,
+    id: SignupId,
+    name: &str,
+    status: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO signup_steps (signup_id, name, status) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(id.as_uuid())
+        .bind(name)
+        .bind(status)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves a signup on, never out of a final status.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: SignupId,
+    status: SignupStatus,
+    failure_reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE signups SET status = $2, failure_reason = $3, \
+                completed_at = CASE WHEN $2 IN ('completed', 'failed') THEN now() END \
+         WHERE id = $1 AND status NOT IN ('completed', 'failed')",
+    )
+    .bind(id.as_uuid())
+    .bind(status.as_str())
+    .bind(failure_reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_provider_ids(
+    conn: &mut PgConnection,
+    id: SignupId,
+    customer: Option<&str>,
+    subscription: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE signups SET stripe_customer_id = coalesce($2, stripe_customer_id), \
+                stripe_subscription_id = coalesce($3, stripe_subscription_id) WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(customer)
+    .bind(subscription)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Hands out the first API key once: returns it and forgets it.
+pub async fn take_api_key(
+    conn: &mut PgConnection,
+    id: SignupId,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "WITH taken AS (SELECT id, api_key_secret FROM signups WHERE id = $1 FOR UPDATE) \
+         UPDATE signups s SET api_key_secret = NULL FROM taken \
+         WHERE s.id = taken.id AND taken.api_key_secret IS NOT NULL \
+         RETURNING taken.api_key_secret",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?)
+}

@@ -1,0 +1,394 @@
+//! The onboarding job: customer, payment method, first payment, then provisioning.
+//!
+//! Each step is idempotent (the payment provider finds what an earlier attempt made;
+//! provisioning is one transaction that checks the signup's status under its row lock)
+//! and is recorded with its time, so a worker killed anywhere resumes where it stopped
+//! and the signup ends with exactly one customer, one subscription and one tenant.
+//! Nothing is provisioned before the payment is confirmed; a declined payment leaves
+//! nothing charged and nothing provisioned.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use billing::payments::{CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
+use jobs::{Job, JobError, JobHandler, NewJob};
+use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use tenancy::audit::{self, Actor, AuditEntry};
+use tenancy::tenants::NewTenant;
+use tenancy::{Db, StoreError};
+
+use crate::store::{self, Signup, SignupStatus};
+
+pub const ONBOARDING_JOB: &str = "onboarding.signup";
+
+/// The steps, in order, as recorded and reported.
+pub mod steps {
+    pub const CUSTOMER_CREATED: &str = "customer_created";
+    pub const PAYMENT_METHOD_ATTACHED: &str = "payment_method_attached";
+    pub const PAYMENT_CONFIRMED: &str = "payment_confirmed";
+    pub const TENANT_PROVISIONED: &str = "tenant_provisioned";
+    pub const WELCOME_QUEUED: &str = "welcome_queued";
+    pub const ALL: [&str; 5] = [
+        CUSTOMER_CREATED,
+        PAYMENT_METHOD_ATTACHED,
+        PAYMENT_CONFIRMED,
+        TENANT_PROVISIONED,
+        WELCOME_QUEUED,
+    ];
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    signup_id: SignupId,
+}
+
+/// The job that onboards `signup`, written in the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, signup: SignupId) -> Result<(), StoreError> {
+    let payload = serde_json::to_value(Payload { signup_id: signup }).unwrap_or_default();
+    jobs::enqueue(
+        conn,
+        NewJob::new(ONBOARDING_JOB, payload)
+            .dedup_key(signup.to_string())
+            .max_attempts(20),
+    )
+    .await?;
+    Ok(())
+}
+
+pub struct OnboardingWorkflow {
+    db: Db,
+    payments: Option<Arc<dyn PaymentProvider>>,
+    billing_cycle: BillingCycle,
+    /// Fault injection for tests: after recording this step, the run stops forever, as
+    /// if the worker had been killed there. Always `None` in the service.
+    pub halt_after: Option<&'static str>,
+}
+
+impl OnboardingWorkflow {
+    pub fn new(
+        db: Db,
+        payments: Option<Arc<dyn PaymentProvider>>,
+        billing_cycle: BillingCycle,
+    ) -> Self {
+        Self {
+            db,
+            payments,
+            billing_cycle,
+            halt_after: None,
+        }
+    }
+
+    async fn step_done(
+        &self,
+        signup: SignupId,
+        step: &'static str,
+        status: &str,
+    ) -> Result<(), JobError> {
+        let mut tx = self.db.system_tx("onboarding step").await.map_err(retry)?;
+        store::record_step(&mut tx, signup, step, status)
+            .await
+            .map_err(retry)?;
+        tx.commit().await.map_err(|e| retry(e.into()))?;
+        tracing::info!(signup = %signup, step, status, "onboarding step");
+        count_step(step, status);
+        self.halt_if_asked(step).await;
+        Ok(())
+    }
+
+    async fn halt_if_asked(&self, step: &'static str) {
+        if self.halt_after == Some(step) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn set_status(
+        &self,
+        id: SignupId,
+        status: SignupStatus,
+        reason: Option<&str>,
+    ) -> Result<(), JobError> {
+        let mut tx = self
+            .db
+            .system_tx("onboarding status")
+            .await
+            .map_err(retry)?;
+        store::set_status(&mut tx, id, status, reason)
+            .await
+            .map_err(retry)?;
+        tx.commit().await.map_err(|e| retry(e.into()))
+    }
+
+    async fn set_provider_ids(
+        &self,
+        id: SignupId,
+        customer: Option<&str>,
+        subscription: Option<&str>,
+    ) -> Result<(), JobError> {
+        let mut tx = self
+            .db
+            .system_tx("onboarding provider ids")
+            .await
+            .map_err(retry)?;
+        store::set_provider_ids(&mut tx, id, customer, subscription)
+            .await
+            .map_err(retry)?;
+        tx.commit().await.map_err(|e| retry(e.into()))
+    }
+
+    async fn fail(&self, signup: &Signup, reason: String) -> Result<(), JobError> {
+        tracing::warn!(signup = %signup.id, %reason, "onboarding failed");
+        metrics::counter!("signups_failed_total").increment(1);
+        self.set_status(signup.id, SignupStatus::Failed, Some(&reason))
+            .await?;
+        // Nothing may stay behind that could be charged: the provider already canceled an
+        // unpaid subscription; the customer goes too.
+        if let (Some(payments), Some(customer)) = (&self.payments, &signup.stripe_customer_id) {
+            payments
+                .delete_customer(customer)
+                .await
+                .map_err(payment_retry)?;
+        }
+        Ok(())
+    }
+
+    async fn run_signup(&self, id: SignupId) -> Result<(), JobError> {
+        let load = |lock| async move {
+            let mut tx = self.db.system_tx("onboarding read").await.map_err(retry)?;
+            let signup = store::get(&mut tx, id, lock).await.map_err(|e| match e {
+                StoreError::NotFound => JobError::Permanent(format!("signup {id} does not exist")),
+                other => retry(other),
+            })?;
+            let steps = store::steps(&mut tx, id).await.map_err(retry)?;
+            tx.commit().await.map_err(|e| retry(e.into()))?;
+            Ok::<_, JobError>((signup, steps))
+        };
+        let (mut signup, done) = load(false).await?;
+        if signup.status.is_final() {
+            return Ok(());
+        }
+        let has = |step: &str| done.iter().any(|s| s.name == step);
+        let plan = {
+            let mut conn = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(|e| retry(e.into()))?;
+            tenancy::plans::get(&mut conn, &signup.plan_code)
+                .await
+                .map_err(retry)?
+        };
+        let paid = plan.base_fee > 0;
+
+        // 1. The customer at the payment provider (also for free plans, when billing is
+        //    configured, so that a later upgrade has somewhere to charge).
+        match (&self.payments, paid) {
+            (None, true) => return self.fail(&signup, "billing is not configured".into()).await,
+            (None, false) => {
+                if !has(steps::CUSTOMER_CREATED) {
+                    self.step_done(id, steps::CUSTOMER_CREATED, "skipped")
+                        .await?;
+                }
+            }
+            (Some(payments), _) => {
+                if signup.stripe_customer_id.is_none() || !has(steps::CUSTOMER_CREATED) {
+                    let details = CustomerDetails {
+                        reference: id.to_string(),
+                        email: signup.email.clone(),
+                        name: signup.company.clone(),
+                    };
+                    let customer = payments
+                        .ensure_customer(&details)
+                        .await
+                        .map_err(payment_retry)?;
+                    self.set_provider_ids(id, Some(&customer), None).await?;
+                    signup.stripe_customer_id = Some(customer);
+                    self.step_done(id, steps::CUSTOMER_CREATED, "done").await?;
+                }
+            }
+        }
+
+        // 2 and 3. Payment method and first payment, for paid plans.
+        if paid {
+            let payments = self.payments.as_ref().expect("checked above");
+            let customer = signup.stripe_customer_id.clone().expect("set above");
+            self.set_status(id, SignupStatus::PaymentProcessing, None)
+                .await?;
+            if !has(steps::PAYMENT_METHOD_ATTACHED) {
+                let method = signup.payment_method.clone().unwrap_or_default();
+                match payments
+                    .ensure_default_payment_method(&customer, &method)
+                    .await
+                {
+                    Ok(_) => {
+                        self.step_done(id, steps::PAYMENT_METHOD_ATTACHED, "done")
+                            .await?
+                    }
+                    Err(error) => return self.payment_failed(&signup, error).await,
+                }
+            }
+            if !has(steps::PAYMENT_CONFIRMED) {
+                let recurring = RecurringPlan {
+                    code: plan.code.clone(),
+                    currency: plan.currency.to_string(),
+                    base_fee: plan.base_fee,
+                };
+                match payments.ensure_subscription(&customer, &recurring).await {
+                    Ok(subscription) => {
+                        self.set_provider_ids(id, None, Some(&subscription.id))
+                            .await?;
+                        signup.stripe_subscription_id = Some(subscription.id);
+                        self.step_done(id, steps::PAYMENT_CONFIRMED, "done").await?;
+                    }
+                    Err(error) => return self.payment_failed(&signup, error).await,
+                }
+            }
+        } else {
+            for step in [steps::PAYMENT_METHOD_ATTACHED, steps::PAYMENT_CONFIRMED] {
+                if !has(step) {
+                    self.step_done(id, step, "skipped").await?;
+                }
+            }
+        }
+
+        // 4 and 5. Provisioning and the welcome message, in one transaction.
+        let (signup, _) = load(false).await?;
+        self.provision(&signup).await?;
+        self.halt_if_asked(steps::TENANT_PROVISIONED).await;
+        Ok(())
+    }
+
+    async fn payment_failed(&self, signup: &Signup, error: PaymentError) -> Result<(), JobError> {
+        match error {
+            PaymentError::Declined { code, .. } => {
+                self.fail(signup, format!("payment_declined: {code}")).await
+            }
+            PaymentError::Refused(message) | PaymentError::NotFound(message) => {
+                self.fail(signup, format!("payment_method_invalid: {message}"))
+                    .await
+            }
+            other => Err(payment_retry(other)),
+        }
+    }
+
+    /// The tenant, its first API key, the audit entry and the welcome message, all or
+    /// nothing; a second run finds the signup completed and does nothing.
+    async fn provision(&self, signup: &Signup) -> Result<(), JobError> {
+        let mut tx = self
+            .db
+            .system_tx("onboarding provision")
+            .await
+            .map_err(retry)?;
+        let current = store::get(&mut tx, signup.id, true).await.map_err(retry)?;
+        if current.status.is_final() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE signups SET status = 'provisioning' WHERE id = $1")
+            .bind(signup.id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| retry(e.into()))?;
+        let tenant_id = TenantId::from_uuid(signup.id.as_uuid());
+        tenancy::tenants::insert(
+            &mut tx,
+            &NewTenant {
+                id: tenant_id,
+                name: signup.company.clone(),
+                email: Some(signup.email.clone()),
+                state: TenantState::Active,
+                plan_code: signup.plan_code.clone(),
+                billing_anchor: chrono::Utc::now(),
+                billing_cycle: self.billing_cycle,
+                synthetic: signup.synthetic,
+                stripe_customer_id: signup.stripe_customer_id.clone(),
+                stripe_subscription_id: signup.stripe_subscription_id.clone(),
+            },
+        )
+        .await
+        .map_err(retry)?;
+        let key = tenancy::api_keys::create(&mut tx, tenant_id, "default")
+            .await
+            .map_err(retry)?;
+        sqlx::query(
+            "UPDATE signups SET status = 'completed', completed_at = now(), api_key_secret = $2 \
+             WHERE id = $1",
+        )
+        .bind(signup.id.as_uuid())
+        .bind(&key.secret)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| retry(e.into()))?;
+        let mut entry = AuditEntry::new(
+            Some(tenant_id),
+            Actor::System("onboarding"),
+            "tenant.provisioned",
+        );
+        entry.from_state = Some(TenantState::Provisioning);
+        entry.to_state = Some(TenantState::Active);
+        entry.details = serde_json::json!({ "signup_id": signup.id, "plan": signup.plan_code });
+        audit::record(&mut tx, &entry).await.map_err(retry)?;
+        store::record_step(&mut tx, signup.id, steps::TENANT_PROVISIONED, "done")
+            .await
+            .map_err(retry)?;
+        sqlx::query(
+            "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
+             VALUES ($1, $2, 'welcome', $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(tenant_id.as_uuid())
+        .bind(&signup.email)
+        .bind(format!("Welcome to the platform, {}", signup.company))
+        .bind(format!(
+            "Your account {tenant_id} is ready on the {} plan. Your first API key is shown once \
+             when you next check your signup.",
+            signup.plan_code
+        ))
+        .bind(format!("welcome-{tenant_id}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| retry(e.into()))?;
+        store::record_step(&mut tx, signup.id, steps::WELCOME_QUEUED, "done")
+            .await
+            .map_err(retry)?;
+        tx.commit().await.map_err(|e| retry(e.into()))?;
+        count_step(steps::TENANT_PROVISIONED, "done");
+        count_step(steps::WELCOME_QUEUED, "done");
+        metrics::counter!("signups_completed_total").increment(1);
+        let elapsed = (chrono::Utc::now() - signup.created_at).as_seconds_f64();
+        metrics::histogram!("onboarding_completed_seconds").record(elapsed);
+        tracing::info!(signup = %signup.id, tenant = %tenant_id, elapsed, "tenant provisioned");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobHandler for OnboardingWorkflow {
+    fn kind(&self) -> &'static str {
+        ONBOARDING_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let payload: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        self.run_signup(payload.signup_id).await
+    }
+}
+
+fn count_step(step: &'static str, status: &str) {
+    metrics::counter!("onboarding_steps_total", "step" => step, "status" => status.to_owned())
+        .increment(1);
+}
+
+fn retry(error: StoreError) -> JobError {
+    JobError::Retry(error.to_string())
+}
+
+fn payment_retry(error: PaymentError) -> JobError {
+    if error.is_retryable() {
+        JobError::Retry(error.to_string())
+    } else {
+        JobError::Permanent(error.to_string())
+    }
+}

@@ -1,0 +1,463 @@
+//! Self-service onboarding end to end: the real service, Postgres and localstripe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use billing::payments::PaymentProvider;
+use billing::stripe_provider::StripeProvider;
+use integration_tests::{STRIPE_TEST_KEY, Stack, TestApp, error_code};
+use jobs::{Worker, WorkerSettings};
+use onboarding::OnboardingWorkflow;
+use onboarding::workflow::steps;
+use serde_json::{Value, json};
+
+fn signup_body(plan: &str, payment_method: Option<&str>) -> Value {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let mut body = json!({"email": format!("founder+{unique}@example.com"), "company": format!("Acme {unique}"), "plan": plan});
+    if let Some(pm) = payment_method {
+        body["payment_method"] = json!(pm);
+    }
+    body
+}
+
+async fn sign_up(app: &TestApp, body: &Value) -> (String, String) {
+    let response = app.post("/v1/signups").json(body).send().await.unwrap();
+    assert_eq!(response.status(), 202, "{body}");
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["status"], "pending");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["signup_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn read(app: &TestApp, id: &str, token: &str) -> Value {
+    let response = app
+        .get(&format!("/v1/signups/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Polls until the signup is completed or failed.
+async fn wait_final(app: &TestApp, id: &str, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = read(app, id, token).await;
+        if view["status"] == "completed" || view["status"] == "failed" {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "signup stuck: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Customers at localstripe that carry this signup as their reference.
+async fn stripe_customers(email: &str, reference: &str) -> usize {
+    let list: Value = reqwest::Client::new()
+        .get(format!("{}/v1/customers", Stack::from_env().stripe_url))
+        .query(&[("email", email), ("limit", "100")])
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["metadata"]["saas_reference"] == reference)
+        .count()
+}
+
+async fn tenants_named(app: &TestApp, company: &str) -> i64 {
+    let mut tx = app.db.system_tx("test").await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE name = $1")
+        .bind(company)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_plan_signs_up_pays_and_is_provisioned_without_a_human() {
+    let app = TestApp::spawn().await;
+    for (plan, pm) in [
+        ("free", None),
+        ("starter", Some("pm_card_visa")),
+        ("pro", Some("pm_card_visa")),
+        ("enterprise", Some("pm_card_visa")),
+    ] {
+        let body = signup_body(plan, pm);
+        let (id, token) = sign_up(&app, &body).await;
+        let done = wait_final(&app, &id, &token).await;
+        assert_eq!(done["status"], "completed", "{plan}: {done}");
+        let names: Vec<&str> = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        for step in steps::ALL {
+            assert!(
+                names.contains(&step),
+                "{plan}: step {step} missing from {names:?}"
+            );
+        }
+        assert!(done["elapsed_ms"].as_i64().unwrap() >= 0);
+        // The first read after completion carries the key (possibly the one just made); no later read does.
+        let key = match done["api_key"].as_str() {
+            Some(key) => key.to_owned(),
+            None => panic!("{plan}: the first completed read has no api_key: {done}"),
+        };
+        assert!(read(&app, &id, &token).await.get("api_key").is_none());
+        let tenant = app.get_json(&key, "/v1/tenant").await;
+        assert_eq!(tenant["plan"], plan);
+        assert_eq!(tenant["state"], "active");
+        assert_eq!(tenant["id"], done["tenant_id"]);
+        let email = body["email"].as_str().unwrap();
+        assert_eq!(
+            stripe_customers(email, &id).await,
+            1,
+            "{plan}: one customer"
+        );
+        assert_eq!(
+            tenants_named(&app, body["company"].as_str().unwrap()).await,
+            1
+        );
+    }
+    // Operators see the progress.
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"onboarding_steps_total{step="payment_confirmed",status="done"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("signups_completed_total 4"), "{metrics}");
+    assert!(
+        metrics.contains("onboarding_completed_seconds"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_signup_and_leaves_nothing_behind() {
+    let app = TestApp::spawn().await;
+    let card = declining_card().await;
+    let body = signup_body("pro", Some(&card));
+    let (id, token) = sign_up(&app, &body).await;
+    let done = wait_final(&app, &id, &token).await;
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("payment_declined"),
+        "{done}"
+    );
+    assert!(done["tenant_id"].is_null());
+    assert!(done.get("api_key").is_none());
+    assert_eq!(
+        tenants_named(&app, body["company"].as_str().unwrap()).await,
+        0
+    );
+    assert_eq!(
+        stripe_customers(body["email"].as_str().unwrap(), &id).await,
+        0,
+        "the customer is deleted"
+    );
+}
+
+async fn declining_card() -> String {
+    let response: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/payment_methods",
+            Stack::from_env().stripe_url
+        ))
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .form(&[
+            ("type", "card"),
+            ("card[number]", "4000000000000341"),
+            ("card[exp_month]", "12"),
+            ("card[exp_year]", "2030"),
+            ("card[cvc]", "123"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_any_step_resumes_and_finishes_exactly_once() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let stripe: Arc<dyn PaymentProvider> =
+        Arc::new(StripeProvider::new(STRIPE_TEST_KEY, &Stack::from_env().stripe_url).unwrap());
+    let settings = || WorkerSettings {
+        lease: Duration::from_millis(300),
+        poll_interval: Duration::from_millis(20),
+        backoff_base: Duration::ZERO,
+        ..WorkerSettings::default()
+    };
+    for step in steps::ALL {
+        let body = signup_body("starter", Some("pm_card_visa"));
+        let (id, token) = sign_up(&app, &body).await;
+
+        // A worker that dies right after `step`.
+        let mut doomed = OnboardingWorkflow::new(
+            app.db.clone(),
+            Some(stripe.clone()),
+            saas_core::BillingCycle::Months(1),
+        );
+        doomed.halt_after = Some(step);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(
+            Worker::new(&app.db, settings())
+                .register(doomed)
+                .run(stop_rx),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !read(&app, &id, &token).await["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == step)
+        {
+            assert!(Instant::now() < deadline, "step {step} never happened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running.abort();
+        drop(stop_tx);
+
+        // Another worker takes over once the lease has run out.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let healthy = OnboardingWorkflow::new(
+            app.db.clone(),
+            Some(stripe.clone()),
+            saas_core::BillingCycle::Months(1),
+        );
+        Worker::new(&app.db, settings())
+            .register(healthy)
+            .run_pending()
+            .await
+            .unwrap();
+
+        let done = read(&app, &id, &token).await;
+        assert_eq!(done["status"], "completed", "killed after {step}: {done}");
+        assert_eq!(
+            stripe_customers(body["email"].as_str().unwrap(), &id).await,
+            1,
+            "after {step}"
+        );
+        assert_eq!(
+            tenants_named(&app, body["company"].as_str().unwrap()).await,
+            1,
+            "after {step}"
+        );
+        let mut tx = app.db.system_tx("test").await.unwrap();
+        let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE t.name = $1")
+            .bind(body["company"].as_str().unwrap())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(keys, 1, "after {step}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_answer_and_refuses_another_body() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let body = signup_body("free", None);
+    let send = |body: Value, key: Option<&'static str>| {
+        let mut request = app.post("/v1/signups").json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let first: Value = send(body.clone(), Some("retry-1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again: Value = send(body.clone(), Some("retry-1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first, again, "same key, same body: the first answer");
+    let response = send(signup_body("free", None), Some("retry-1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(error_code(response).await, "idempotency_key_reused");
+    // Without a key, a second submission for the same email and company is refused, and
+    // it does not hand out the first signup's token.
+    let response = send(body.clone(), None).await.unwrap();
+    assert_eq!(response.status(), 409);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("signup_exists"), "{text}");
+    assert!(!text.contains(first["signup_token"].as_str().unwrap()));
+    // Another company of the same person is another signup.
+    let mut other_company = body.clone();
+    other_company["company"] = json!("Another Company");
+    let other: Value = send(other_company, None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(other["id"], first["id"]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM signups")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(jobs, 2, "one onboarding job per signup");
+}
+
+#[tokio::test]
+async fn concurrent_twins_without_a_key_make_one_signup() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let body = signup_body("free", None);
+    let answers = futures_util::future::join_all((0..8).map(|_| {
+        let request = app.post("/v1/signups").json(&body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    }))
+    .await;
+    assert_eq!(
+        answers.iter().filter(|s| **s == 202).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|s| **s == 409).count(),
+        7,
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_signups_get_4xx_and_create_nothing() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let cases = [
+        (
+            json!({"email": "not-an-email", "company": "Acme", "plan": "free"}),
+            422,
+            "invalid_email",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "  ", "plan": "free"}),
+            422,
+            "invalid_company",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "Evil\u{202E}Corp", "plan": "free"}),
+            422,
+            "invalid_company",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "x".repeat(101), "plan": "free"}),
+            422,
+            "invalid_company",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "Acme", "plan": "gold"}),
+            422,
+            "unknown_plan",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "Acme", "plan": "pro"}),
+            422,
+            "payment_method_required",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "Acme", "plan": "pro", "payment_method": "4242424242424242"}),
+            422,
+            "invalid_payment_method",
+        ),
+        (
+            json!({"email": "a@b.io", "company": "Acme", "plan": "free", "tenant_id": "ten_1"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"email": "a@b.io", "plan": "free"}),
+            400,
+            "invalid_body",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let response = app.post("/v1/signups").json(&body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        assert_eq!(error_code(response).await, code, "{body}");
+    }
+    let response = app
+        .post("/v1/signups")
+        .header("idempotency-key", "")
+        .json(&signup_body("free", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM signups")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn signups_are_rate_limited_per_client_and_read_only_with_their_token() {
+    let app = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.signups.rate_per_minute = 3;
+    })
+    .await;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(sign_up(&app, &signup_body("free", None)).await);
+    }
+    let response = app
+        .post("/v1/signups")
+        .json(&signup_body("free", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "rate_limited");
+
+    let (id, token) = &created[0];
+    let (other_id, _) = &created[1];
+    let wrong = app
+        .get(&format!("/v1/signups/{other_id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 404, "another signup's token reads nothing");
+    let missing = app.get(&format!("/v1/signups/{id}")).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(read(&app, id, token).await["status"], "pending");
+}
