@@ -36,7 +36,7 @@ hard-codes:
 Usage::
 
     python3 scripts/localstripe_faithful.py --port 8420 [--from-scratch] \
-        [--host 127.0.0.1]
+        [--in-memory] [--host 127.0.0.1]
 
 Requires ``pip install localstripe==1.15.10``.
 """
@@ -809,6 +809,10 @@ def main(argv=None):
     parser.add_argument('--from-scratch', action='store_true',
                         help='ignore the state saved in '
                              'LOCALSTRIPE_STATE_FILE')
+    parser.add_argument('--in-memory', action='store_true',
+                        help='keep state in memory only; stock localstripe '
+                             'pickles its whole store after every write, '
+                             'which grows slower with every object made')
     args = parser.parse_args(argv)
 
     if localstripe.__version__ != SUPPORTED_LOCALSTRIPE:
@@ -817,7 +821,9 @@ def main(argv=None):
                         SUPPORTED_LOCALSTRIPE)
 
     patch()
-    if not args.from_scratch:
+    if args.in_memory:
+        resources.Store.dump_to_disk = lambda self: None
+    elif not args.from_scratch:
         resources.store.try_load_from_disk()
 
     logger = logging.getLogger('aiohttp.access')

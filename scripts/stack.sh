@@ -119,7 +119,7 @@ stripe_up() {
     log "starting localstripe"
     LOCALSTRIPE_STATE_FILE="$STATE/localstripe/state.pickle" \
         start_detached localstripe python3 "$ROOT/scripts/localstripe_faithful.py" \
-        --host 127.0.0.1 --port "$STRIPE_PORT" --from-scratch
+        --host 127.0.0.1 --port "$STRIPE_PORT" --from-scratch --in-memory
     wait_for stripe_ready 30 || { tail -n 20 "$STATE/localstripe.log" >&2 || true; die "localstripe did not start"; }
     log "localstripe ready on 127.0.0.1:$STRIPE_PORT"
 }

@@ -133,3 +133,9 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
+
+/// Prints one line of a benchmark's report on standard output.
+pub fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}

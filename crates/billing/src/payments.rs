@@ -57,10 +57,35 @@ impl PaymentError {
     }
 }
 
+/// Whether an earlier, interrupted attempt of the same work may have created the object
+/// already. Only then must an `ensure_*` call look for it first; on a first attempt it
+/// skips that round trip. (Stripe's idempotency keys would also catch the twin, but only
+/// for 24 hours and not on every Stripe-compatible server.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    First,
+    Retry,
+}
+
+impl Attempt {
+    /// From a job's run number, counted from 1.
+    pub fn of_run(run: i32) -> Self {
+        if run <= 1 {
+            Attempt::First
+        } else {
+            Attempt::Retry
+        }
+    }
+}
+
 #[async_trait]
 pub trait PaymentProvider: Send + Sync + 'static {
     /// The customer for `details.reference`, created on the first call only.
-    async fn ensure_customer(&self, details: &CustomerDetails) -> Result<String, PaymentError>;
+    async fn ensure_customer(
+        &self,
+        details: &CustomerDetails,
+        attempt: Attempt,
+    ) -> Result<String, PaymentError>;
 
     /// Attaches `payment_method` and makes it the customer's default, unless the customer
     /// has a default already.
@@ -68,6 +93,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &self,
         customer: &str,
         payment_method: &str,
+        attempt: Attempt,
     ) -> Result<String, PaymentError>;
 
     /// The customer's subscription to `plan`, created (and its first period charged to
@@ -76,6 +102,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &self,
         customer: &str,
         plan: &RecurringPlan,
+        attempt: Attempt,
     ) -> Result<SubscriptionRef, PaymentError>;
 
     /// Moves a subscription to another plan; `prorate` credits the unused part of the old

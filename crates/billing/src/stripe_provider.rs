@@ -1,6 +1,7 @@
 //! [`PaymentProvider`] on Stripe, through async-stripe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stripe::{Client, ClientBuilder, StripeError};
@@ -21,7 +22,7 @@ use stripe_product::product::{CreateProduct, RetrieveProduct};
 use stripe_types::{Currency, Expandable};
 
 use crate::payments::{
-    CustomerDetails, PaymentError, PaymentProvider, RecurringPlan, SubscriptionRef,
+    Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan, SubscriptionRef,
 };
 
 /// Metadata key holding our reference on every customer we create.
@@ -31,6 +32,9 @@ const PRODUCT_ID: &str = "saas_platform";
 
 pub struct StripeProvider {
     client: Client,
+    /// Stripe plans known to exist. A plan id carries its price and is never changed, so
+    /// once seen it need not be looked up again by this process.
+    known_plans: Mutex<HashSet<String>>,
 }
 
 impl StripeProvider {
@@ -54,7 +58,10 @@ impl StripeProvider {
             .url(api_base)
             .build()
             .map_err(|error| PaymentError::Unexpected(error.to_string()))?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            known_plans: Mutex::default(),
+        })
     }
 
     /// Our plan's id at Stripe. It carries the price, so a price change makes a new
@@ -65,8 +72,11 @@ impl StripeProvider {
 
     async fn ensure_plan(&self, plan: &RecurringPlan) -> Result<String, PaymentError> {
         let id = Self::plan_id(plan);
+        if self.plan_is_known(&id) {
+            return Ok(id);
+        }
         match RetrievePlan::new(id.as_str()).send(&self.client).await {
-            Ok(_) => return Ok(id),
+            Ok(_) => return Ok(self.remember_plan(id)),
             Err(error) => match classify(error) {
                 PaymentError::NotFound(_) => {}
                 other => return Err(other),
@@ -87,11 +97,62 @@ impl StripeProvider {
             .send(&self.client)
             .await;
         match created {
-            Ok(_) => Ok(id),
+            Ok(_) => Ok(self.remember_plan(id)),
             // Created meanwhile by another worker: just as good.
-            Err(error) if is_already_exists(&error) => Ok(id),
+            Err(error) if is_already_exists(&error) => Ok(self.remember_plan(id)),
             Err(error) => Err(classify(error)),
         }
+    }
+
+    /// The customer's default payment method, if it has one.
+    async fn default_payment_method(&self, customer: &str) -> Result<Option<String>, PaymentError> {
+        match RetrieveCustomer::new(customer)
+            .send(&self.client)
+            .await
+            .map_err(classify)?
+        {
+            RetrieveCustomerReturned::Customer(existing) => Ok(existing
+                .invoice_settings
+                .as_ref()
+                .and_then(|s| s.default_payment_method.as_ref())
+                .map(expandable_id)),
+            RetrieveCustomerReturned::DeletedCustomer(_) => Err(PaymentError::NotFound(format!(
+                "customer {customer} is deleted"
+            ))),
+        }
+    }
+
+    /// Every subscription of the customer to the Stripe plan `plan_id`, in any status.
+    async fn subscriptions_to(
+        &self,
+        customer: &str,
+        plan_id: &str,
+    ) -> Result<Vec<Subscription>, PaymentError> {
+        Ok(ListSubscription::new()
+            .customer(customer)
+            .status(ListSubscriptionStatus::All)
+            .send(&self.client)
+            .await
+            .map_err(classify)?
+            .data
+            .into_iter()
+            .filter(|s| subscription_plan(s).as_deref() == Some(plan_id))
+            .collect())
+    }
+
+    fn plan_is_known(&self, id: &str) -> bool {
+        self.known_plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(id)
+    }
+
+    fn remember_plan(&self, id: String) -> String {
+        self.known_plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.clone());
+        id
     }
 
     async fn ensure_product(&self) -> Result<(), PaymentError> {
@@ -137,8 +198,14 @@ impl StripeProvider {
 
 #[async_trait]
 impl PaymentProvider for StripeProvider {
-    async fn ensure_customer(&self, details: &CustomerDetails) -> Result<String, PaymentError> {
-        if let Some(id) = self.find_customer(details).await? {
+    async fn ensure_customer(
+        &self,
+        details: &CustomerDetails,
+        attempt: Attempt,
+    ) -> Result<String, PaymentError> {
+        if attempt == Attempt::Retry
+            && let Some(id) = self.find_customer(details).await?
+        {
             return Ok(id);
         }
         let metadata = HashMap::from([(REFERENCE_KEY.to_owned(), details.reference.clone())]);
@@ -158,25 +225,12 @@ impl PaymentProvider for StripeProvider {
         &self,
         customer: &str,
         payment_method: &str,
+        attempt: Attempt,
     ) -> Result<String, PaymentError> {
-        let existing = match RetrieveCustomer::new(customer)
-            .send(&self.client)
-            .await
-            .map_err(classify)?
+        if attempt == Attempt::Retry
+            && let Some(current) = self.default_payment_method(customer).await?
         {
-            RetrieveCustomerReturned::Customer(c) => c,
-            RetrieveCustomerReturned::DeletedCustomer(_) => {
-                return Err(PaymentError::NotFound(format!(
-                    "customer {customer} is deleted"
-                )));
-            }
-        };
-        let current = existing
-            .invoice_settings
-            .as_ref()
-            .and_then(|s| s.default_payment_method.as_ref());
-        if let Some(current) = current {
-            return Ok(expandable_id(current));
+            return Ok(current);
         }
         let attached = AttachPaymentMethod::new(payment_method)
             .customer(customer)
@@ -199,18 +253,14 @@ impl PaymentProvider for StripeProvider {
         &self,
         customer: &str,
         plan: &RecurringPlan,
+        attempt: Attempt,
     ) -> Result<SubscriptionRef, PaymentError> {
         let plan_id = self.ensure_plan(plan).await?;
-        let ours: Vec<Subscription> = ListSubscription::new()
-            .customer(customer)
-            .status(ListSubscriptionStatus::All)
-            .send(&self.client)
-            .await
-            .map_err(classify)?
-            .data
-            .into_iter()
-            .filter(|s| subscription_plan(s).as_deref() == Some(plan_id.as_str()))
-            .collect();
+        let ours: Vec<Subscription> = if attempt == Attempt::First {
+            Vec::new()
+        } else {
+            self.subscriptions_to(customer, &plan_id).await?
+        };
         if let Some(live) = ours.iter().find(|s| is_live(s)) {
             return Ok(subscription_ref(live));
         }
@@ -220,8 +270,8 @@ impl PaymentProvider for StripeProvider {
         {
             return Err(self.give_up_on(unpaid).await);
         }
-        // Earlier attempts ended (declined, then canceled); this one needs its own key.
-        let attempt = ours.len();
+        // Earlier subscriptions ended (declined, then canceled); this one needs its own key.
+        let earlier = ours.len();
         let item = CreateSubscriptionItems {
             plan: Some(plan_id.clone()),
             ..Default::default()
@@ -231,7 +281,7 @@ impl PaymentProvider for StripeProvider {
             .items(vec![item])
             .customize()
             .request_strategy(idempotent(&format!(
-                "subscription-{customer}-{plan_id}-{attempt}"
+                "subscription-{customer}-{plan_id}-{earlier}"
             ))?)
             .send(&self.client)
             .await
@@ -340,8 +390,22 @@ fn subscription_ref(subscription: &Subscription) -> SubscriptionRef {
     }
 }
 
+/// A create with our own id lost a race with a twin: Stripe answers 400
+/// `resource_already_exists`, Stripe-compatible servers may answer 409.
 fn is_already_exists(error: &StripeError) -> bool {
-    matches!(error, StripeError::Stripe(api, 400) if api.message.as_deref().is_some_and(|m| m.contains("already exists")))
+    match error {
+        StripeError::Stripe(_, 409) => true,
+        StripeError::Stripe(api, 400) => {
+            api.code
+                .as_ref()
+                .is_some_and(|code| code.to_string() == "resource_already_exists")
+                || api
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("already exists"))
+        }
+        _ => false,
+    }
 }
 
 /// Sorts an async-stripe error into what the caller can act on.

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use billing::payments::{CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
+use billing::payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
 use jobs::{Job, JobError, JobHandler, NewJob};
 use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,9 @@ impl OnboardingWorkflow {
         Ok(())
     }
 
-    async fn run_signup(&self, id: SignupId) -> Result<(), JobError> {
+    /// Runs the signup's remaining steps. `attempt` says whether an earlier run of this
+    /// job may have left objects at the payment provider that must be found, not made.
+    async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
         let load = |lock| async move {
             let mut tx = self.db.system_tx("onboarding read").await.map_err(retry)?;
             let signup = store::get(&mut tx, id, lock).await.map_err(|e| match e {
@@ -200,7 +202,7 @@ impl OnboardingWorkflow {
                         name: signup.company.clone(),
                     };
                     let customer = payments
-                        .ensure_customer(&details)
+                        .ensure_customer(&details, attempt)
                         .await
                         .map_err(payment_retry)?;
                     self.set_provider_ids(id, Some(&customer), None).await?;
@@ -219,7 +221,7 @@ impl OnboardingWorkflow {
             if !has(steps::PAYMENT_METHOD_ATTACHED) {
                 let method = signup.payment_method.clone().unwrap_or_default();
                 match payments
-                    .ensure_default_payment_method(&customer, &method)
+                    .ensure_default_payment_method(&customer, &method, attempt)
                     .await
                 {
                     Ok(_) => {
@@ -235,7 +237,10 @@ impl OnboardingWorkflow {
                     currency: plan.currency.to_string(),
                     base_fee: plan.base_fee,
                 };
-                match payments.ensure_subscription(&customer, &recurring).await {
+                match payments
+                    .ensure_subscription(&customer, &recurring, attempt)
+                    .await
+                {
                     Ok(subscription) => {
                         self.set_provider_ids(id, None, Some(&subscription.id))
                             .await?;
@@ -372,7 +377,8 @@ impl JobHandler for OnboardingWorkflow {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
         let payload: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
-        self.run_signup(payload.signup_id).await
+        self.run_signup(payload.signup_id, Attempt::of_run(job.attempts))
+            .await
     }
 }
 
