@@ -10,6 +10,7 @@ mod health;
 mod invoices;
 mod job_queue;
 mod onboarding;
+mod outbox;
 mod payments;
 mod row_level_security;
 mod usage_ingest;

@@ -8,6 +8,7 @@
 mod child_process;
 mod database;
 mod fault_proxy;
+mod smtp_sink;
 mod stack;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 
 pub use child_process::{ServiceProcess, saas_binary};
 pub use fault_proxy::FaultProxy;
+pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use stack::{STRIPE_TEST_KEY, Stack};
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";

@@ -29,6 +29,7 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub billing: BillingConfig,
     pub signups: SignupsConfig,
+    pub smtp: SmtpConfig,
     pub workers: WorkersConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -64,6 +65,14 @@ pub struct BillingConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupsConfig {
     pub rate_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpConfig {
+    /// Unset: notifications stay in the outbox table for the operator.
+    pub url: Option<SecretString>,
+    pub from: String,
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,7 +200,23 @@ impl Config {
                 );
             }
         }
+        if self.smtp.poll_ms == 0 {
+            return invalid("smtp.poll_ms must be positive".into());
+        }
+        if self.smtp.url.is_some() {
+            self.mailer()
+                .map_err(|error| ConfigError::Invalid(error.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The SMTP sender, when SMTP is configured.
+    pub fn mailer(&self) -> Result<Option<outbox::Mailer>, outbox::OutboxError> {
+        self.smtp
+            .url
+            .as_ref()
+            .map(|url| outbox::Mailer::new(url.expose_secret(), &self.smtp.from))
+            .transpose()
     }
 
     pub fn database_options(&self) -> PgConnectOptions {

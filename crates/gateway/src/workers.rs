@@ -31,8 +31,20 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         },
     )
     .register(onboarding);
-    vec![
+    let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),
-        tokio::spawn(jobs.run(stop)),
-    ]
+        tokio::spawn(jobs.run(stop.clone())),
+    ];
+    match config.mailer() {
+        Ok(Some(mailer)) => workers.push(tokio::spawn(outbox::run(
+            state.db.clone(),
+            mailer,
+            Duration::from_millis(config.smtp.poll_ms),
+            stop,
+        ))),
+        Ok(None) => tracing::info!("SMTP not configured: notifications stay in the outbox"),
+        // Checked when the configuration was loaded.
+        Err(error) => tracing::error!(%error, "SMTP settings rejected; outbox not delivered"),
+    }
+    workers
 }
