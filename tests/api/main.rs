@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod invoices;
 mod job_queue;
+mod lifecycle;
 mod onboarding;
 mod outbox;
 mod payments;

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use billing::payments::PaymentProvider;
-use billing::stripe_provider::StripeProvider;
 use integration_tests::{STRIPE_TEST_KEY, Stack, TestApp, error_code};
 use jobs::{Worker, WorkerSettings};
 use onboarding::OnboardingWorkflow;
 use onboarding::workflow::steps;
+use payments::PaymentProvider;
+use payments::stripe_provider::StripeProvider;
 use serde_json::{Value, json};
 
 fn signup_body(plan: &str, payment_method: Option<&str>) -> Value {

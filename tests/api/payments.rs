@@ -1,9 +1,9 @@
 //! The Stripe payment provider against the stack's localstripe. Every operation is
 //! retried to show that a retry changes nothing.
 
-use billing::payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
-use billing::stripe_provider::StripeProvider;
 use integration_tests::{STRIPE_TEST_KEY, Stack};
+use payments::stripe_provider::StripeProvider;
+use payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
 
 fn provider() -> StripeProvider {
     StripeProvider::new(STRIPE_TEST_KEY, &Stack::from_env().stripe_url).unwrap()

@@ -171,14 +171,92 @@ impl TestApp {
         }
     }
 
-    /// Copies everything committed so far to ClickHouse (the background relay does the
-    /// same; this waits for it).
-    pub async fn drain_relay(&self) -> usize {
-        let sink = ClickHouseSink::new(&Stack::from_env().clickhouse_settings());
-        Relay::new(self.db.clone(), sink, self.config.relay_settings())
-            .drain()
+    /// Signs a tenant up through the real API and onboarding workflow (so it has a
+    /// Stripe customer, and a subscription on paid plans) and waits for it.
+    pub async fn sign_up_tenant(&self, plan: &str, payment_method: Option<&str>) -> SignedUpTenant {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let mut body = serde_json::json!({
+            "email": format!("owner+{unique}@example.com"),
+            "company": format!("Company {unique}"),
+            "plan": plan,
+        });
+        if let Some(pm) = payment_method {
+            body["payment_method"] = pm.into();
+        }
+        let created: Value = self
+            .post("/v1/signups")
+            .json(&body)
+            .send()
             .await
-            .expect("relay drains")
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().expect("signup accepted").to_owned();
+        let token = created["signup_token"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let signup: Value = self
+                .get(&format!("/v1/signups/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match signup["status"].as_str() {
+                Some("completed") => {
+                    return SignedUpTenant {
+                        id: signup["tenant_id"].as_str().unwrap().parse().unwrap(),
+                        api_key: signup["api_key"].as_str().unwrap().to_owned(),
+                    };
+                }
+                Some("failed") => panic!("signup failed: {signup}"),
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "signup stuck: {signup}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Copies everything committed so far to ClickHouse (the background relay does the
+    /// same; this waits for it). The relay only copies below the oldest running
+    /// transaction, so a transaction of a background worker can hold it back for a
+    /// moment: keep going until the cursor has passed the newest row at the call.
+    pub async fn drain_relay(&self) -> usize {
+        let newest: Option<(i64, i64)> = {
+            let mut tx = self.db.system_tx("test relay target").await.unwrap();
+            sqlx::query_as(
+                "SELECT ledger_xid, ledger_seq FROM usage_events \
+                 ORDER BY ledger_xid DESC, ledger_seq DESC LIMIT 1",
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap()
+        };
+        let sink = ClickHouseSink::new(&Stack::from_env().clickhouse_settings());
+        let relay = Relay::new(self.db.clone(), sink, self.config.relay_settings());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut copied = 0;
+        loop {
+            copied += relay.drain().await.expect("relay drains");
+            let mut tx = self.db.system_tx("test relay position").await.unwrap();
+            let at = metering::relay::relay_position(&mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+            if newest.is_none_or(|target| (at.xid, at.seq) >= target) {
+                return copied;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay does not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Posts a batch of usage events as `api_key`.
@@ -209,6 +287,11 @@ impl TestApp {
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path))
     }
+}
+
+pub struct SignedUpTenant {
+    pub id: TenantId,
+    pub api_key: String,
 }
 
 /// Reads a JSON error body and returns its `error.code`, checking the standard shape

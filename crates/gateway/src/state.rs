@@ -1,9 +1,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use billing::payments::PaymentProvider;
 use metering::ClickHouseSink;
 use metrics_exporter_prometheus::PrometheusHandle;
+use payments::PaymentProvider;
 use saas_core::clock::SharedClock;
 use tenancy::Db;
 

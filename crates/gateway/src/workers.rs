@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use jobs::{Worker, WorkerSettings};
+use lifecycle::PlanChangeWorkflow;
 use metering::relay::Relay;
 use onboarding::OnboardingWorkflow;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         state.payments.clone(),
         config.billing_cycle(),
     );
-    let jobs = Worker::new(
+    let mut jobs = Worker::new(
         &state.db,
         WorkerSettings {
             concurrency: config.workers.job_concurrency,
@@ -31,6 +32,9 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         },
     )
     .register(onboarding);
+    for handler in PlanChangeWorkflow::jobs(state.db.clone(), state.payments.clone()) {
+        jobs = jobs.register(handler);
+    }
     let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),
         tokio::spawn(jobs.run(stop.clone())),

@@ -1,8 +1,14 @@
 //! The tenant lifecycle.
 //!
 //! [`state_machine`] is plain code with no I/O: the one table of allowed transitions.
-//! Persisting a transition (conditional update, audit entry, follow-up job) builds on it.
+//! [`transitions`] takes a transition safely under concurrency (conditional update,
+//! audit entry and follow-up job in one transaction); [`plan_change`] is the job that
+//! carries a plan change out at the payment provider and ends it.
 
+pub mod plan_change;
 pub mod state_machine;
+pub mod transitions;
 
+pub use plan_change::PlanChangeWorkflow;
 pub use state_machine::{InvalidTransition, TRANSITIONS, check_transition};
+pub use transitions::{Change, Transition, TransitionError, TransitionRequest};

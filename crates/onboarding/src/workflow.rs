@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use billing::payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
 use jobs::{Job, JobError, JobHandler, NewJob};
+use payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
 use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;

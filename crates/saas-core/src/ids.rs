@@ -120,6 +120,12 @@ prefixed_id!(
     "sgn",
     "signup"
 );
+prefixed_id!(
+    /// One state change of a tenant (a plan change, a suspension, ...).
+    TransitionId,
+    "trn",
+    "transition"
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ pub mod period;
 pub mod tenant_state;
 
 pub use clock::{Clock, SystemClock};
-pub use ids::{ApiKeyId, IdParseError, SignupId, TenantId};
+pub use ids::{ApiKeyId, IdParseError, SignupId, TenantId, TransitionId};
 pub use metric::{Metric, UnknownMetric};
 pub use money::{Currency, Money};
 pub use period::{BillingCycle, BillingPeriod, InvalidBillingCycle};

@@ -9,6 +9,7 @@ mod invoices;
 mod plans;
 mod signups;
 mod tenant;
+mod transitions;
 mod usage;
 
 use utoipa::OpenApi;
@@ -69,4 +70,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(invoices::router())
         .merge(signups::router())
+        .merge(transitions::router())
 }

@@ -15,10 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::idempotency::IdempotencyKey;
 use crate::json::ApiJson;
 use crate::state::AppState;
-
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -44,7 +43,7 @@ struct SignupCreated {
 async fn create_signup(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(request): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if let Err(not_until) = state.signup_limiter.check_key(&client.ip()) {
@@ -59,22 +58,6 @@ async fn create_signup(
         error.retry_after_secs = Some(wait.as_secs().max(1));
         return Err(error);
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible characters",
-                    )
-                })?
-                .to_owned(),
-        ),
-    };
     let plans = {
         let mut conn = state.db.pool().acquire().await?;
         tenancy::plans::list(&mut conn).await?

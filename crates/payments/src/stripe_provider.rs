@@ -21,7 +21,7 @@ use stripe_payment::payment_method::AttachPaymentMethod;
 use stripe_product::product::{CreateProduct, RetrieveProduct};
 use stripe_types::{Currency, Expandable};
 
-use crate::payments::{
+use crate::provider::{
     Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan, SubscriptionRef,
 };
 
@@ -331,6 +331,24 @@ impl PaymentProvider for StripeProvider {
             .await
             .map_err(classify)?;
         Ok(subscription_ref(&updated))
+    }
+
+    async fn cancel_subscription(&self, subscription: &str) -> Result<(), PaymentError> {
+        let current = stripe_billing::subscription::RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        if matches!(
+            current.status,
+            SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
+        ) {
+            return Ok(());
+        }
+        CancelSubscription::new(subscription)
+            .send(&self.client)
+            .await
+            .map(|_| ())
+            .map_err(classify)
     }
 
     async fn delete_customer(&self, customer: &str) -> Result<(), PaymentError> {

@@ -114,6 +114,9 @@ pub trait PaymentProvider: Send + Sync + 'static {
         prorate: bool,
     ) -> Result<SubscriptionRef, PaymentError>;
 
+    /// Ends a subscription now, without a refund. Canceling one that has ended succeeds.
+    async fn cancel_subscription(&self, subscription: &str) -> Result<(), PaymentError>;
+
     /// Deletes the customer (and with it their payment methods and subscriptions).
     /// Deleting one that is already gone succeeds.
     async fn delete_customer(&self, customer: &str) -> Result<(), PaymentError>;

@@ -1,0 +1,410 @@
+//! Taking a transition: one conditional update of the tenant's state and version, in the
+//! transaction that also records the transition, the audit entry and the follow-up job.
+//!
+//! Of many concurrent requests for one tenant exactly one wins: the others either read
+//! a state that is mid-transition or lose the version check, and get
+//! [`TransitionError::InProgress`]. A request repeated with its `Idempotency-Key` gets
+//! the first answer again.
+
+use chrono::{DateTime, Utc};
+use saas_core::{TenantId, TenantState, TransitionId};
+use serde::Serialize;
+use sqlx::PgConnection;
+use tenancy::audit::{self, Actor, AuditEntry};
+use tenancy::tenants::Tenant;
+use tenancy::{Db, StoreError};
+use uuid::Uuid;
+
+use crate::state_machine::{InvalidTransition, check_transition};
+
+/// The columns `TransitionRow` reads, as a literal so that queries stay static strings.
+macro_rules! transition_columns {
+    () => {
+        "id, kind, from_state, to_state, from_plan, to_plan, status, effective, failure_reason, \
+         created_at, completed_at"
+    };
+}
+
+/// What is asked of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Move to `plan`. Upgrades take effect at once; downgrades at the end of the period
+    /// unless `at_once`.
+    Plan {
+        plan: String,
+        at_once: bool,
+    },
+    Suspend,
+    Reactivate,
+}
+
+impl Change {
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::Plan { .. } => "plan_change",
+            Change::Suspend => "suspension",
+            Change::Reactivate => "reactivation",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    pub tenant_id: TenantId,
+    pub change: Change,
+    pub actor: Actor,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A transition as reported to callers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Transition {
+    pub id: TransitionId,
+    /// `plan_change`, `suspension` or `reactivation`.
+    pub kind: String,
+    /// The tenant's state before.
+    pub from: TenantState,
+    /// The state the transition moved the tenant to (`upgrading` or `downgrading` while a
+    /// plan change runs).
+    pub to: TenantState,
+    pub from_plan: String,
+    pub to_plan: String,
+    /// `running`, `scheduled` (a downgrade waiting for the period's end), `completed`,
+    /// `failed` or `canceled`.
+    pub state: String,
+    /// `now`, or `period_end` for a deferred downgrade.
+    pub effective: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("another transition of this tenant is running")]
+    InProgress,
+    #[error(transparent)]
+    Invalid(#[from] InvalidTransition),
+    #[error("the tenant is on plan {0} already")]
+    SamePlan(String),
+    #[error("unknown plan {0:?}")]
+    UnknownPlan(String),
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TransitionError {
+    fn from(error: sqlx::Error) -> Self {
+        TransitionError::Store(error.into())
+    }
+}
+
+pub const PLAN_CHANGE_JOB: &str = "lifecycle.plan_change";
+
+/// Takes the transition `request` asks for, or says why not.
+pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, TransitionError> {
+    let mut tx = db.tenant_tx(request.tenant_id).await?;
+    if let Some(first) = replay(&mut tx, request).await? {
+        return Ok(first);
+    }
+    let tenant = match tenancy::tenants::get(&mut tx, request.tenant_id).await {
+        Ok(tenant) => tenant,
+        Err(StoreError::NotFound) => return Err(TransitionError::TenantNotFound),
+        Err(other) => return Err(other.into()),
+    };
+    let plan = target(&mut tx, &tenant, &request.change).await?;
+    if matches!(
+        tenant.state,
+        TenantState::Upgrading | TenantState::Downgrading
+    ) {
+        return Err(TransitionError::InProgress);
+    }
+    check_transition(tenant.state, plan.to_state)?;
+
+    // The one place a transition is taken: only if nobody moved the tenant since we read it.
+    let moved = sqlx::query(
+        "UPDATE tenants SET state = $3, version = version + 1, updated_at = now() \
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(tenant.version)
+    .bind(plan.to_state.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        drop(tx);
+        // A twin with the same key may have won: it committed before our update gave up.
+        let mut tx = db.tenant_tx(request.tenant_id).await?;
+        if let Some(first) = replay(&mut tx, request).await? {
+            return Ok(first);
+        }
+        return Err(TransitionError::InProgress);
+    }
+
+    let instant = !matches!(request.change, Change::Plan { .. });
+    let transition = Transition {
+        id: TransitionId::new(),
+        kind: request.change.kind().to_owned(),
+        from: tenant.state,
+        to: plan.to_state,
+        from_plan: tenant.plan_code.clone(),
+        to_plan: plan.code.clone(),
+        state: if instant { "completed" } else { "running" }.to_owned(),
+        effective: if plan.at_period_end {
+            "period_end"
+        } else {
+            "now"
+        }
+        .to_owned(),
+        failure_reason: None,
+        created_at: Utc::now(),
+        completed_at: instant.then(Utc::now),
+    };
+    let response =
+        serde_json::to_value(&transition).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO tenant_transitions (id, tenant_id, kind, from_state, to_state, from_plan, \
+             to_plan, effective, status, actor, reason, request_id, idempotency_key, response, \
+             completed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(transition.id.as_uuid())
+    .bind(tenant.id.as_uuid())
+    .bind(&transition.kind)
+    .bind(transition.from.as_str())
+    .bind(transition.to.as_str())
+    .bind(&transition.from_plan)
+    .bind(&transition.to_plan)
+    .bind(&transition.effective)
+    .bind(&transition.state)
+    .bind(request.actor.as_text())
+    .bind(&request.reason)
+    .bind(&request.request_id)
+    .bind(&request.idempotency_key)
+    .bind(&response)
+    .bind(transition.completed_at)
+    .execute(&mut *tx)
+    .await;
+    match inserted.map_err(StoreError::from) {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            drop(tx);
+            let mut tx = db.tenant_tx(request.tenant_id).await?;
+            return replay(&mut tx, request)
+                .await?
+                .ok_or(TransitionError::InProgress);
+        }
+        Err(other) => return Err(other.into()),
+    }
+    // A new plan change replaces a downgrade that was waiting for the period's end.
+    if matches!(request.change, Change::Plan { .. }) {
+        cancel_scheduled_plan(&mut tx, tenant.id).await?;
+    }
+
+    let mut entry = AuditEntry::new(Some(tenant.id), request.actor.clone(), "tenant.transition");
+    entry.from_state = Some(tenant.state);
+    entry.to_state = Some(plan.to_state);
+    entry.reason = request.reason.clone();
+    entry.request_id = request.request_id.clone();
+    entry.details = serde_json::json!({
+        "transition_id": transition.id,
+        "kind": transition.kind,
+        "from_plan": transition.from_plan,
+        "to_plan": transition.to_plan,
+        "effective": transition.effective,
+    });
+    audit::record(&mut tx, &entry).await?;
+
+    if !instant {
+        jobs::enqueue(
+            &mut tx,
+            jobs::NewJob::new(
+                PLAN_CHANGE_JOB,
+                serde_json::json!({ "transition_id": transition.id, "tenant_id": tenant.id }),
+            )
+            .dedup_key(transition.id.to_string())
+            .max_attempts(20),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    metrics::counter!("tenant_transitions_total", "kind" => transition.kind.clone()).increment(1);
+    tracing::info!(tenant = %tenant.id, transition = %transition.id, kind = %transition.kind,
+        from = %transition.from, to = %transition.to, "transition taken");
+    Ok(transition)
+}
+
+struct Target {
+    to_state: TenantState,
+    code: String,
+    at_period_end: bool,
+}
+
+async fn target(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    change: &Change,
+) -> Result<Target, TransitionError> {
+    let same = |to_state| Target {
+        to_state,
+        code: tenant.plan_code.clone(),
+        at_period_end: false,
+    };
+    Ok(match change {
+        Change::Suspend => same(TenantState::Suspended),
+        Change::Reactivate => same(TenantState::Active),
+        Change::Plan { plan, at_once } => {
+            let new = match tenancy::plans::get(conn, plan).await {
+                Ok(new) => new,
+                Err(StoreError::NotFound) => {
+                    return Err(TransitionError::UnknownPlan(plan.clone()));
+                }
+                Err(other) => return Err(other.into()),
+            };
+            let current = tenancy::plans::get(conn, &tenant.plan_code).await?;
+            if new.code == current.code {
+                return Err(TransitionError::SamePlan(new.code));
+            }
+            let upgrade = new.rank > current.rank;
+            Target {
+                to_state: if upgrade {
+                    TenantState::Upgrading
+                } else {
+                    TenantState::Downgrading
+                },
+                code: new.code,
+                at_period_end: !upgrade && !at_once,
+            }
+        }
+    })
+}
+
+/// The first answer to this request's Idempotency-Key, if it was used before.
+async fn replay(
+    conn: &mut PgConnection,
+    request: &TransitionRequest,
+) -> Result<Option<Transition>, TransitionError> {
+    let Some(key) = &request.idempotency_key else {
+        return Ok(None);
+    };
+    let found: Option<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT kind, to_plan, response FROM tenant_transitions \
+         WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(request.tenant_id.as_uuid())
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    let Some((kind, to_plan, response)) = found else {
+        return Ok(None);
+    };
+    let same_request = kind == request.change.kind()
+        && match &request.change {
+            Change::Plan { plan, .. } => *plan == to_plan,
+            _ => true,
+        };
+    if !same_request {
+        return Err(TransitionError::IdempotencyKeyReused);
+    }
+    serde_json::from_value(response)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(e.to_string()).into())
+}
+
+async fn cancel_scheduled_plan(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tenants SET scheduled_plan_code = NULL, scheduled_plan_at = NULL WHERE id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE tenant_transitions SET status = 'canceled', completed_at = now() \
+         WHERE tenant_id = $1 AND status = 'scheduled'",
+    )
+    .bind(tenant.as_uuid())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One transition of a tenant.
+pub async fn get(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: TransitionId,
+) -> Result<Transition, StoreError> {
+    let row: TransitionRow = sqlx::query_as(concat!(
+        "SELECT ",
+        transition_columns!(),
+        " FROM tenant_transitions WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// A tenant's transitions, newest first.
+pub async fn list(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    limit: i64,
+) -> Result<Vec<Transition>, StoreError> {
+    let rows: Vec<TransitionRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        transition_columns!(),
+        " FROM tenant_transitions WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT $2"
+    ))
+    .bind(tenant.as_uuid())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(TryInto::try_into).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct TransitionRow {
+    id: Uuid,
+    kind: String,
+    from_state: String,
+    to_state: String,
+    from_plan: String,
+    to_plan: String,
+    status: String,
+    effective: String,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TransitionRow> for Transition {
+    type Error = StoreError;
+
+    fn try_from(row: TransitionRow) -> Result<Self, StoreError> {
+        Ok(Transition {
+            id: TransitionId::from_uuid(row.id),
+            kind: row.kind,
+            from: row.from_state.parse()?,
+            to: row.to_state.parse()?,
+            from_plan: row.from_plan,
+            to_plan: row.to_plan,
+            state: row.status,
+            effective: row.effective,
+            failure_reason: row.failure_reason,
+            created_at: row.created_at,
+            completed_at: row.completed_at,
+        })
+    }
+}
