@@ -5,6 +5,7 @@ mod api_keys;
 mod audit_chain;
 mod auth;
 mod crash_recovery;
+mod erasure;
 mod errors;
 mod health;
 mod invoices;

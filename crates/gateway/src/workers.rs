@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jobs::{Worker, WorkerSettings};
-use lifecycle::PlanChangeWorkflow;
+use lifecycle::{ErasureWorkflow, PlanChangeWorkflow};
 use metering::relay::Relay;
 use onboarding::OnboardingWorkflow;
 use tokio::sync::watch;
@@ -35,6 +35,11 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     for handler in PlanChangeWorkflow::jobs(state.db.clone(), state.payments.clone()) {
         jobs = jobs.register(handler);
     }
+    jobs = jobs.register(ErasureWorkflow::new(
+        state.db.clone(),
+        state.clickhouse.clone(),
+        state.payments.clone(),
+    ));
     let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),
         tokio::spawn(jobs.run(stop.clone())),

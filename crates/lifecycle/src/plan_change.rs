@@ -23,6 +23,7 @@ use tenancy::plans::Plan;
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
 
+use crate::job_errors::{retry, sql_retry};
 use crate::transitions::{self, PLAN_CHANGE_JOB, Transition};
 
 pub const APPLY_SCHEDULED_PLAN_JOB: &str = "lifecycle.apply_scheduled_plan";
@@ -357,12 +358,4 @@ async fn finish(
     metrics::counter!("tenant_plan_changes_total", "result" => status.to_owned()).increment(1);
     tracing::info!(tenant = %tenant.id, transition = %transition.id, status, "plan change ended");
     Ok(())
-}
-
-fn retry(error: StoreError) -> JobError {
-    JobError::Retry(error.to_string())
-}
-
-fn sql_retry(error: sqlx::Error) -> JobError {
-    JobError::Retry(error.to_string())
 }

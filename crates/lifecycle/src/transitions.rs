@@ -36,6 +36,9 @@ pub enum Change {
     },
     Suspend,
     Reactivate,
+    /// GDPR erasure: the tenant is `deleted` at once (its keys revoked with it), and a
+    /// job removes its data.
+    Erase,
 }
 
 impl Change {
@@ -44,6 +47,7 @@ impl Change {
             Change::Plan { .. } => "plan_change",
             Change::Suspend => "suspension",
             Change::Reactivate => "reactivation",
+            Change::Erase => "erasure",
         }
     }
 }
@@ -62,7 +66,7 @@ pub struct TransitionRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     pub id: TransitionId,
-    /// `plan_change`, `suspension` or `reactivation`.
+    /// `plan_change`, `suspension`, `reactivation` or `erasure`.
     pub kind: String,
     /// The tenant's state before.
     pub from: TenantState,
@@ -106,6 +110,7 @@ impl From<sqlx::Error> for TransitionError {
 }
 
 pub const PLAN_CHANGE_JOB: &str = "lifecycle.plan_change";
+pub const ERASURE_JOB: &str = "lifecycle.erasure";
 
 /// Takes the transition `request` asks for, or says why not.
 pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, TransitionError> {
@@ -118,6 +123,16 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         Err(StoreError::NotFound) => return Err(TransitionError::TenantNotFound),
         Err(other) => return Err(other.into()),
     };
+    // Erasure asked again: the first one's answer (its job finishes what is left).
+    if request.change == Change::Erase
+        && tenant.state == TenantState::Deleted
+        && let Some(first) = list(&mut tx, tenant.id, 100)
+            .await?
+            .into_iter()
+            .find(|t| t.kind == "erasure")
+    {
+        return Ok(first);
+    }
     let plan = target(&mut tx, &tenant, &request.change).await?;
     if matches!(
         tenant.state,
@@ -148,7 +163,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         return Err(TransitionError::InProgress);
     }
 
-    let instant = !matches!(request.change, Change::Plan { .. });
+    let instant = matches!(request.change, Change::Suspend | Change::Reactivate);
     let transition = Transition {
         id: TransitionId::new(),
         kind: request.change.kind().to_owned(),
@@ -222,11 +237,25 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     });
     audit::record(&mut tx, &entry).await?;
 
+    if request.change == Change::Erase {
+        // Access ends with this commit.
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(tenant.id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    }
     if !instant {
+        let kind = if request.change == Change::Erase {
+            ERASURE_JOB
+        } else {
+            PLAN_CHANGE_JOB
+        };
         jobs::enqueue(
             &mut tx,
             jobs::NewJob::new(
-                PLAN_CHANGE_JOB,
+                kind,
                 serde_json::json!({ "transition_id": transition.id, "tenant_id": tenant.id }),
             )
             .dedup_key(transition.id.to_string())
@@ -260,6 +289,7 @@ async fn target(
     Ok(match change {
         Change::Suspend => same(TenantState::Suspended),
         Change::Reactivate => same(TenantState::Active),
+        Change::Erase => same(TenantState::Deleted),
         Change::Plan { plan, at_once } => {
             let new = match tenancy::plans::get(conn, plan).await {
                 Ok(new) => new,

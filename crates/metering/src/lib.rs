@@ -9,6 +9,7 @@
 //! - [`prune`]: forgets relayed events once they are past the deduplication window.
 
 pub mod clickhouse_sink;
+pub mod erasure;
 pub mod event;
 pub mod ledger;
 pub mod prune;

@@ -26,6 +26,16 @@ pub struct UsageRow {
     pub ledger_seq: u64,
 }
 
+/// One event as read back for an export.
+#[derive(Debug, Clone, Row, Deserialize)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub metric: String,
+    pub value: u64,
+    /// Unix seconds.
+    pub event_time: u32,
+}
+
 /// The ledger position up to which ClickHouse holds every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct LedgerPosition {
@@ -143,6 +153,19 @@ impl ClickHouseSink {
     }
 
     /// How many distinct events of the tenant ClickHouse holds (replays counted once).
+    /// Every event of `tenant`, for its GDPR export.
+    pub async fn tenant_events(&self, tenant: TenantId) -> Result<Vec<StoredEvent>, SinkError> {
+        Ok(self
+            .client()
+            .query(
+                "SELECT event_id, metric, value, event_time FROM usage_events FINAL \
+                 WHERE tenant_id = toUUID(?) ORDER BY event_time, event_id",
+            )
+            .bind(tenant.as_uuid().to_string())
+            .fetch_all::<StoredEvent>()
+            .await?)
+    }
+
     pub async fn event_count(&self, tenant: TenantId) -> Result<u64, SinkError> {
         Ok(self
             .client()

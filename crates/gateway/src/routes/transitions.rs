@@ -26,6 +26,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_transitions))
         .routes(routes!(get_transition))
         .routes(routes!(operator_transition))
+        .routes(routes!(request_erasure))
+        .routes(routes!(operator_erasure))
+        .routes(routes!(export_tenant))
 }
 
 /// When a downgrade takes effect. Upgrades always take effect at once.
@@ -88,6 +91,8 @@ async fn take(
     let transition = lifecycle::transitions::begin(&state.db, &request)
         .await
         .map_err(transition_error)?;
+    // Keys remembered in this process would outlive a state change by up to their TTL.
+    state.key_cache.forget_tenant(request.tenant_id);
     Ok((
         StatusCode::ACCEPTED,
         Json(TransitionAccepted { transition }),
@@ -187,16 +192,7 @@ async fn operator_transition(
     ApiJson(body): ApiJson<OperatorTransitionRequest>,
 ) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
     let tenant_id: TenantId = id.parse().map_err(|_| ApiError::not_found("tenant"))?;
-    let reason = body.reason.trim();
-    if reason.is_empty()
-        || reason.chars().count() > MAX_REASON_CHARS
-        || reason.chars().any(char::is_control)
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_reason",
-            "reason must be 1 to 500 printable characters",
-        ));
-    }
+    let reason = valid_reason(&body.reason)?;
     let change = match (body.to, body.plan) {
         (TenantState::Suspended, None) => Change::Suspend,
         (TenantState::Active, None) => Change::Reactivate,
@@ -227,7 +223,7 @@ async fn operator_transition(
         tenant_id,
         change,
         actor: Actor::Operator,
-        reason: Some(reason.to_owned()),
+        reason: Some(reason),
         request_id: Some(request_id.0),
         idempotency_key,
     };
@@ -236,6 +232,97 @@ async fn operator_transition(
         check_direction(&state, tenant_id, plan, body.to).await?;
     }
     take(&state, request).await
+}
+
+/// An operator's reason, for the audit log: 1 to 500 printable characters.
+fn valid_reason(reason: &str) -> ApiResult<String> {
+    let reason = reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_REASON_CHARS
+        || reason.chars().any(char::is_control)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_reason",
+            "reason must be 1 to 500 printable characters",
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// GDPR erasure of the calling tenant. The tenant is `deleted` at once and its API keys
+/// stop working with this answer; a job then removes its usage everywhere, its customer
+/// at Stripe and its personal data, keeping invoices (stripped) for the legal retention
+/// period, the audit log and a deletion record, none of which hold personal data.
+#[utoipa::path(post, path = "/v1/tenant/erasure", tag = "tenant", security(("api_key" = [])),
+    responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn request_erasure(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+    Extension(request_id): Extension<RequestId>,
+) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    let request = TransitionRequest {
+        tenant_id: tenant.tenant_id,
+        change: Change::Erase,
+        actor: Actor::Tenant(tenant.key_id),
+        reason: Some("erasure requested by the tenant".into()),
+        request_id: Some(request_id.0),
+        idempotency_key: None,
+    };
+    take(&state, request).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OperatorErasureRequest {
+    /// Why, for the audit log (no personal data).
+    reason: String,
+}
+
+/// GDPR erasure of a tenant, by an operator. Asking again answers with the first
+/// erasure.
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/erasure", tag = "admin",
+    security(("operator_token" = [])), request_body = OperatorErasureRequest,
+    params(("id" = String, Path, description = "The tenant's id, `ten_...`")),
+    responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn operator_erasure(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<OperatorErasureRequest>,
+) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    let tenant_id: TenantId = id.parse().map_err(|_| ApiError::not_found("tenant"))?;
+    let request = TransitionRequest {
+        tenant_id,
+        change: Change::Erase,
+        actor: Actor::Operator,
+        reason: Some(valid_reason(&body.reason)?),
+        request_id: Some(request_id.0),
+        idempotency_key: None,
+    };
+    take(&state, request).await
+}
+
+/// GDPR export: everything held about the calling tenant, as one JSON document. Works
+/// while the tenant is suspended.
+#[utoipa::path(get, path = "/v1/tenant/export", tag = "tenant", security(("api_key" = [])),
+    responses((status = 200, description = "The export document", body = Object),
+              (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn export_tenant(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+) -> ApiResult<Json<serde_json::Value>> {
+    lifecycle::export::export(&state.db, &state.clickhouse, tenant.tenant_id)
+        .await
+        .map(Json)
+        .map_err(|error| match error {
+            lifecycle::export::ExportError::Store(store) => store.into(),
+            lifecycle::export::ExportError::Usage(usage) => {
+                ApiError::unavailable("usage_store_unavailable", usage)
+            }
+        })
 }
 
 /// 422 when an operator asks for `upgrading` to a cheaper plan, or the reverse.

@@ -1,0 +1,171 @@
+//! The GDPR erasure job. The tenant is `deleted` and its keys revoked when the erasure is
+//! taken; this removes the rest, each step safe to run again:
+//!
+//! 1. the customer at the payment provider (and with it its cards and subscriptions);
+//! 2. usage: the Postgres ledger, then ClickHouse, the delete checked complete;
+//! 3. personal data in Postgres: the tenant's name and email, its signup, its key labels,
+//!    its notifications (invoices, once kept, are stripped the same way);
+//! 4. a deletion record and an audit entry, holding counts and ids only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobs::{Job, JobError, JobHandler};
+use metering::ClickHouseSink;
+use payments::PaymentProvider;
+use saas_core::{TenantId, TransitionId};
+use serde::Deserialize;
+use tenancy::Db;
+use tenancy::audit::{self, Actor, AuditEntry};
+
+use crate::job_errors::{retry, sql_retry};
+use crate::transitions::{self, ERASURE_JOB};
+
+/// How long the ClickHouse delete may take before the job retries.
+const CLICKHOUSE_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Deserialize)]
+struct Payload {
+    transition_id: TransitionId,
+    tenant_id: TenantId,
+}
+
+pub struct ErasureWorkflow {
+    db: Db,
+    clickhouse: ClickHouseSink,
+    payments: Option<Arc<dyn PaymentProvider>>,
+}
+
+impl ErasureWorkflow {
+    pub fn new(
+        db: Db,
+        clickhouse: ClickHouseSink,
+        payments: Option<Arc<dyn PaymentProvider>>,
+    ) -> Self {
+        Self {
+            db,
+            clickhouse,
+            payments,
+        }
+    }
+}
+
+#[async_trait]
+impl JobHandler for ErasureWorkflow {
+    fn kind(&self) -> &'static str {
+        ERASURE_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let payload: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let tenant_id = payload.tenant_id;
+        let (transition, tenant) = {
+            let mut tx = self.db.tenant_tx(tenant_id).await.map_err(retry)?;
+            let transition = transitions::get(&mut tx, tenant_id, payload.transition_id)
+                .await
+                .map_err(retry)?;
+            let tenant = tenancy::tenants::get(&mut tx, tenant_id)
+                .await
+                .map_err(retry)?;
+            tx.commit().await.map_err(sql_retry)?;
+            (transition, tenant)
+        };
+        if transition.state == "completed" {
+            return Ok(());
+        }
+        tracing::info!(tenant = %tenant_id, transition = %transition.id, "erasure running");
+
+        let stripe_customer_deleted = match (&self.payments, &tenant.stripe_customer_id) {
+            (Some(payments), Some(customer)) => {
+                payments.delete_customer(customer).await.map_err(|error| {
+                    if error.is_retryable() {
+                        JobError::Retry(error.to_string())
+                    } else {
+                        JobError::Permanent(error.to_string())
+                    }
+                })?;
+                true
+            }
+            _ => false,
+        };
+        let ledger_rows = metering::erasure::erase_ledger(&self.db, tenant_id)
+            .await
+            .map_err(retry)?;
+        let events = self
+            .clickhouse
+            .erase_tenant(tenant_id, CLICKHOUSE_WAIT)
+            .await
+            .map_err(|error| JobError::Retry(error.to_string()))?;
+
+        let mut tx = self.db.tenant_tx(tenant_id).await.map_err(retry)?;
+        let mut stripped = ledger_rows;
+        for sql in [
+            "UPDATE tenants SET name = 'erased', email = NULL, stripe_customer_id = NULL, \
+                    stripe_subscription_id = NULL, scheduled_plan_code = NULL, \
+                    scheduled_plan_at = NULL, updated_at = now() WHERE id = $1",
+            "UPDATE api_keys SET name = 'erased', revoked_at = coalesce(revoked_at, now()) \
+             WHERE tenant_id = $1",
+            "DELETE FROM notifications WHERE tenant_id = $1",
+        ] {
+            stripped += sqlx::query(sql)
+                .bind(tenant_id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_retry)?
+                .rows_affected();
+        }
+        // The signup that became this tenant shares its id; it is not tenant-owned, so
+        // it is reached by id.
+        stripped += sqlx::query(
+            "UPDATE signups SET email = 'erased+' || id::text || '@invalid', company = 'erased', \
+                    payment_method = NULL, first_response = NULL, api_key_secret = NULL, \
+                    idempotency_key = NULL \
+             WHERE id = $1",
+        )
+        .bind(tenant_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO tenant_deletions (tenant_id, transition_id, requested_by, requested_at, \
+                 completed_at, postgres_rows_deleted, clickhouse_events_deleted, \
+                 stripe_customer_deleted) \
+             SELECT $1, $2, actor, created_at, now(), $3, $4, $5 FROM tenant_transitions WHERE id = $2 \
+             ON CONFLICT (tenant_id) DO UPDATE SET completed_at = now(), \
+                 postgres_rows_deleted = tenant_deletions.postgres_rows_deleted + excluded.postgres_rows_deleted, \
+                 clickhouse_events_deleted = tenant_deletions.clickhouse_events_deleted + excluded.clickhouse_events_deleted, \
+                 stripe_customer_deleted = tenant_deletions.stripe_customer_deleted OR excluded.stripe_customer_deleted",
+        )
+        .bind(tenant_id.as_uuid())
+        .bind(transition.id.as_uuid())
+        .bind(i64::try_from(stripped).unwrap_or(i64::MAX))
+        .bind(i64::try_from(events).unwrap_or(i64::MAX))
+        .bind(stripe_customer_deleted)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?;
+        sqlx::query(
+            "UPDATE tenant_transitions SET status = 'completed', completed_at = now() WHERE id = $1",
+        )
+        .bind(transition.id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?;
+        let mut entry =
+            AuditEntry::new(Some(tenant_id), Actor::System("lifecycle"), "tenant.erased");
+        entry.details = serde_json::json!({
+            "transition_id": transition.id,
+            "postgres_rows_deleted": stripped,
+            "clickhouse_events_deleted": events,
+            "stripe_customer_deleted": stripe_customer_deleted,
+        });
+        audit::record(&mut tx, &entry).await.map_err(retry)?;
+        tx.commit().await.map_err(sql_retry)?;
+        metrics::counter!("tenant_erasures_total").increment(1);
+        tracing::info!(tenant = %tenant_id, events, rows = stripped, "tenant erased");
+        Ok(())
+    }
+}

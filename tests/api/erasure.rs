@@ -1,0 +1,269 @@
+//! GDPR export and erasure, against the real Postgres, ClickHouse and localstripe.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::{OPERATOR_TOKEN, STRIPE_TEST_KEY, Stack, TestApp};
+use saas_core::TenantId;
+use serde_json::{Value, json};
+
+const EVENTS: usize = 50_000;
+
+async fn ingest_many(app: &TestApp, key: &str, prefix: &str, count: usize) {
+    for batch in 0..count / 1000 {
+        let events: Vec<Value> = (0..1000)
+            .map(
+                |i| json!({"id": format!("{prefix}-{batch}-{i}"), "metric": "queries", "value": 1}),
+            )
+            .collect();
+        let response = app.ingest(key, Value::Array(events)).await;
+        assert_eq!(response.status(), 202);
+    }
+}
+
+async fn transition_status(app: &TestApp, id: &str) -> String {
+    let id: saas_core::TransitionId = id.parse().unwrap();
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    sqlx::query_scalar("SELECT status FROM tenant_transitions WHERE id = $1")
+        .bind(id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+}
+
+/// How many rows of any table in the database mention `needle` anywhere.
+async fn rows_mentioning(app: &TestApp, needle: &str) -> Vec<(String, i64)> {
+    let mut tx = app.db.system_tx("test scan").await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let mut found = Vec::new();
+    for table in tables {
+        let sql = format!(
+            "SELECT count(*) FROM \"{table}\" t WHERE strpos(lower(to_jsonb(t)::text), lower($1)) > 0"
+        );
+        // Some tables are not readable by the service role; they hold no tenant data.
+        let Ok(count) = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(needle)
+            .fetch_one(&app.owner_pool)
+            .await
+        else {
+            continue;
+        };
+        let visible: i64 = if count == 0 {
+            // Row-level security hides tenant rows from the owner; ask as the system.
+            let sql = format!(
+                "SELECT count(*) FROM \"{table}\" t WHERE strpos(lower(to_jsonb(t)::text), lower($1)) > 0"
+            );
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind(needle)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap_or(0)
+        } else {
+            count
+        };
+        if visible > 0 {
+            found.push((table, visible));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn export_then_erasure_leaves_nothing_but_the_records() {
+    let app = TestApp::spawn().await;
+    let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
+    let sentinel = app.create_tenant("pro").await;
+    ingest_many(&app, &tenant.api_key, "erase", EVENTS).await;
+    ingest_many(&app, &sentinel.api_key, "keep", 1000).await;
+    app.drain_relay().await;
+    assert_eq!(
+        app.clickhouse.event_count(tenant.id).await.unwrap(),
+        EVENTS as u64
+    );
+
+    // The export, taken before: everything held, including the personal data.
+    let export = app.get_json(&tenant.api_key, "/v1/tenant/export").await;
+    let email = export["tenant"]["email"].as_str().unwrap().to_owned();
+    let company = export["tenant"]["name"].as_str().unwrap().to_owned();
+    assert!(email.contains('@'));
+    assert_eq!(export["signup"]["email"], email);
+    assert_eq!(export["usage_events"].as_array().unwrap().len(), EVENTS);
+    assert_eq!(export["api_keys"].as_array().unwrap().len(), 1);
+    assert!(export["api_keys"][0].get("secret_hash").is_none());
+    assert!(!export["audit_log"].as_array().unwrap().is_empty());
+    let export_text = export.to_string();
+    assert!(
+        !export_text.contains(&sentinel.id.to_string()),
+        "another tenant leaked"
+    );
+    let customer: String = {
+        let mut tx = app.db.system_tx("test read").await.unwrap();
+        sqlx::query_scalar("SELECT stripe_customer_id FROM tenants WHERE id = $1")
+            .bind(tenant.id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    };
+    assert!(!rows_mentioning(&app, &email).await.is_empty());
+
+    let response = app
+        .post("/v1/tenant/erasure")
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["transition"]["kind"], "erasure");
+    assert_eq!(accepted["transition"]["to"], "deleted");
+    let id = accepted["transition"]["id"].as_str().unwrap().to_owned();
+    // Access ends with the answer.
+    let refused = app
+        .get("/v1/tenant")
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while transition_status(&app, &id).await != "completed" {
+        assert!(Instant::now() < deadline, "erasure did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing of it left: ClickHouse, the ledger, personal data anywhere in Postgres.
+    assert_eq!(app.clickhouse.event_count(tenant.id).await.unwrap(), 0);
+    assert_eq!(
+        app.clickhouse.event_count(sentinel.id).await.unwrap(),
+        1000,
+        "the sentinel is intact"
+    );
+    for needle in [email.as_str(), company.as_str()] {
+        assert_eq!(
+            rows_mentioning(&app, needle).await,
+            vec![],
+            "{needle} is still stored"
+        );
+    }
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    let (ledger, counters): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM usage_events WHERE tenant_id = $1), \
+                (SELECT count(*) FROM usage_counters WHERE tenant_id = $1)",
+    )
+    .bind(tenant.id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((ledger, counters), (0, 0));
+    // The records that stay: the deletion record and the audit entry, with counts only.
+    let (events_deleted, stripe_deleted): (i64, bool) = sqlx::query_as(
+        "SELECT clickhouse_events_deleted, stripe_customer_deleted FROM tenant_deletions WHERE tenant_id = $1",
+    )
+    .bind(tenant.id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((events_deleted, stripe_deleted), (EVENTS as i64, true));
+    let state: String = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
+        .bind(tenant.id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(state, "deleted");
+    drop(tx);
+    let stripe: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/customers/{customer}",
+            Stack::from_env().stripe_url
+        ))
+        .basic_auth(STRIPE_TEST_KEY, Some(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stripe["deleted"] == true || stripe.get("error").is_some(),
+        "the Stripe customer remains: {stripe}"
+    );
+
+    // Asked again, by an operator: the same erasure, nothing breaks.
+    let again = erase_as_operator(&app, tenant.id).await;
+    assert_eq!(again.0, 202);
+    assert_eq!(again.1["transition"]["id"], id.as_str());
+    let verify: Value = app
+        .get("/v1/admin/audit/verify")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["valid"], true, "{verify}");
+}
+
+async fn erase_as_operator(app: &TestApp, tenant: TenantId) -> (u16, Value) {
+    let response = app
+        .post(&format!("/v1/admin/tenants/{tenant}/erasure"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"reason": "customer asked by mail"}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_erasure_job_run_twice_is_harmless() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let tenant = app.create_tenant("pro").await;
+    ingest_many(&app, &tenant.api_key, "twice", 1000).await;
+    app.drain_relay().await;
+    let (status, accepted) = erase_as_operator(&app, tenant.id).await;
+    assert_eq!(status, 202);
+    let id = accepted["transition"]["id"].as_str().unwrap().to_owned();
+    // Run the job, then force it to run once more as if a worker died before finishing.
+    let worker = || {
+        jobs::Worker::new(&app.db, jobs::WorkerSettings::default()).register(
+            lifecycle::ErasureWorkflow::new(app.db.clone(), app.clickhouse.clone(), None),
+        )
+    };
+    assert_eq!(worker().run_pending().await.unwrap(), 1);
+    assert_eq!(transition_status(&app, &id).await, "completed");
+    let mut tx = app.db.system_tx("test rerun").await.unwrap();
+    sqlx::query("UPDATE tenant_transitions SET status = 'running' WHERE id = $1")
+        .bind(id.parse::<saas_core::TransitionId>().unwrap().as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'pending', run_at = now() WHERE kind = 'lifecycle.erasure'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(worker().run_pending().await.unwrap(), 1);
+    assert_eq!(transition_status(&app, &id).await, "completed");
+    assert_eq!(app.clickhouse.event_count(tenant.id).await.unwrap(), 0);
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    let (records, events): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), max(clickhouse_events_deleted) FROM tenant_deletions WHERE tenant_id = $1",
+    )
+    .bind(tenant.id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        (records, events),
+        (1, 1000),
+        "one record, the second run deleted nothing more"
+    );
+}
