@@ -20,3 +20,4 @@ mod usage_outage;
 mod usage_prune;
 mod usage_quota;
 mod usage_validation;
+mod winback;

@@ -30,6 +30,7 @@ pub struct Config {
     pub billing: BillingConfig,
     pub signups: SignupsConfig,
     pub smtp: SmtpConfig,
+    pub winback: WinbackConfig,
     pub workers: WorkersConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -65,6 +66,13 @@ pub struct BillingConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupsConfig {
     pub rate_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WinbackConfig {
+    pub steps: String,
+    pub offer_from_step: usize,
+    pub offer_percent_off: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,7 +143,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         let short_token = self
             .operator_token
@@ -200,6 +208,12 @@ impl Config {
                 );
             }
         }
+        if let Err(problem) = lifecycle::WinbackSchedule::parse_steps(&self.winback.steps) {
+            return invalid(format!("winback.steps: {problem}"));
+        }
+        if self.winback.offer_percent_off == 0 || self.winback.offer_percent_off > 100 {
+            return invalid("winback.offer_percent_off must be 1 to 100".into());
+        }
         if self.smtp.poll_ms == 0 {
             return invalid("smtp.poll_ms must be positive".into());
         }
@@ -208,6 +222,15 @@ impl Config {
                 .map_err(|error| ConfigError::Invalid(error.to_string()))?;
         }
         Ok(())
+    }
+
+    pub fn winback_schedule(&self) -> lifecycle::WinbackSchedule {
+        lifecycle::WinbackSchedule {
+            steps: lifecycle::WinbackSchedule::parse_steps(&self.winback.steps)
+                .expect("validated at load"),
+            offer_from_step: self.winback.offer_from_step,
+            offer_percent_off: self.winback.offer_percent_off,
+        }
     }
 
     /// The SMTP sender, when SMTP is configured.

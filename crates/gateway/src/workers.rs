@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jobs::{Worker, WorkerSettings};
-use lifecycle::{ErasureWorkflow, PlanChangeWorkflow};
+use lifecycle::{ErasureWorkflow, PlanChangeWorkflow, WinbackWorkflow};
 use metering::relay::Relay;
 use onboarding::OnboardingWorkflow;
 use tokio::sync::watch;
@@ -35,6 +35,10 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     for handler in PlanChangeWorkflow::jobs(state.db.clone(), state.payments.clone()) {
         jobs = jobs.register(handler);
     }
+    jobs = jobs.register(WinbackWorkflow::new(
+        state.db.clone(),
+        config.winback_schedule(),
+    ));
     jobs = jobs.register(ErasureWorkflow::new(
         state.db.clone(),
         state.clickhouse.clone(),

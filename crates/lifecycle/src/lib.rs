@@ -12,8 +12,10 @@ mod job_errors;
 pub mod plan_change;
 pub mod state_machine;
 pub mod transitions;
+pub mod winback;
 
 pub use erasure::ErasureWorkflow;
 pub use plan_change::PlanChangeWorkflow;
 pub use state_machine::{InvalidTransition, TRANSITIONS, check_transition};
 pub use transitions::{Change, Transition, TransitionError, TransitionRequest};
+pub use winback::{WinbackSchedule, WinbackWorkflow};

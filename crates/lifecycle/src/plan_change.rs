@@ -143,6 +143,7 @@ impl PlanChangeWorkflow {
                 .await
                 .map_err(sql_retry)?;
                 finish(&mut tx, transition, tenant, "completed", None).await?;
+                follow_up_winback(&mut tx, tenant.id, plan).await?;
                 tx.commit().await.map_err(sql_retry)
             }
             Err(error) if error.is_retryable() => Err(JobError::Retry(error.to_string())),
@@ -260,6 +261,7 @@ impl PlanChangeWorkflow {
         .map_err(sql_retry)?;
         clear_schedule(&mut tx, tenant.id).await?;
         finish(&mut tx, transition, tenant, "completed", None).await?;
+        follow_up_winback(&mut tx, tenant.id, plan).await?;
         tx.commit().await.map_err(sql_retry)
     }
 }
@@ -288,6 +290,24 @@ impl JobHandler for PlanChangeWorkflow {
         } else {
             self.change_now(&transition, &tenant, &plan, attempt).await
         }
+    }
+}
+
+/// Leaving every paid plan is a cancellation, and starts a win-back campaign; taking a
+/// paid plan again wins it back.
+async fn follow_up_winback(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    plan: &Plan,
+) -> Result<(), JobError> {
+    if plan.base_fee == 0 {
+        crate::winback::start(conn, tenant, "cancelled")
+            .await
+            .map_err(retry)
+    } else {
+        crate::winback::end(conn, tenant, "won")
+            .await
+            .map_err(retry)
     }
 }
 

@@ -237,6 +237,13 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     });
     audit::record(&mut tx, &entry).await?;
 
+    // Win-back: a suspension starts a campaign; coming back or erasure ends it.
+    match request.change {
+        Change::Suspend => crate::winback::start(&mut tx, tenant.id, "suspended").await?,
+        Change::Reactivate => crate::winback::end(&mut tx, tenant.id, "won").await?,
+        Change::Erase => crate::winback::end(&mut tx, tenant.id, "ended").await?,
+        Change::Plan { .. } => {}
+    }
     if request.change == Change::Erase {
         // Access ends with this commit.
         sqlx::query(

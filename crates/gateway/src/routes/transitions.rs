@@ -29,6 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(request_erasure))
         .routes(routes!(operator_erasure))
         .routes(routes!(export_tenant))
+        .routes(routes!(request_reactivation))
+        .routes(routes!(list_winback_campaigns))
 }
 
 /// When a downgrade takes effect. Upgrades always take effect at once.
@@ -352,4 +354,112 @@ async fn check_direction(
         ));
     }
     Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct ReactivationRequest {
+    /// A new payment method (`pm_...`) to pay with from now on, made the default.
+    payment_method: Option<String>,
+}
+
+/// A suspended tenant comes back by itself (the way win-back messages point to): with a
+/// new payment method when given, then active again with every byte intact. Ends a
+/// running win-back campaign as won.
+#[utoipa::path(post, path = "/v1/tenant/reactivation", tag = "tenant", security(("api_key" = [])),
+    request_body = ReactivationRequest,
+    responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
+              (status = 402, body = ErrorBody, description = "the payment method was refused"),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn request_reactivation(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+    Extension(request_id): Extension<RequestId>,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    ApiJson(body): ApiJson<ReactivationRequest>,
+) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    if tenant.state != TenantState::Suspended {
+        return Err(ApiError::unprocessable(
+            "invalid_transition",
+            format!(
+                "only a suspended tenant can be reactivated; this one is {}",
+                tenant.state
+            ),
+        ));
+    }
+    if let Some(method) = body.payment_method {
+        let (Some(payments), Some(customer)) = (
+            &state.payments,
+            customer_of(&state, tenant.tenant_id).await?,
+        ) else {
+            return Err(ApiError::unprocessable(
+                "billing_not_configured",
+                "payment methods cannot be taken here",
+            ));
+        };
+        payments
+            .ensure_default_payment_method(&customer, &method, payments::Attempt::First)
+            .await
+            .map_err(|error| match error {
+                payments::PaymentError::Unavailable(_) => {
+                    ApiError::unavailable("payment_provider_unavailable", error)
+                }
+                other => ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "payment_method_refused",
+                    other.to_string(),
+                ),
+            })?;
+    }
+    let request = TransitionRequest {
+        tenant_id: tenant.tenant_id,
+        change: Change::Reactivate,
+        actor: Actor::Tenant(tenant.key_id),
+        reason: Some("reactivated by the tenant".into()),
+        request_id: Some(request_id.0),
+        idempotency_key,
+    };
+    take(&state, request).await
+}
+
+async fn customer_of(state: &AppState, tenant: TenantId) -> ApiResult<Option<String>> {
+    let mut tx = state.db.tenant_tx(tenant).await?;
+    let record = tenancy::tenants::get(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok(record.stripe_customer_id)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct CampaignFilter {
+    /// `running`, `won`, `ended` or `exhausted`.
+    status: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct CampaignList {
+    campaigns: Vec<lifecycle::winback::CampaignView>,
+}
+
+/// Win-back campaigns and where each stands, newest first.
+#[utoipa::path(get, path = "/v1/admin/winback/campaigns", tag = "admin",
+    security(("operator_token" = [])), params(CampaignFilter),
+    responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_winback_campaigns(
+    State(state): State<AppState>,
+    _operator: Operator,
+    axum::extract::Query(filter): axum::extract::Query<CampaignFilter>,
+) -> ApiResult<Json<CampaignList>> {
+    if let Some(status) = &filter.status
+        && !["running", "won", "ended", "exhausted"].contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            "unknown campaign status",
+        ));
+    }
+    let mut tx = state.db.system_tx("operator win-back list").await?;
+    let campaigns = lifecycle::winback::list(&mut tx, filter.status.as_deref(), 500).await?;
+    tx.commit().await?;
+    Ok(Json(CampaignList { campaigns }))
 }

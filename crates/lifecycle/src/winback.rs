@@ -1,0 +1,343 @@
+//! Win-back campaigns.
+//!
+//! A campaign starts in the transaction that suspends a tenant (or completes its move
+//! from a paid plan to the free one), with a job that plans its steps. Each step is a job
+//! due at the campaign's start plus the step's offset; it writes one message to the
+//! notification outbox (the later ones with an offer) and plans the next. Reactivation
+//! ends the campaign as `won`, erasure as `ended`; a step of a campaign that is no
+//! longer running does nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use jobs::{Job, JobError, JobHandler, NewJob};
+use saas_core::TenantId;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use tenancy::{Db, StoreError};
+use uuid::Uuid;
+
+use crate::job_errors::{retry, sql_retry};
+
+pub const WINBACK_STEP_JOB: &str = "lifecycle.winback_step";
+
+/// When each outreach step goes out, counted from the campaign's start, and from which
+/// step on an offer is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WinbackSchedule {
+    pub steps: Vec<Duration>,
+    /// Index of the first step that carries the offer.
+    pub offer_from_step: usize,
+    /// The offer, in percent off the next invoice.
+    pub offer_percent_off: u8,
+}
+
+impl WinbackSchedule {
+    /// Parses offsets like `"3d,14d,30d"` (units `d`, `h`, `m`, `s`), strictly increasing.
+    pub fn parse_steps(text: &str) -> Result<Vec<Duration>, String> {
+        let mut steps = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let split = part
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| format!("{part:?} has no unit (d, h, m or s)"))?;
+            let (number, unit) = part.split_at(split);
+            let number: u64 = number
+                .parse()
+                .map_err(|_| format!("{part:?} does not start with a number"))?;
+            let seconds = match unit {
+                "d" => number.checked_mul(86_400),
+                "h" => number.checked_mul(3_600),
+                "m" => number.checked_mul(60),
+                "s" => Some(number),
+                other => return Err(format!("unknown unit {other:?} in {part:?}")),
+            }
+            .ok_or_else(|| format!("{part:?} is too long"))?;
+            let step = Duration::from_secs(seconds);
+            if steps.last().is_some_and(|last| *last >= step) {
+                return Err("win-back steps must be strictly increasing".into());
+            }
+            steps.push(step);
+        }
+        if steps.is_empty() {
+            return Err("win-back needs at least one step".into());
+        }
+        Ok(steps)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StepPayload {
+    campaign_id: Uuid,
+    tenant_id: TenantId,
+    step: usize,
+    /// False for the job `start` writes, which knows no schedule: it only plans step 0
+    /// at its time.
+    planned: bool,
+}
+
+/// Starts a campaign for `tenant` unless one is running, in the caller's transaction.
+pub async fn start(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO winback_campaigns (id, tenant_id, reason) VALUES ($1, $2, $3) \
+         ON CONFLICT (tenant_id) WHERE status = 'running' DO NOTHING",
+    )
+    .bind(id)
+    .bind(tenant.as_uuid())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        enqueue_step(conn, id, tenant, 0, None).await?;
+    }
+    Ok(())
+}
+
+/// Ends the tenant's running campaign, if any, as `status` (`won` or `ended`).
+pub async fn end(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    status: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE winback_campaigns SET status = $2, ended_at = now() \
+         WHERE tenant_id = $1 AND status = 'running'",
+    )
+    .bind(tenant.as_uuid())
+    .bind(status)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The job of `step`, due at `run_at`; without a time, the job that plans step 0.
+async fn enqueue_step(
+    conn: &mut PgConnection,
+    campaign: Uuid,
+    tenant: TenantId,
+    step: usize,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    let planned = run_at.is_some();
+    let payload = serde_json::to_value(StepPayload {
+        campaign_id: campaign,
+        tenant_id: tenant,
+        step,
+        planned,
+    })
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let dedup = if planned {
+        format!("{campaign}:{step}")
+    } else {
+        format!("{campaign}:plan")
+    };
+    let mut job = NewJob::new(WINBACK_STEP_JOB, payload).dedup_key(dedup);
+    if let Some(at) = run_at {
+        job = job.run_at(at);
+    }
+    jobs::enqueue(conn, job).await?;
+    Ok(())
+}
+
+pub struct WinbackWorkflow {
+    db: Db,
+    schedule: WinbackSchedule,
+}
+
+impl WinbackWorkflow {
+    pub fn new(db: Db, schedule: WinbackSchedule) -> Self {
+        Self { db, schedule }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Campaign {
+    status: String,
+    steps_sent: i32,
+    started_at: DateTime<Utc>,
+    offer_code: Option<String>,
+}
+
+#[async_trait]
+impl JobHandler for WinbackWorkflow {
+    fn kind(&self) -> &'static str {
+        WINBACK_STEP_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let payload: StepPayload = serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let mut tx = self.db.tenant_tx(payload.tenant_id).await.map_err(retry)?;
+        let campaign: Campaign = sqlx::query_as(
+            "SELECT status, steps_sent, started_at, offer_code FROM winback_campaigns \
+             WHERE id = $1 FOR UPDATE",
+        )
+        .bind(payload.campaign_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql_retry)?;
+        let step = payload.step;
+        if campaign.status != "running" || step >= self.schedule.steps.len() {
+            return Ok(());
+        }
+        if !payload.planned {
+            let due = campaign.started_at + to_delta(self.schedule.steps[0]);
+            enqueue_step(
+                &mut tx,
+                payload.campaign_id,
+                payload.tenant_id,
+                0,
+                Some(due),
+            )
+            .await
+            .map_err(retry)?;
+            return tx.commit().await.map_err(sql_retry);
+        }
+        if usize::try_from(campaign.steps_sent).unwrap_or(0) > step {
+            return Ok(()); // sent by an earlier run
+        }
+        let recipient: Option<String> =
+            sqlx::query_scalar("SELECT email FROM tenants WHERE id = $1")
+                .bind(payload.tenant_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(sql_retry)?;
+        let offer = (step >= self.schedule.offer_from_step).then(|| {
+            campaign.offer_code.clone().unwrap_or_else(|| {
+                format!(
+                    "BACK{}-{}",
+                    self.schedule.offer_percent_off,
+                    &payload.campaign_id.simple().to_string()[..8]
+                )
+            })
+        });
+        if let Some(recipient) = recipient {
+            let mut body = String::from(
+                "Your account is paused. Everything you stored is kept; reactivate any time from \
+                 your dashboard or with POST /v1/tenant/reactivation.",
+            );
+            if let Some(code) = &offer {
+                body.push_str(&format!(
+                    "\n\nCome back now and take {}% off your next invoice with code {code}.",
+                    self.schedule.offer_percent_off
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
+                 VALUES ($1, $2, 'winback', $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+            )
+            .bind(Uuid::now_v7())
+            .bind(payload.tenant_id.as_uuid())
+            .bind(recipient)
+            .bind(format!("We would like you back (message {} of {})", step + 1, self.schedule.steps.len()))
+            .bind(body)
+            .bind(format!("winback-{}-{step}", payload.campaign_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_retry)?;
+        }
+        let last = step + 1 == self.schedule.steps.len();
+        sqlx::query(
+            "UPDATE winback_campaigns SET steps_sent = $2, offer_code = coalesce(offer_code, $3), \
+                    status = CASE WHEN $4 THEN 'exhausted' ELSE status END, \
+                    ended_at = CASE WHEN $4 THEN now() END \
+             WHERE id = $1",
+        )
+        .bind(payload.campaign_id)
+        .bind(i32::try_from(step + 1).unwrap_or(i32::MAX))
+        .bind(&offer)
+        .bind(last)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?;
+        if !last {
+            let next = campaign.started_at + to_delta(self.schedule.steps[step + 1]);
+            enqueue_step(
+                &mut tx,
+                payload.campaign_id,
+                payload.tenant_id,
+                step + 1,
+                Some(next),
+            )
+            .await
+            .map_err(retry)?;
+        }
+        tx.commit().await.map_err(sql_retry)?;
+        metrics::counter!("winback_messages_total", "offer" => offer.is_some().to_string())
+            .increment(1);
+        tracing::info!(tenant = %payload.tenant_id, campaign = %payload.campaign_id, step, "win-back message queued");
+        Ok(())
+    }
+}
+
+fn to_delta(offset: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(offset).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// One campaign, as operators see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct CampaignView {
+    pub id: Uuid,
+    #[schema(value_type = String)]
+    pub tenant_id: Uuid,
+    pub reason: String,
+    pub status: String,
+    pub steps_sent: i32,
+    pub offer_code: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Campaigns, newest first, optionally by status; synthetic tenants left out.
+pub async fn list(
+    conn: &mut PgConnection,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CampaignView>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.tenant_id, c.reason, c.status, c.steps_sent, c.offer_code, c.started_at, \
+                c.ended_at \
+         FROM winback_campaigns c JOIN tenants t ON t.id = c.tenant_id \
+         WHERE NOT t.synthetic AND ($1::text IS NULL OR c.status = $1) \
+         ORDER BY c.started_at DESC LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_in_days_down_to_seconds() {
+        assert_eq!(
+            WinbackSchedule::parse_steps("3d, 14d,30d").unwrap(),
+            [3, 14, 30].map(|d| Duration::from_secs(d * 86_400))
+        );
+        assert_eq!(
+            WinbackSchedule::parse_steps("1s,2s,90m").unwrap(),
+            [1, 2, 5400].map(Duration::from_secs)
+        );
+        for bad in [
+            "",
+            "3",
+            "d",
+            "3w",
+            "14d,3d",
+            "3d,3d",
+            "-1d",
+            "99999999999999999d",
+        ] {
+            assert!(WinbackSchedule::parse_steps(bad).is_err(), "{bad:?}");
+        }
+    }
+}
