@@ -14,6 +14,7 @@ mod lifecycle;
 mod onboarding;
 mod outbox;
 mod payments;
+mod readiness;
 mod row_level_security;
 mod usage_ingest;
 mod usage_outage;

@@ -29,6 +29,7 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub billing: BillingConfig,
     pub signups: SignupsConfig,
+    pub readiness: ReadinessConfig,
     pub smtp: SmtpConfig,
     pub winback: WinbackConfig,
     pub workers: WorkersConfig,
@@ -66,6 +67,12 @@ pub struct BillingConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupsConfig {
     pub rate_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReadinessConfig {
+    pub cache_ms: u64,
+    pub check_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +220,9 @@ impl Config {
         }
         if self.winback.offer_percent_off == 0 || self.winback.offer_percent_off > 100 {
             return invalid("winback.offer_percent_off must be 1 to 100".into());
+        }
+        if self.readiness.check_timeout_ms == 0 {
+            return invalid("readiness.check_timeout_ms must be positive".into());
         }
         if self.smtp.poll_ms == 0 {
             return invalid("smtp.poll_ms must be positive".into());

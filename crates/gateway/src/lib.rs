@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod json;
 pub mod key_cache;
 pub mod metrics;
+pub mod readiness;
 pub mod request_context;
 mod routes;
 pub mod startup;

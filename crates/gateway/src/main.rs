@@ -21,14 +21,26 @@ enum Command {
     Config,
     /// Print the OpenAPI document.
     Openapi,
+    /// Ask a running instance's /readiness and print its summary; exit 1 unless ready.
+    Readiness {
+        /// The instance's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Openapi = command {
-        return print(&openapi_document());
+    match &command {
+        Command::Openapi => return print(&openapi_document()),
+        Command::Readiness { url } => {
+            let (ready, summary) = gateway::readiness::ask(url).await?;
+            print(summary.trim_end())?;
+            std::process::exit(if ready { 0 } else { 1 });
+        }
+        _ => {}
     }
     let config = Config::load()?;
     telemetry::init(&config.log);
@@ -40,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate(&config).await?,
         Command::Config => print(&format!("{config:#?}"))?,
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Readiness { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

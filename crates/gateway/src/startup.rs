@@ -128,6 +128,7 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         signup_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
             std::num::NonZeroU32::new(config.signups.rate_per_minute).expect("validated at load"),
         )),
+        readiness: Default::default(),
         config,
     }))
 }

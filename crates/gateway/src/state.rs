@@ -24,6 +24,7 @@ pub struct Services {
     /// `None` when no Stripe key is configured: billing is then not available.
     pub payments: Option<Arc<dyn PaymentProvider>>,
     pub signup_limiter: SignupLimiter,
+    pub readiness: crate::readiness::ReadinessCache,
 }
 
 /// Signups per client address, against card testing.

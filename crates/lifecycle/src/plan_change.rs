@@ -87,8 +87,9 @@ impl PlanChangeWorkflow {
         prorate: bool,
         attempt: Attempt,
     ) -> Result<Option<String>, PaymentError> {
-        let Some(payments) = &self.payments else {
-            // Billing is not configured: the change is ours alone.
+        let Some(payments) = self.payments.as_ref().filter(|_| !tenant.synthetic) else {
+            // Billing is not configured, or the tenant is a readiness probe (never
+            // billed): the change is ours alone.
             return Ok(tenant.stripe_subscription_id.clone());
         };
         let current = tenant.stripe_subscription_id.as_deref();

@@ -42,6 +42,28 @@ pub fn check_transition(from: TenantState, to: TenantState) -> Result<(), Invali
     }
 }
 
+/// Checks the table's own rules: no state moves to itself, none is listed twice,
+/// `deleted` is final and every other state can get back to `active`.
+pub fn check_table() -> Result<(), String> {
+    for (i, pair) in TRANSITIONS.iter().enumerate() {
+        if pair.0 == pair.1 {
+            return Err(format!("{} moves to itself", pair.0));
+        }
+        if TRANSITIONS[i + 1..].contains(pair) {
+            return Err(format!("{} -> {} listed twice", pair.0, pair.1));
+        }
+        if pair.0 == Deleted {
+            return Err("deleted is not final".into());
+        }
+    }
+    for state in TenantState::ALL {
+        if state != Deleted && state != Active && check_transition(state, Active).is_err() {
+            return Err(format!("{state} cannot get back to active"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +101,11 @@ mod tests {
             assert!(check_transition(Deleted, state).is_err());
             assert!(check_transition(state, state).is_err());
         }
+    }
+
+    #[test]
+    fn the_table_passes_its_own_check() {
+        assert_eq!(check_table(), Ok(()));
     }
 
     #[test]

@@ -153,6 +153,34 @@ impl ClickHouseSink {
     }
 
     /// How many distinct events of the tenant ClickHouse holds (replays counted once).
+    /// The values ClickHouse holds for some events of `tenant`, by event id (readiness:
+    /// have the probe's events arrived, intact?).
+    pub async fn values_of(
+        &self,
+        tenant: TenantId,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, SinkError> {
+        #[derive(Row, Deserialize)]
+        struct IdValue {
+            event_id: String,
+            value: u64,
+        }
+        let rows = self
+            .client()
+            .query(
+                "SELECT event_id, value FROM usage_events FINAL \
+                 WHERE tenant_id = toUUID(?) AND has(?, event_id)",
+            )
+            .bind(tenant.as_uuid().to_string())
+            .bind(event_ids)
+            .fetch_all::<IdValue>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.event_id, row.value))
+            .collect())
+    }
+
     /// Every event of `tenant`, for its GDPR export.
     pub async fn tenant_events(&self, tenant: TenantId) -> Result<Vec<StoredEvent>, SinkError> {
         Ok(self

@@ -1,0 +1,172 @@
+//! /readiness against the live stack, and with parts of it missing.
+
+use integration_tests::{FaultProxy, OPERATOR_TOKEN, Stack, TestApp};
+use serde_json::Value;
+
+async fn readiness(app: &TestApp) -> (u16, Value) {
+    let response = app.get("/readiness").send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn status_of<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {report}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn all_four_checks_pass_on_the_live_stack() {
+    let app = TestApp::spawn().await;
+    let (status, report) = readiness(&app).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["ready"], true);
+    assert_eq!(
+        (report["passed"].as_u64(), report["total"].as_u64()),
+        (Some(4), Some(4))
+    );
+    for name in [
+        "usage_metering",
+        "stripe_billing",
+        "self_service_onboarding",
+        "lifecycle_state_machine",
+    ] {
+        assert_eq!(status_of(&report, name), "pass", "{report:#}");
+    }
+    for check in report["checks"].as_array().unwrap() {
+        assert!(check["duration_ms"].is_u64());
+        assert!(!check["detail"].as_str().unwrap().is_empty());
+    }
+
+    // The readable summary, in the notebook's style.
+    let text = app
+        .get("/readiness")
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.matches('✅').count(), 4, "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("4/4 checks ready"),
+        "{text}"
+    );
+
+    // Probe tenants are never shown to operators.
+    let tenants: Value = app
+        .get("/v1/admin/tenants")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 0, "{tenants}");
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    let (synthetic, live): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE synthetic), count(*) FILTER (WHERE NOT synthetic) FROM tenants",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(synthetic >= 2, "the probes exist");
+    assert_eq!(live, 0);
+}
+
+#[tokio::test]
+async fn clickhouse_down_fails_metering_and_the_rest_still_report() {
+    let address = Stack::from_env()
+        .clickhouse_url
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = FaultProxy::start(address).await;
+    let url = proxy.url();
+    let app = TestApp::spawn_with(move |config| config.clickhouse.url = url).await;
+    proxy.cut();
+    let (status, report) = readiness(&app).await;
+    assert_eq!(status, 503, "{report:#}");
+    assert_eq!(report["ready"], false);
+    assert_eq!(status_of(&report, "usage_metering"), "fail");
+    for name in [
+        "stripe_billing",
+        "self_service_onboarding",
+        "lifecycle_state_machine",
+    ] {
+        assert_eq!(status_of(&report, name), "pass", "{name}: {report:#}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_stripe_key_billing_is_skipped_and_not_ready() {
+    let app = TestApp::spawn_with(|config| config.stripe.secret_key = None).await;
+    let (status, report) = readiness(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(status_of(&report, "stripe_billing"), "skip");
+    assert_eq!(report["passed"], 3, "{report:#}");
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_run() {
+    let app = TestApp::spawn_with(|config| config.readiness.cache_ms = 0).await;
+    let reports = futures_util::future::join_all((0..5).map(|_| readiness(&app))).await;
+    let first = &reports[0].1["checked_at"];
+    assert!(
+        reports.iter().all(|(_, r)| &r["checked_at"] == first),
+        "one run for all"
+    );
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("readiness_runs_total 1"), "{metrics}");
+    // Later, with no result reuse configured, a new run.
+    let (_, again) = readiness(&app).await;
+    assert_ne!(&again["checked_at"], first);
+}
+
+#[tokio::test]
+async fn the_cli_prints_the_summary_of_a_running_instance() {
+    let app = TestApp::spawn().await;
+    let output = tokio::process::Command::new(integration_tests::saas_binary())
+        .args(["readiness", "--url", &app.address])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("4/4 checks ready"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with('✅')).count(),
+        4,
+        "{text}"
+    );
+
+    let down = tokio::process::Command::new(integration_tests::saas_binary())
+        .args(["readiness", "--url", "http://127.0.0.1:9"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!down.status.success());
+}
