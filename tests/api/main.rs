@@ -4,6 +4,7 @@ mod admin;
 mod api_keys;
 mod audit_chain;
 mod auth;
+mod billing_runs;
 mod crash_recovery;
 mod erasure;
 mod errors;

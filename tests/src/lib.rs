@@ -140,6 +140,19 @@ impl TestApp {
         state: TenantState,
         synthetic: bool,
     ) -> TestTenant {
+        self.create_tenant_on_cycle(plan, state, synthetic, saas_core::BillingCycle::Months(1))
+            .await
+    }
+
+    /// A tenant whose billing periods last `cycle` from now (short ones for whole cycles
+    /// in a test).
+    pub async fn create_tenant_on_cycle(
+        &self,
+        plan: &str,
+        state: TenantState,
+        synthetic: bool,
+        cycle: saas_core::BillingCycle,
+    ) -> TestTenant {
         let now = chrono::Utc::now();
         let id = TenantId::new();
         let mut tx = self.db.system_tx("test setup").await.unwrap();
@@ -152,7 +165,7 @@ impl TestApp {
                 state,
                 plan_code: plan.to_owned(),
                 billing_anchor: now,
-                billing_cycle: saas_core::BillingCycle::Months(1),
+                billing_cycle: cycle,
                 synthetic,
                 stripe_customer_id: None,
                 stripe_subscription_id: None,

@@ -2,8 +2,11 @@
 //!
 //! [`rating`] turns a period's usage and a plan's terms into invoice lines: pure code,
 //! integer minor units, one rounding rule. Invoices, previews and reconciliation all go
-//! through it, so they cannot disagree. Charging goes through the `payments` crate.
+//! through it, so they cannot disagree. [`invoices`] runs the invoice runs (exactly
+//! one invoice per tenant and period, from ClickHouse usage), serves invoices and
+//! reconciles them with usage. Charging goes through the `payments` crate.
 
+pub mod invoices;
 pub mod rating;
 
 pub use rating::{InvoiceLine, LineKind, RatedInvoice, RatingError, rate};

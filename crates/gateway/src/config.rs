@@ -62,6 +62,8 @@ pub struct StripeConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BillingConfig {
     pub cycle: String,
+    pub close_grace_ms: u64,
+    pub run_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +222,9 @@ impl Config {
         }
         if self.winback.offer_percent_off == 0 || self.winback.offer_percent_off > 100 {
             return invalid("winback.offer_percent_off must be 1 to 100".into());
+        }
+        if self.billing.run_interval_ms == 0 {
+            return invalid("billing.run_interval_ms must be positive".into());
         }
         if self.readiness.check_timeout_ms == 0 {
             return invalid("readiness.check_timeout_ms must be positive".into());

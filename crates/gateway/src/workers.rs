@@ -47,6 +47,7 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),
         tokio::spawn(jobs.run(stop.clone())),
+        tokio::spawn(invoice_runs(state.clone(), stop.clone())),
     ];
     match config.mailer() {
         Ok(Some(mailer)) => workers.push(tokio::spawn(outbox::run(
@@ -60,4 +61,26 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         Err(error) => tracing::error!(%error, "SMTP settings rejected; outbox not delivered"),
     }
     workers
+}
+
+/// Invoices ended periods every `billing.run_interval_ms`. Several instances may do this
+/// at once: the invoices' unique key keeps it to one invoice per tenant and period.
+async fn invoice_runs(state: AppState, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(state.config.billing.run_interval_ms);
+    let grace = Duration::from_millis(state.config.billing.close_grace_ms);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(error) =
+            billing::invoices::run(&state.db, &state.clickhouse, state.clock.now(), grace).await
+        {
+            metrics::counter!("invoice_run_errors_total").increment(1);
+            tracing::warn!(%error, "invoice run failed; retrying at the next interval");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }

@@ -108,6 +108,8 @@ impl JobHandler for ErasureWorkflow {
             "UPDATE api_keys SET name = 'erased', revoked_at = coalesce(revoked_at, now()) \
              WHERE tenant_id = $1",
             "DELETE FROM notifications WHERE tenant_id = $1",
+            // Invoices stay for the legal retention period, without personal data.
+            "UPDATE invoices SET billed_name = NULL, billed_email = NULL WHERE tenant_id = $1",
         ] {
             stripped += sqlx::query(sql)
                 .bind(tenant_id.as_uuid())

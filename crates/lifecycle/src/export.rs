@@ -64,6 +64,13 @@ const SECTIONS: &[(&str, &str)] = &[
          FROM audit_log a WHERE tenant_id = $1",
     ),
     (
+        "invoices",
+        "SELECT coalesce(jsonb_agg(to_jsonb(i) || jsonb_build_object('lines', \
+             (SELECT coalesce(jsonb_agg(to_jsonb(l) ORDER BY l.position), '[]') \
+              FROM invoice_lines l WHERE l.invoice_id = i.id)) ORDER BY i.period_start), '[]') \
+         FROM invoices i WHERE tenant_id = $1",
+    ),
+    (
         "deletion",
         "SELECT to_jsonb(d) FROM tenant_deletions d WHERE tenant_id = $1",
     ),

@@ -152,7 +152,6 @@ impl ClickHouseSink {
             .collect()
     }
 
-    /// How many distinct events of the tenant ClickHouse holds (replays counted once).
     /// The values ClickHouse holds for some events of `tenant`, by event id (readiness:
     /// have the probe's events arrived, intact?).
     pub async fn values_of(
@@ -194,6 +193,7 @@ impl ClickHouseSink {
             .await?)
     }
 
+    /// How many distinct events of the tenant ClickHouse holds (replays counted once).
     pub async fn event_count(&self, tenant: TenantId) -> Result<u64, SinkError> {
         Ok(self
             .client()

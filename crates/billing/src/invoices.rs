@@ -1,0 +1,533 @@
+//! Invoice runs: every tenant whose billing period has ended gets exactly one invoice for
+//! it, rated from the period's usage in ClickHouse.
+//!
+//! A period is invoiced only once the relay has copied all of its events to ClickHouse
+//! (checked against the ledger, per tenant) and a grace time after its end has passed,
+//! so that no late commit is missed. The invoice and its lines are written in one
+//! transaction under the unique key (tenant, period start): a run killed half-way is
+//! simply run again, and two runs at once cannot make two invoices. Synthetic tenants
+//! (readiness probes) are never billed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use metering::{ClickHouseSink, SinkError};
+use saas_core::{BillingPeriod, Metric, TenantId, TenantState};
+use serde::Serialize;
+use sqlx::PgConnection;
+use tenancy::tenants::{Tenant, TenantQuery};
+use tenancy::{Db, StoreError};
+use uuid::Uuid;
+
+use crate::rating::{self, LineKind, RatedInvoice, RatingError};
+
+/// How far back a run looks for periods that were never invoiced.
+const MAX_PERIODS_BACK: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Usage(#[from] SinkError),
+}
+
+impl From<sqlx::Error> for RunError {
+    fn from(error: sqlx::Error) -> Self {
+        RunError::Store(error.into())
+    }
+}
+
+/// What a run did, and where its time went.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct RunReport {
+    pub run_id: Uuid,
+    pub tenants_checked: usize,
+    pub invoices_created: usize,
+    /// Periods invoiced already (by an earlier or a concurrent run).
+    pub already_invoiced: usize,
+    /// Periods left for a later run: their events are not all in ClickHouse yet.
+    pub waiting_for_relay: usize,
+    /// Tenants that could not be rated (a plan without a price, an overflow).
+    pub failed: usize,
+    pub clickhouse_ms: u64,
+    pub rating_ms: u64,
+    pub postgres_ms: u64,
+    pub total_ms: u64,
+}
+
+/// Invoices every period that ended at least `grace` before `now`.
+pub async fn run(
+    db: &Db,
+    sink: &ClickHouseSink,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let mut report = RunReport {
+        run_id: Uuid::now_v7(),
+        ..RunReport::default()
+    };
+    let closed_before = now - chrono::TimeDelta::from_std(grace).unwrap_or_default();
+    let mut timings = Timings::default();
+    let mut after: Option<TenantId> = None;
+    loop {
+        let page = {
+            let mut tx = db.system_tx("invoice run tenants").await?;
+            let query = TenantQuery {
+                state: None,
+                after,
+                limit: 500,
+                // Readiness probes are never billed.
+                include_synthetic: false,
+            };
+            let page = tenancy::tenants::list(&mut tx, &query).await?;
+            tx.commit().await?;
+            page
+        };
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        // Erased tenants have no usage left to bill; provisioning ones no period yet.
+        let billable = page.into_iter().filter(|t| {
+            !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
+        });
+        for tenant in billable {
+            report.tenants_checked += 1;
+            for period in ended_periods(&tenant, closed_before) {
+                let outcome = invoice_period(db, sink, &tenant, period, &mut timings).await;
+                match outcome {
+                    Ok(Outcome::Created) => report.invoices_created += 1,
+                    Ok(Outcome::Exists) => {
+                        report.already_invoiced += 1;
+                        break; // older periods were handled before this one
+                    }
+                    Ok(Outcome::WaitingForRelay) => report.waiting_for_relay += 1,
+                    Err(InvoiceError::Rating(error)) => {
+                        report.failed += 1;
+                        tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
+                    }
+                    Err(InvoiceError::Run(error)) => return Err(error),
+                }
+            }
+        }
+    }
+    report.clickhouse_ms = millis(timings.clickhouse);
+    report.rating_ms = millis(timings.rating);
+    report.postgres_ms = millis(timings.postgres);
+    report.total_ms = millis(started.elapsed());
+    metrics::counter!("invoices_created_total").increment(report.invoices_created as u64);
+    tracing::info!(run = %report.run_id, created = report.invoices_created,
+        waiting = report.waiting_for_relay, total_ms = report.total_ms, "invoice run done");
+    Ok(report)
+}
+
+/// Periods of `tenant` that ended before `closed_before`, newest first, back to the
+/// anchor or `MAX_PERIODS_BACK`.
+fn ended_periods(tenant: &Tenant, closed_before: DateTime<Utc>) -> Vec<BillingPeriod> {
+    let mut periods = Vec::new();
+    let mut current = tenant.period_at(closed_before);
+    while periods.len() < MAX_PERIODS_BACK && current.start > tenant.billing_anchor {
+        let previous = tenant.period_at(current.start - chrono::TimeDelta::seconds(1));
+        if previous.end > closed_before || previous.start == current.start {
+            break;
+        }
+        periods.push(previous);
+        current = previous;
+    }
+    periods
+}
+
+/// Time spent per part, summed over tenants before rounding.
+#[derive(Default)]
+struct Timings {
+    clickhouse: Duration,
+    rating: Duration,
+    postgres: Duration,
+}
+
+enum Outcome {
+    Created,
+    Exists,
+    WaitingForRelay,
+}
+
+enum InvoiceError {
+    Rating(RatingError),
+    Run(RunError),
+}
+
+impl<E: Into<RunError>> From<E> for InvoiceError {
+    fn from(error: E) -> Self {
+        InvoiceError::Run(error.into())
+    }
+}
+
+async fn invoice_period(
+    db: &Db,
+    sink: &ClickHouseSink,
+    tenant: &Tenant,
+    period: BillingPeriod,
+    timings: &mut Timings,
+) -> Result<Outcome, InvoiceError> {
+    let clock = Instant::now();
+    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND period_start = $2)",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(period.start)
+    .fetch_one(&mut *tx)
+    .await?;
+    if exists {
+        return Ok(Outcome::Exists);
+    }
+    let position = metering::relay::relay_position(&mut tx)
+        .await
+        .map_err(RunError::from)?;
+    let unrelayed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM usage_events WHERE tenant_id = $1 AND period_start = $2 \
+                        AND (ledger_xid, ledger_seq) > ($3, $4))",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(period.start)
+    .bind(position.xid)
+    .bind(position.seq)
+    .fetch_one(&mut *tx)
+    .await?;
+    let plan_code = plan_in_effect(&mut tx, tenant, period.end).await?;
+    let plan = tenancy::plans::get(&mut tx, &plan_code)
+        .await
+        .map_err(RunError::from)?;
+    tx.commit().await?;
+    timings.postgres += clock.elapsed();
+    if unrelayed {
+        return Ok(Outcome::WaitingForRelay);
+    }
+
+    let clock = Instant::now();
+    let totals = sink
+        .period_totals(tenant.id, period.start)
+        .await
+        .map_err(RunError::from)?;
+    timings.clickhouse += clock.elapsed();
+    let clock = Instant::now();
+    let mut usage: BTreeMap<Metric, u64> = BTreeMap::new();
+    for (metric, total) in totals {
+        let total =
+            u64::try_from(total).map_err(|_| InvoiceError::Rating(RatingError::AmountOverflow))?;
+        usage.insert(metric, total);
+    }
+    let rated = rating::rate(&plan, &usage).map_err(InvoiceError::Rating)?;
+    timings.rating += clock.elapsed();
+
+    let clock = Instant::now();
+    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
+    let created = store(&mut tx, tenant, period, &plan_code, &rated).await?;
+    tx.commit().await?;
+    timings.postgres += clock.elapsed();
+    Ok(if created {
+        Outcome::Created
+    } else {
+        Outcome::Exists
+    })
+}
+
+/// The plan the tenant was on when the period ended: the last plan change completed
+/// before then, else the plan the first later change moved away from, else today's.
+async fn plan_in_effect(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    end: DateTime<Utc>,
+) -> Result<String, RunError> {
+    let before: Option<String> = sqlx::query_scalar(
+        "SELECT to_plan FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'plan_change' \
+           AND status = 'completed' AND completed_at < $2 ORDER BY completed_at DESC LIMIT 1",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(end)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(plan) = before {
+        return Ok(plan);
+    }
+    let later: Option<String> = sqlx::query_scalar(
+        "SELECT from_plan FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'plan_change' \
+           AND status = 'completed' AND completed_at >= $2 ORDER BY completed_at LIMIT 1",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(end)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(later.unwrap_or_else(|| tenant.plan_code.clone()))
+}
+
+/// Writes the invoice and its lines; false when the period was invoiced meanwhile.
+async fn store(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    period: BillingPeriod,
+    plan_code: &str,
+    rated: &RatedInvoice,
+) -> Result<bool, RunError> {
+    let id = Uuid::now_v7();
+    // Nothing to collect: settled as it is made.
+    let status = if rated.total == 0 { "paid" } else { "open" };
+    let inserted = sqlx::query(
+        "INSERT INTO invoices (id, tenant_id, period_start, period_end, plan_code, currency, total, \
+                               status, billed_name, billed_email, paid_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $8 = 'paid' THEN now() END) \
+         ON CONFLICT (tenant_id, period_start) DO NOTHING",
+    )
+    .bind(id)
+    .bind(tenant.id.as_uuid())
+    .bind(period.start)
+    .bind(period.end)
+    .bind(plan_code)
+    .bind(rated.currency.to_string())
+    .bind(rated.total)
+    .bind(status)
+    .bind(&tenant.name)
+    .bind(&tenant.email)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for (position, line) in rated.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO invoice_lines (invoice_id, tenant_id, position, kind, metric, tier, \
+                                        quantity, unit_amount, unit_size, amount, description) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, $9, $10, $11)",
+        )
+        .bind(id)
+        .bind(tenant.id.as_uuid())
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(kind_text(line.kind))
+        .bind(line.metric.map(|m| m.as_str()))
+        .bind(line.tier.and_then(|t| i32::try_from(t).ok()))
+        .bind(line.quantity.to_string())
+        .bind(line.unit_amount)
+        .bind(i64::try_from(line.unit_size).unwrap_or(i64::MAX))
+        .bind(line.amount)
+        .bind(&line.description)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}
+
+fn kind_text(kind: LineKind) -> &'static str {
+    match kind {
+        LineKind::BaseFee => "base_fee",
+        LineKind::Included => "included",
+        LineKind::Overage => "overage",
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An invoice as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Invoice {
+    #[schema(value_type = String)]
+    pub id: Uuid,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub plan: String,
+    pub currency: String,
+    pub total: i64,
+    /// `open`, `paid`, `uncollectible` or `void`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub lines: Vec<StoredLine>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct StoredLine {
+    pub kind: String,
+    pub metric: Option<String>,
+    pub tier: Option<i32>,
+    /// Units (a decimal string would be exact past 2^53; quantities are u64).
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = u64)]
+    pub quantity: QuantityText,
+    pub unit_amount: i64,
+    pub unit_size: i64,
+    pub amount: i64,
+    pub description: String,
+}
+
+/// A line quantity read from `numeric`, served as a JSON number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantityText(pub u64);
+
+impl TryFrom<String> for QuantityText {
+    type Error = std::num::ParseIntError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse().map(QuantityText)
+    }
+}
+
+impl Serialize for QuantityText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    id: Uuid,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    plan_code: String,
+    currency: String,
+    total: i64,
+    status: String,
+    created_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+/// The tenant's invoices, newest first, with their lines.
+pub async fn list(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<Invoice>, StoreError> {
+    let rows: Vec<InvoiceRow> = sqlx::query_as(
+        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at \
+         FROM invoices WHERE tenant_id = $1 ORDER BY period_start DESC LIMIT 500",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut invoices = Vec::with_capacity(rows.len());
+    for row in rows {
+        invoices.push(with_lines(conn, row).await?);
+    }
+    Ok(invoices)
+}
+
+/// One invoice of the tenant; another tenant's is not found.
+pub async fn get(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Invoice, StoreError> {
+    let row: InvoiceRow = sqlx::query_as(
+        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at \
+         FROM invoices WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    with_lines(conn, row).await
+}
+
+async fn with_lines(conn: &mut PgConnection, row: InvoiceRow) -> Result<Invoice, StoreError> {
+    let lines: Vec<StoredLine> = sqlx::query_as(
+        "SELECT kind, metric, tier, quantity::text AS quantity, unit_amount, unit_size, amount, description \
+         FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
+    )
+    .bind(row.id)
+    .fetch_all(conn)
+    .await?;
+    Ok(Invoice {
+        id: row.id,
+        period_start: row.period_start,
+        period_end: row.period_end,
+        plan: row.plan_code,
+        currency: row.currency,
+        total: row.total,
+        status: row.status,
+        created_at: row.created_at,
+        paid_at: row.paid_at,
+        lines,
+    })
+}
+
+/// One difference between what an invoice bills and the usage in ClickHouse.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Mismatch {
+    #[schema(value_type = String)]
+    pub invoice_id: Uuid,
+    #[schema(value_type = String)]
+    pub tenant_id: Uuid,
+    pub metric: String,
+    pub billed: u64,
+    pub usage: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Reconciliation {
+    pub invoices_checked: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// Compares, per invoice (of `tenant`, or all), the billed quantity of every metric with
+/// the period's usage in ClickHouse.
+pub async fn reconcile(
+    db: &Db,
+    sink: &ClickHouseSink,
+    tenant: Option<TenantId>,
+) -> Result<Reconciliation, RunError> {
+    let invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = {
+        let mut tx = db.system_tx("reconciliation").await?;
+        let rows = sqlx::query_as(
+            "SELECT id, tenant_id, period_start FROM invoices \
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY tenant_id, period_start",
+        )
+        .bind(tenant.map(|t| t.as_uuid()))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows
+    };
+    let mut mismatches = Vec::new();
+    for (invoice_id, tenant_id, period_start) in &invoices {
+        let billed: Vec<(String, String)> = {
+            let mut tx = db.system_tx("reconciliation lines").await?;
+            let rows = sqlx::query_as(
+                "SELECT metric, sum(quantity)::text FROM invoice_lines \
+                 WHERE invoice_id = $1 AND metric IS NOT NULL GROUP BY metric",
+            )
+            .bind(invoice_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows
+        };
+        let billed: BTreeMap<String, u128> = billed
+            .into_iter()
+            .map(|(metric, quantity)| (metric, quantity.parse().unwrap_or(u128::MAX)))
+            .collect();
+        let usage: BTreeMap<String, u128> = sink
+            .period_totals(TenantId::from_uuid(*tenant_id), *period_start)
+            .await?
+            .into_iter()
+            .map(|(metric, total)| (metric.as_str().to_owned(), total))
+            .collect();
+        for metric in Metric::ALL {
+            let name = metric.as_str();
+            let (b, u) = (
+                billed.get(name).copied().unwrap_or(0),
+                usage.get(name).copied().unwrap_or(0),
+            );
+            if b != u {
+                mismatches.push(Mismatch {
+                    invoice_id: *invoice_id,
+                    tenant_id: *tenant_id,
+                    metric: name.to_owned(),
+                    billed: u64::try_from(b).unwrap_or(u64::MAX),
+                    usage: u64::try_from(u).unwrap_or(u64::MAX),
+                });
+            }
+        }
+    }
+    Ok(Reconciliation {
+        invoices_checked: invoices.len(),
+        mismatches,
+    })
+}

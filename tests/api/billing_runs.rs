@@ -1,0 +1,246 @@
+//! Invoice runs through whole (short) billing cycles: every invoice bills exactly the
+//! period's usage, once, whatever happens to the runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use integration_tests::{OPERATOR_TOKEN, TestApp, TestTenant};
+use saas_core::{BillingCycle, TenantState};
+use serde_json::{Value, json};
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+fn app_config(config: &mut gateway::Config) {
+    config.billing.close_grace_ms = 300;
+    // The tests run the invoice runs themselves.
+    config.billing.run_interval_ms = 3_600_000;
+    config.workers.relay_idle_ms = 20;
+}
+
+async fn run(app: &TestApp) -> Value {
+    let response = app
+        .post("/v1/admin/billing/runs")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The period's usage per metric as the quota counters hold it.
+async fn counters(app: &TestApp, tenant: &TestTenant, period_start: &str) -> BTreeMap<String, u64> {
+    let start: chrono::DateTime<chrono::Utc> = period_start.parse().unwrap();
+    let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT metric, used::text FROM usage_counters WHERE tenant_id = $1 AND period_start = $2",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(start)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(m, u)| (m, u.parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_cycle_of_120_tenants_bills_exactly_their_usage() {
+    let app = TestApp::spawn_with(app_config).await;
+    let plans = ["starter", "pro", "enterprise"];
+    let mut tenants = Vec::new();
+    for i in 0..120 {
+        tenants.push(
+            app.create_tenant_on_cycle(
+                plans[i % 3],
+                TenantState::Active,
+                false,
+                BillingCycle::Seconds(6),
+            )
+            .await,
+        );
+    }
+    let mut rng = Lcg(42);
+    let mut batches = Vec::new();
+    for tenant in &tenants {
+        for batch in 0..=rng.next(3) {
+            let events: Vec<Value> = (0..1 + rng.next(20))
+                .map(|i| {
+                    let metric = ["queries", "tokens", "bytes"][rng.next(3) as usize];
+                    let value = match metric {
+                        "queries" => rng.next(200_000),
+                        "tokens" => rng.next(5_000_000),
+                        _ => rng.next(1 << 30),
+                    };
+                    json!({"id": format!("e{batch}-{i}"), "metric": metric, "value": value})
+                })
+                .collect();
+            batches.push((tenant.api_key.clone(), Value::Array(events)));
+        }
+    }
+    for chunk in batches.chunks(16) {
+        let sent = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|(key, events)| app.ingest(key, events.clone())),
+        )
+        .await;
+        assert!(sent.iter().all(|r| r.status() == 202));
+    }
+    // Let the first period of every tenant end, and its grace pass.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    app.drain_relay().await;
+    let report = run(&app).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(
+        report["invoices_created"].as_u64().unwrap() >= 120,
+        "{report}"
+    );
+    let again = run(&app).await;
+    assert_eq!(
+        again["invoices_created"], 0,
+        "a second run invoices nothing: {again}"
+    );
+
+    for tenant in &tenants {
+        let list = app.get_json(&tenant.api_key, "/v1/invoices").await;
+        let invoices = list["invoices"].as_array().unwrap();
+        let first = invoices.last().expect("the first period is invoiced");
+        let start = first["period_start"].as_str().unwrap();
+        let expected = counters(&app, tenant, start).await;
+        let mut billed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut sum = 0;
+        for line in first["lines"].as_array().unwrap() {
+            sum += line["amount"].as_i64().unwrap();
+            if let Some(metric) = line["metric"].as_str() {
+                *billed.entry(metric.to_owned()).or_default() += line["quantity"].as_u64().unwrap();
+            }
+        }
+        billed.retain(|_, quantity| *quantity > 0);
+        assert_eq!(billed, expected, "tenant {}", tenant.id);
+        assert_eq!(sum, first["total"].as_i64().unwrap());
+        // The same invoice by id, and nobody else's.
+        let id = first["id"].as_str().unwrap();
+        let one = app
+            .get_json(&tenant.api_key, &format!("/v1/invoices/{id}"))
+            .await;
+        assert_eq!(&one, first);
+        let other =
+            &tenants[(tenants.iter().position(|t| t.id == tenant.id).unwrap() + 1) % tenants.len()];
+        let response = app
+            .get(&format!("/v1/invoices/{id}"))
+            .bearer_auth(&other.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+    }
+
+    let reconciliation: Value = app
+        .get("/v1/admin/billing/reconciliation")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(reconciliation["invoices_checked"].as_u64().unwrap() >= 120);
+    assert_eq!(reconciliation["mismatches"], json!([]), "{reconciliation}");
+}
+
+#[tokio::test]
+async fn killed_and_overlapping_runs_make_one_invoice_per_period() {
+    let app = TestApp::spawn_with(app_config).await;
+    let mut tenants = Vec::new();
+    for _ in 0..30 {
+        let tenant = app
+            .create_tenant_on_cycle("pro", TenantState::Active, false, BillingCycle::Seconds(2))
+            .await;
+        let response = app
+            .ingest(
+                &tenant.api_key,
+                json!([{"id": "a", "metric": "tokens", "value": 25_000_000}]),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+        tenants.push(tenant);
+    }
+    let probe = app
+        .create_tenant_on_cycle("pro", TenantState::Active, true, BillingCycle::Seconds(2))
+        .await;
+    assert_eq!(
+        app.ingest(
+            &probe.api_key,
+            json!([{"id": "p", "metric": "tokens", "value": 1}])
+        )
+        .await
+        .status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.drain_relay().await;
+    let grace = Duration::from_millis(300);
+    // Runs killed at arbitrary points (their futures dropped mid-way, as a crash would).
+    for budget in [1, 5, 20, 50] {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(budget),
+            billing::invoices::run(&app.db, &app.clickhouse, chrono::Utc::now(), grace),
+        )
+        .await;
+    }
+    // Then three at once.
+    let now = chrono::Utc::now();
+    let runs = futures_util::future::join_all(
+        (0..3).map(|_| billing::invoices::run(&app.db, &app.clickhouse, now, grace)),
+    )
+    .await;
+    for run in runs {
+        assert_eq!(run.unwrap().failed, 0);
+    }
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    let (invoices, periods, synthetic): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (tenant_id, period_start)), \
+                count(*) FILTER (WHERE tenant_id = $1) FROM invoices",
+    )
+    .bind(probe.id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(synthetic, 0, "a readiness probe is never billed");
+    assert_eq!(invoices, periods);
+    let first_periods: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM invoices i JOIN tenants t ON t.id = i.tenant_id \
+         WHERE i.period_start = t.billing_anchor",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        first_periods, 30,
+        "one invoice for every tenant's first period"
+    );
+    // Each bills the 5,000,000 tokens past pro's 20,000,000 included.
+    let overage: Vec<String> = sqlx::query_scalar(
+        "SELECT sum(l.quantity)::text FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id \
+         JOIN tenants t ON t.id = i.tenant_id \
+         WHERE i.period_start = t.billing_anchor AND l.kind = 'overage' GROUP BY i.id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(overage.len(), 30);
+    assert!(overage.iter().all(|q| q == "5000000"), "{overage:?}");
+}
