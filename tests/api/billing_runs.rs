@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use integration_tests::{OPERATOR_TOKEN, TestApp, TestTenant};
+use integration_tests::{TestApp, TestTenant};
 use saas_core::{BillingCycle, TenantState};
 use serde_json::{Value, json};
 
@@ -30,11 +30,8 @@ fn app_config(config: &mut gateway::Config) {
 
 async fn run(app: &TestApp) -> Value {
     let response = app
-        .post("/v1/admin/billing/runs")
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .operator_post("/v1/admin/billing/runs", &json!({}))
+        .await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -148,15 +145,7 @@ async fn a_full_cycle_of_120_tenants_bills_exactly_their_usage() {
         assert_eq!(response.status(), 404);
     }
 
-    let reconciliation: Value = app
-        .get("/v1/admin/billing/reconciliation")
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reconciliation = app.operator_get("/v1/admin/billing/reconciliation").await;
     assert!(reconciliation["invoices_checked"].as_u64().unwrap() >= 120);
     assert_eq!(reconciliation["mismatches"], json!([]), "{reconciliation}");
 }

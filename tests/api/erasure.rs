@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{OPERATOR_TOKEN, STRIPE_TEST_KEY, Stack, TestApp};
+use integration_tests::{TestApp, stripe_get};
 use saas_core::TenantId;
 use serde_json::{Value, json};
 
@@ -176,18 +176,7 @@ async fn export_then_erasure_leaves_nothing_but_the_records() {
         .unwrap();
     assert_eq!(state, "deleted");
     drop(tx);
-    let stripe: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/customers/{customer}",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stripe = stripe_get(&format!("/v1/customers/{customer}")).await;
     assert!(
         stripe["deleted"] == true || stripe.get("error").is_some(),
         "the Stripe customer remains: {stripe}"
@@ -197,26 +186,17 @@ async fn export_then_erasure_leaves_nothing_but_the_records() {
     let again = erase_as_operator(&app, tenant.id).await;
     assert_eq!(again.0, 202);
     assert_eq!(again.1["transition"]["id"], id.as_str());
-    let verify: Value = app
-        .get("/v1/admin/audit/verify")
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify = app.operator_get("/v1/admin/audit/verify").await;
     assert_eq!(verify["valid"], true, "{verify}");
 }
 
 async fn erase_as_operator(app: &TestApp, tenant: TenantId) -> (u16, Value) {
     let response = app
-        .post(&format!("/v1/admin/tenants/{tenant}/erasure"))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"reason": "customer asked by mail"}))
-        .send()
-        .await
-        .unwrap();
+        .operator_post(
+            &format!("/v1/admin/tenants/{tenant}/erasure"),
+            &json!({"reason": "customer asked by mail"}),
+        )
+        .await;
     (response.status().as_u16(), response.json().await.unwrap())
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use integration_tests::{OPERATOR_TOKEN, STRIPE_TEST_KEY, Stack, TestApp, error_code};
+use integration_tests::{OPERATOR_TOKEN, TestApp, error_code, stripe_get};
 use saas_core::TenantId;
 use serde_json::{Value, json};
 
@@ -19,12 +19,8 @@ async fn plan_change(app: &TestApp, key: &str, body: Value) -> reqwest::Response
 }
 
 async fn operator(app: &TestApp, tenant: TenantId, body: Value) -> reqwest::Response {
-    app.post(&format!("/v1/admin/tenants/{tenant}/transitions"))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&body)
-        .send()
+    app.operator_post(&format!("/v1/admin/tenants/{tenant}/transitions"), &body)
         .await
-        .unwrap()
 }
 
 /// Waits until the transition has left `running`, and returns it.
@@ -52,18 +48,7 @@ async fn subscription_of(app: &TestApp, tenant: TenantId) -> Option<String> {
 }
 
 async fn stripe_plan_of(subscription: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/subscriptions/{subscription}",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = stripe_get(&format!("/v1/subscriptions/{subscription}")).await;
     body["items"]["data"][0]["plan"]["id"]
         .as_str()
         .unwrap_or_default()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{STRIPE_TEST_KEY, Stack, TestApp, error_code};
+use integration_tests::{STRIPE_TEST_KEY, Stack, TestApp, declining_card, error_code};
 use jobs::{Worker, WorkerSettings};
 use onboarding::OnboardingWorkflow;
 use onboarding::workflow::steps;
@@ -177,29 +177,6 @@ async fn a_declined_card_fails_the_signup_and_leaves_nothing_behind() {
         0,
         "the customer is deleted"
     );
-}
-
-async fn declining_card() -> String {
-    let response: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/payment_methods",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4000000000000341"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2030"),
-            ("card[cvc]", "123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The Stripe payment provider against the stack's localstripe. Every operation is
 //! retried to show that a retry changes nothing.
 
-use integration_tests::{STRIPE_TEST_KEY, Stack};
+use integration_tests::{STRIPE_TEST_KEY, Stack, declining_card};
 use payments::stripe_provider::StripeProvider;
 use payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
 
@@ -24,30 +24,6 @@ fn plan(code: &str, base_fee: i64) -> RecurringPlan {
         currency: "usd".into(),
         base_fee,
     }
-}
-
-/// A card payment method that attaches but whose charges are declined.
-async fn declining_payment_method() -> String {
-    let response: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/payment_methods",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4000000000000341"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2030"),
-            ("card[cvc]", "123"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -109,7 +85,7 @@ async fn a_declining_card_is_reported_as_declined() {
         .ensure_customer(&details(), Attempt::First)
         .await
         .unwrap();
-    let card = declining_payment_method().await;
+    let card = declining_card().await;
     stripe
         .ensure_default_payment_method(&customer, &card, Attempt::First)
         .await

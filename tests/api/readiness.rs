@@ -1,6 +1,6 @@
 //! /readiness against the live stack, and with parts of it missing.
 
-use integration_tests::{FaultProxy, OPERATOR_TOKEN, Stack, TestApp};
+use integration_tests::{FaultProxy, Stack, TestApp};
 use serde_json::Value;
 
 async fn readiness(app: &TestApp) -> (u16, Value) {
@@ -63,15 +63,7 @@ async fn all_four_checks_pass_on_the_live_stack() {
     );
 
     // Probe tenants are never shown to operators.
-    let tenants: Value = app
-        .get("/v1/admin/tenants")
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenants = app.operator_get("/v1/admin/tenants").await;
     assert_eq!(tenants["tenants"].as_array().unwrap().len(), 0, "{tenants}");
     let mut tx = app.db.system_tx("test read").await.unwrap();
     let (synthetic, live): (i64, i64) = sqlx::query_as(

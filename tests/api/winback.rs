@@ -19,15 +19,7 @@ async fn winback_messages(app: &TestApp, tenant: TenantId) -> Vec<(String, Strin
 }
 
 async fn campaigns(app: &TestApp) -> Vec<Value> {
-    let list: Value = app
-        .get("/v1/admin/winback/campaigns")
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.operator_get("/v1/admin/winback/campaigns").await;
     list["campaigns"].as_array().unwrap().clone()
 }
 
@@ -40,12 +32,11 @@ async fn a_campaign_runs_until_the_tenant_pays_and_comes_back() {
     .await;
     let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
     let response = app
-        .post(&format!("/v1/admin/tenants/{}/transitions", tenant.id))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"to": "suspended", "reason": "payment failed"}))
-        .send()
-        .await
-        .unwrap();
+        .operator_post(
+            &format!("/v1/admin/tenants/{}/transitions", tenant.id),
+            &json!({"to": "suspended", "reason": "payment failed"}),
+        )
+        .await;
     assert_eq!(response.status(), 202);
 
     // The first two messages arrive on schedule, the second with the offer.
@@ -102,21 +93,19 @@ async fn only_a_suspended_tenant_reactivates_and_erasure_ends_a_campaign() {
     assert_eq!(response.status(), 422);
 
     let suspend = app
-        .post(&format!("/v1/admin/tenants/{}/transitions", tenant.id))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"to": "suspended", "reason": "abuse report"}))
-        .send()
-        .await
-        .unwrap();
+        .operator_post(
+            &format!("/v1/admin/tenants/{}/transitions", tenant.id),
+            &json!({"to": "suspended", "reason": "abuse report"}),
+        )
+        .await;
     assert_eq!(suspend.status(), 202);
     assert_eq!(campaigns(&app).await[0]["status"], "running");
     let erase = app
-        .post(&format!("/v1/admin/tenants/{}/erasure", tenant.id))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"reason": "asked by mail"}))
-        .send()
-        .await
-        .unwrap();
+        .operator_post(
+            &format!("/v1/admin/tenants/{}/erasure", tenant.id),
+            &json!({"reason": "asked by mail"}),
+        )
+        .await;
     assert_eq!(erase.status(), 202);
     assert_eq!(campaigns(&app).await[0]["status"], "ended");
     let bad = app

@@ -10,6 +10,7 @@ mod database;
 mod fault_proxy;
 mod smtp_sink;
 mod stack;
+mod stripe_api;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub use child_process::{ServiceProcess, saas_binary};
 pub use fault_proxy::FaultProxy;
 pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use stack::{STRIPE_TEST_KEY, Stack};
+pub use stripe_api::{declining_card, stripe_get, stripe_post};
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -295,6 +297,28 @@ impl TestApp {
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.post(self.url(path))
+    }
+
+    /// POSTs `body` to an admin `path` with the operator token.
+    pub async fn operator_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post(path)
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs an admin `path` with the operator token; the JSON body.
+    pub async fn operator_get(&self, path: &str) -> Value {
+        self.get(path)
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
