@@ -460,3 +460,30 @@ async fn an_idempotency_key_replays_the_first_answer() {
     let blocked = plan_change(&app, &tenant.api_key, json!({"plan": "enterprise"})).await;
     assert_eq!(blocked.status(), 409);
 }
+
+#[tokio::test]
+async fn leaving_for_free_and_coming_back_makes_a_new_paid_subscription() {
+    let app = TestApp::spawn().await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    let first = subscription_of(&app, tenant.id).await.expect("subscribed");
+    for (plan, body) in [
+        ("free", json!({"plan": "free", "effective": "now"})),
+        ("starter", json!({"plan": "starter"})),
+    ] {
+        let response = plan_change(&app, &tenant.api_key, body).await;
+        assert_eq!(response.status(), 202);
+        let accepted: Value = response.json().await.unwrap();
+        let id = accepted["transition"]["id"].as_str().unwrap();
+        let ended = wait_ended(&app, &tenant.api_key, id).await;
+        assert_eq!(ended["state"], "completed", "to {plan}: {ended}");
+    }
+    let canceled = stripe_get(&format!("/v1/subscriptions/{first}")).await;
+    assert_eq!(canceled["status"], "canceled");
+    let second = subscription_of(&app, tenant.id)
+        .await
+        .expect("subscribed again");
+    assert_ne!(second, first, "a new subscription, not the canceled one");
+    let live = stripe_get(&format!("/v1/subscriptions/{second}")).await;
+    assert_eq!(live["status"], "active");
+    assert_eq!(stripe_plan_of(&second).await, "saas_starter_usd_2900");
+}

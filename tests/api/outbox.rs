@@ -94,6 +94,27 @@ async fn an_unreachable_server_is_retried_and_a_refusal_is_final() {
     );
     assert_eq!(delivery_state(&app, id).await, (false, false, 1));
 
+    // It waits before the next attempt; let that time pass.
+    let mut tx = app.db.system_tx("test clock").await.unwrap();
+    let pause: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM notifications WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(pause > 20.0, "no pause before the retry: {pause}");
+    assert_eq!(
+        deliver_pending(&app.db, &down, 10).await.unwrap(),
+        Delivered::default()
+    );
+    sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
     // The server is back: sent, once, however often delivery runs.
     let sink = SmtpSink::start().await;
     let up = Mailer::new(&sink.url(), FROM).unwrap();

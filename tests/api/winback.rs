@@ -34,7 +34,7 @@ async fn a_campaign_runs_until_the_tenant_pays_and_comes_back() {
     let response = app
         .operator_post(
             &format!("/v1/admin/tenants/{}/transitions", tenant.id),
-            &json!({"to": "suspended", "reason": "payment failed"}),
+            &json!({"to": "suspended", "reason": "payment failed", "tenant_may_reactivate": true}),
         )
         .await;
     assert_eq!(response.status(), 202);
@@ -100,6 +100,19 @@ async fn only_a_suspended_tenant_reactivates_and_erasure_ends_a_campaign() {
         .await;
     assert_eq!(suspend.status(), 202);
     assert_eq!(campaigns(&app).await[0]["status"], "running");
+    // An operator's suspension for abuse is not the tenant's to lift.
+    let response = app
+        .post("/v1/tenant/reactivation")
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        integration_tests::error_code(response).await,
+        "reactivation_not_allowed"
+    );
     let erase = app
         .operator_post(
             &format!("/v1/admin/tenants/{}/erasure", tenant.id),

@@ -270,6 +270,16 @@ async fn store(
     plan_code: &str,
     rated: &RatedInvoice,
 ) -> Result<bool, RunError> {
+    // Read again under a share lock: an erasure taken meanwhile waits for this commit
+    // (and then strips this invoice too), or has happened and there is nothing to bill.
+    let (state, name, email): (String, String, Option<String>) =
+        sqlx::query_as("SELECT state, name, email FROM tenants WHERE id = $1 FOR SHARE")
+            .bind(tenant.id.as_uuid())
+            .fetch_one(&mut *conn)
+            .await?;
+    if state == TenantState::Deleted.as_str() {
+        return Ok(false);
+    }
     let id = Uuid::now_v7();
     // Nothing to collect: settled as it is made.
     let status = if rated.total == 0 { "paid" } else { "open" };
@@ -287,8 +297,8 @@ async fn store(
     .bind(rated.currency.to_string())
     .bind(rated.total)
     .bind(status)
-    .bind(&tenant.name)
-    .bind(&tenant.email)
+    .bind(&name)
+    .bind(&email)
     .execute(&mut *conn)
     .await?
     .rows_affected();

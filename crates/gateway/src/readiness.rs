@@ -109,7 +109,29 @@ impl ReadinessCache {
     /// The latest result, or a new run when it is older than `max_age`. Callers that
     /// arrive during a run wait for it and share its result.
     pub async fn report(&self, state: &AppState, max_age: Duration) -> Report {
+        // The run goes on in its own task even if this request is given up (the request
+        // timeout, a client hanging up): its clean-up still happens and its result is kept
+        // for the next caller.
+        let task_state = state.clone();
         let arrived = Instant::now();
+        let task = tokio::spawn(async move {
+            task_state
+                .readiness
+                .report_in_task(&task_state, max_age, arrived)
+                .await
+        });
+        match task.await {
+            Ok(report) => report,
+            Err(error) => panic!("the readiness run panicked: {error}"),
+        }
+    }
+
+    async fn report_in_task(
+        &self,
+        state: &AppState,
+        max_age: Duration,
+        arrived: Instant,
+    ) -> Report {
         let mut last = self.last.lock().await;
         // Fresh enough, or finished while this caller waited for the run in progress.
         if let Some((at, report)) = last.as_ref()

@@ -79,12 +79,10 @@ impl JobHandler for ErasureWorkflow {
 
         let stripe_customer_deleted = match (&self.payments, &tenant.stripe_customer_id) {
             (Some(payments), Some(customer)) => {
+                // Every failure is retried (a refused key can be fixed): the erasure must
+                // not end with the customer's personal data left at Stripe.
                 payments.delete_customer(customer).await.map_err(|error| {
-                    if error.is_retryable() {
-                        JobError::Retry(error.to_string())
-                    } else {
-                        JobError::Permanent(error.to_string())
-                    }
+                    JobError::Retry(format!("deleting the Stripe customer: {error}"))
                 })?;
                 true
             }
@@ -101,10 +99,22 @@ impl JobHandler for ErasureWorkflow {
 
         let mut tx = self.db.tenant_tx(tenant_id).await.map_err(retry)?;
         let mut stripped = ledger_rows;
+        // The Stripe ids go only with the customer (without billing configured here, they
+        // stay, so that the customer can still be deleted later).
+        stripped += sqlx::query(
+            "UPDATE tenants SET name = 'erased', email = NULL, \
+                    stripe_customer_id = CASE WHEN $2 THEN NULL ELSE stripe_customer_id END, \
+                    stripe_subscription_id = CASE WHEN $2 THEN NULL ELSE stripe_subscription_id END, \
+                    scheduled_plan_code = NULL, scheduled_plan_at = NULL, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(tenant_id.as_uuid())
+        .bind(stripe_customer_deleted || tenant.stripe_customer_id.is_none())
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?
+        .rows_affected();
         for sql in [
-            "UPDATE tenants SET name = 'erased', email = NULL, stripe_customer_id = NULL, \
-                    stripe_subscription_id = NULL, scheduled_plan_code = NULL, \
-                    scheduled_plan_at = NULL, updated_at = now() WHERE id = $1",
             "UPDATE api_keys SET name = 'erased', revoked_at = coalesce(revoked_at, now()) \
              WHERE tenant_id = $1",
             "DELETE FROM notifications WHERE tenant_id = $1",

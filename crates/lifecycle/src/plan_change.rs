@@ -85,7 +85,6 @@ impl PlanChangeWorkflow {
         tenant: &Tenant,
         plan: &Plan,
         prorate: bool,
-        attempt: Attempt,
     ) -> Result<Option<String>, PaymentError> {
         let Some(payments) = self.payments.as_ref().filter(|_| !tenant.synthetic) else {
             // Billing is not configured, or the tenant is a readiness probe (never
@@ -114,8 +113,11 @@ impl PlanChangeWorkflow {
         let customer = tenant.stripe_customer_id.as_deref().ok_or_else(|| {
             PaymentError::Refused("the tenant has no customer at the payment provider".into())
         })?;
+        // Always a look-up first: this customer has had subscriptions before (from its
+        // signup, or one it left), and the idempotency key counts them, so a key of an
+        // earlier subscription is never sent again (Stripe would replay its answer).
         let created = payments
-            .ensure_subscription(customer, &recurring, attempt)
+            .ensure_subscription(customer, &recurring, Attempt::Retry)
             .await?;
         Ok(Some(created.id))
     }
@@ -125,14 +127,13 @@ impl PlanChangeWorkflow {
         transition: &Transition,
         tenant: &Tenant,
         plan: &Plan,
-        attempt: Attempt,
     ) -> Result<(), JobError> {
         let prorate = transition.to == TenantState::Upgrading;
-        match self.move_subscription(tenant, plan, prorate, attempt).await {
+        match self.move_subscription(tenant, plan, prorate).await {
             Ok(subscription) => {
                 let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
                 // New plan, new quotas and the end of the state, all at one commit.
-                sqlx::query(
+                let switched = sqlx::query(
                     "UPDATE tenants SET plan_code = $2, stripe_subscription_id = $3, \
                             state = 'active', version = version + 1, updated_at = now() \
                      WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
@@ -142,9 +143,13 @@ impl PlanChangeWorkflow {
                 .bind(&subscription)
                 .execute(&mut *tx)
                 .await
-                .map_err(sql_retry)?;
-                finish(&mut tx, transition, tenant, "completed", None).await?;
-                follow_up_winback(&mut tx, tenant.id, plan).await?;
+                .map_err(sql_retry)?
+                .rows_affected();
+                // Not mid-change any more: erased meanwhile (erasure may interrupt).
+                if switched == 1 {
+                    finish(&mut tx, transition, tenant, "completed", None).await?;
+                    follow_up_winback(&mut tx, tenant.id, plan).await?;
+                }
                 tx.commit().await.map_err(sql_retry)
             }
             Err(error) if error.is_retryable() => Err(JobError::Retry(error.to_string())),
@@ -223,46 +228,102 @@ impl PlanChangeWorkflow {
         tenant: &Tenant,
         scheduled: Option<&str>,
         plan: &Plan,
-        attempt: Attempt,
     ) -> Result<(), JobError> {
-        if transition.state != "scheduled"
-            || scheduled != Some(plan.code.as_str())
-            || tenant.state == TenantState::Deleted
-        {
-            return Ok(());
+        if transition.state != "scheduled" || scheduled != Some(plan.code.as_str()) {
+            return Ok(()); // replaced by a later change, or done
         }
-        let subscription = match self.move_subscription(tenant, plan, false, attempt).await {
+        // Taken like any transition, so that nothing else can move the tenant (or its
+        // subscription) while the provider call runs. A retry after a crash finds the
+        // tenant `downgrading` already and goes on.
+        if tenant.state != TenantState::Downgrading {
+            let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+            let taken = sqlx::query(
+                "UPDATE tenants SET state = 'downgrading', version = version + 1, updated_at = now() \
+                 WHERE id = $1 AND version = $2 AND state = 'active' AND scheduled_plan_code = $3",
+            )
+            .bind(tenant.id.as_uuid())
+            .bind(tenant.version)
+            .bind(&plan.code)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_retry)?
+            .rows_affected();
+            tx.commit().await.map_err(sql_retry)?;
+            if taken == 0 {
+                // Busy with another transition (try again later) or not active at all
+                // (suspended or deleted tenants keep the plan they have).
+                return match tenant.state {
+                    TenantState::Upgrading | TenantState::Downgrading => {
+                        Err(JobError::Retry("another transition is running".into()))
+                    }
+                    TenantState::Active => {
+                        Err(JobError::Retry("the tenant moved meanwhile".into()))
+                    }
+                    _ => Ok(()),
+                };
+            }
+        }
+        let subscription = match self.move_subscription(tenant, plan, false).await {
             Ok(subscription) => subscription,
             Err(error) if error.is_retryable() => return Err(JobError::Retry(error.to_string())),
             Err(error) => {
-                let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-                clear_schedule(&mut tx, tenant.id).await?;
-                finish(
-                    &mut tx,
-                    transition,
-                    tenant,
-                    "failed",
-                    Some(error.to_string()),
-                )
-                .await?;
-                return tx.commit().await.map_err(sql_retry);
+                return self
+                    .abandon(tenant.id, transition, &error.to_string())
+                    .await;
             }
         };
         let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-        sqlx::query(
-            "UPDATE tenants SET plan_code = $2, stripe_subscription_id = $3, \
+        let switched = sqlx::query(
+            "UPDATE tenants SET plan_code = $2, stripe_subscription_id = $3, state = 'active', \
+                    scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
                     version = version + 1, updated_at = now() \
-             WHERE id = $1 AND scheduled_plan_code = $2",
+             WHERE id = $1 AND state = 'downgrading' AND scheduled_plan_code = $2",
         )
         .bind(tenant.id.as_uuid())
         .bind(&plan.code)
         .bind(&subscription)
         .execute(&mut *tx)
         .await
+        .map_err(sql_retry)?
+        .rows_affected();
+        if switched == 1 {
+            finish(&mut tx, transition, tenant, "completed", None).await?;
+            follow_up_winback(&mut tx, tenant.id, plan).await?;
+        }
+        tx.commit().await.map_err(sql_retry)
+    }
+
+    /// A plan change that cannot be carried out (refused, or out of attempts): the tenant
+    /// returns to `active` on the plan it has, and the transition fails with `reason`.
+    async fn abandon(
+        &self,
+        tenant: TenantId,
+        transition: &Transition,
+        reason: &str,
+    ) -> Result<(), JobError> {
+        let mut tx = self.db.tenant_tx(tenant).await.map_err(retry)?;
+        let current = tenancy::tenants::get(&mut tx, tenant)
+            .await
+            .map_err(retry)?;
+        sqlx::query(
+            "UPDATE tenants SET state = 'active', scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
+                    version = version + 1, updated_at = now() \
+             WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
+        )
+        .bind(tenant.as_uuid())
+        .execute(&mut *tx)
+        .await
         .map_err(sql_retry)?;
-        clear_schedule(&mut tx, tenant.id).await?;
-        finish(&mut tx, transition, tenant, "completed", None).await?;
-        follow_up_winback(&mut tx, tenant.id, plan).await?;
+        if matches!(transition.state.as_str(), "running" | "scheduled") {
+            finish(
+                &mut tx,
+                transition,
+                &current,
+                "failed",
+                Some(reason.to_owned()),
+            )
+            .await?;
+        }
         tx.commit().await.map_err(sql_retry)
     }
 }
@@ -277,19 +338,45 @@ impl JobHandler for PlanChangeWorkflow {
         let payload: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
         let (transition, tenant, scheduled, plan) = self.load(&payload).await?;
-        let attempt = Attempt::of_run(job.attempts);
+        let result = self
+            .attempt(&transition, &tenant, scheduled.as_deref(), &plan)
+            .await;
+        // Out of attempts (or refused for good): never leave the tenant mid-transition,
+        // where it would refuse every later change.
+        let last = job.attempts >= job.max_attempts;
+        match &result {
+            Err(JobError::Permanent(reason)) => {
+                self.abandon(tenant.id, &transition, reason).await?
+            }
+            Err(JobError::Retry(reason)) if last => {
+                self.abandon(tenant.id, &transition, reason).await?
+            }
+            _ => {}
+        }
+        result
+    }
+}
+
+impl PlanChangeWorkflow {
+    async fn attempt(
+        &self,
+        transition: &Transition,
+        tenant: &Tenant,
+        scheduled: Option<&str>,
+        plan: &Plan,
+    ) -> Result<(), JobError> {
         if self.kind == APPLY_SCHEDULED_PLAN_JOB {
             return self
-                .apply_scheduled(&transition, &tenant, scheduled.as_deref(), &plan, attempt)
+                .apply_scheduled(transition, tenant, scheduled, plan)
                 .await;
         }
         if transition.state != "running" {
             return Ok(());
         }
         if transition.effective == "period_end" {
-            self.schedule(&transition, &tenant).await
+            self.schedule(transition, tenant).await
         } else {
-            self.change_now(&transition, &tenant, &plan, attempt).await
+            self.change_now(transition, tenant, plan).await
         }
     }
 }
@@ -310,17 +397,6 @@ async fn follow_up_winback(
             .await
             .map_err(retry)
     }
-}
-
-async fn clear_schedule(conn: &mut PgConnection, tenant: TenantId) -> Result<(), JobError> {
-    sqlx::query(
-        "UPDATE tenants SET scheduled_plan_code = NULL, scheduled_plan_at = NULL WHERE id = $1",
-    )
-    .bind(tenant.as_uuid())
-    .execute(conn)
-    .await
-    .map_err(sql_retry)?;
-    Ok(())
 }
 
 async fn set_status(

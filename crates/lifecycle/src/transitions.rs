@@ -34,7 +34,11 @@ pub enum Change {
         plan: String,
         at_once: bool,
     },
-    Suspend,
+    /// `tenant_may_reactivate`: the tenant may lift it itself (a suspension over an
+    /// unpaid bill, once it pays); otherwise only an operator can.
+    Suspend {
+        tenant_may_reactivate: bool,
+    },
     Reactivate,
     /// GDPR erasure: the tenant is `deleted` at once (its keys revoked with it), and a
     /// job removes its data.
@@ -45,7 +49,7 @@ impl Change {
     fn kind(&self) -> &'static str {
         match self {
             Change::Plan { .. } => "plan_change",
-            Change::Suspend => "suspension",
+            Change::Suspend { .. } => "suspension",
             Change::Reactivate => "reactivation",
             Change::Erase => "erasure",
         }
@@ -134,10 +138,13 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         return Ok(first);
     }
     let plan = target(&mut tx, &tenant, &request.change).await?;
+    // One transition at a time, except erasure: a data subject's request does not wait
+    // for a plan change (whose job then finds the tenant deleted and stops).
     if matches!(
         tenant.state,
         TenantState::Upgrading | TenantState::Downgrading
-    ) {
+    ) && request.change != Change::Erase
+    {
         return Err(TransitionError::InProgress);
     }
     check_transition(tenant.state, plan.to_state)?;
@@ -163,7 +170,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         return Err(TransitionError::InProgress);
     }
 
-    let instant = matches!(request.change, Change::Suspend | Change::Reactivate);
+    let instant = matches!(request.change, Change::Suspend { .. } | Change::Reactivate);
     let transition = Transition {
         id: TransitionId::new(),
         kind: request.change.kind().to_owned(),
@@ -187,8 +194,8 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     let inserted = sqlx::query(
         "INSERT INTO tenant_transitions (id, tenant_id, kind, from_state, to_state, from_plan, \
              to_plan, effective, status, actor, reason, request_id, idempotency_key, response, \
-             completed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             completed_at, tenant_may_reactivate) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(transition.id.as_uuid())
     .bind(tenant.id.as_uuid())
@@ -205,6 +212,12 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     .bind(&request.idempotency_key)
     .bind(&response)
     .bind(transition.completed_at)
+    .bind(matches!(
+        request.change,
+        Change::Suspend {
+            tenant_may_reactivate: true
+        }
+    ))
     .execute(&mut *tx)
     .await;
     match inserted.map_err(StoreError::from) {
@@ -239,7 +252,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
 
     // Win-back: a suspension starts a campaign; coming back or erasure ends it.
     match request.change {
-        Change::Suspend => crate::winback::start(&mut tx, tenant.id, "suspended").await?,
+        Change::Suspend { .. } => crate::winback::start(&mut tx, tenant.id, "suspended").await?,
         Change::Reactivate => crate::winback::end(&mut tx, tenant.id, "won").await?,
         Change::Erase => crate::winback::end(&mut tx, tenant.id, "ended").await?,
         Change::Plan { .. } => {}
@@ -294,7 +307,7 @@ async fn target(
         at_period_end: false,
     };
     Ok(match change {
-        Change::Suspend => same(TenantState::Suspended),
+        Change::Suspend { .. } => same(TenantState::Suspended),
         Change::Reactivate => same(TenantState::Active),
         Change::Erase => same(TenantState::Deleted),
         Change::Plan { plan, at_once } => {
@@ -373,6 +386,21 @@ async fn cancel_scheduled_plan(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Whether the tenant's current suspension may be lifted by the tenant itself.
+pub async fn tenant_may_reactivate(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<bool, StoreError> {
+    let latest: Option<bool> = sqlx::query_scalar(
+        "SELECT tenant_may_reactivate FROM tenant_transitions \
+         WHERE tenant_id = $1 AND kind = 'suspension' ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(latest.unwrap_or(false))
 }
 
 /// One transition of a tenant.

@@ -82,8 +82,9 @@ pub struct Delivered {
     pub failed: usize,
 }
 
-/// Sends up to `limit` undelivered messages, oldest first. Several workers may run this
-/// at once: each message is taken under its row lock, skipping locked ones.
+/// Sends up to `limit` messages that are due, oldest first. Several workers may run this
+/// at once: each message is claimed in a short transaction, sent outside any, then
+/// marked; a sender that dies leaves its claim to expire.
 pub async fn deliver_pending(
     db: &Db,
     mailer: &Mailer,
@@ -91,23 +92,36 @@ pub async fn deliver_pending(
 ) -> Result<Delivered, OutboxError> {
     let mut done = Delivered::default();
     for _ in 0..limit {
-        let mut tx = db.system_tx("outbox delivery").await?;
+        let mut tx = db.system_tx("outbox claim").await?;
+        // A claim lasts two minutes (well past the SMTP timeout); a sender that died
+        // leaves it to expire.
         let Some(message) = sqlx::query_as::<_, Pending>(
-            "SELECT id, kind, recipient, subject, body, attempts FROM notifications \
-             WHERE sent_at IS NULL AND failed_at IS NULL \
-             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "UPDATE notifications SET claimed_until = now() + interval '2 minutes' \
+             WHERE id = (SELECT id FROM notifications \
+                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
+                   AND (claimed_until IS NULL OR claimed_until < now()) \
+                 ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, recipient, subject, body, attempts",
         )
         .fetch_optional(&mut *tx)
         .await?
         else {
             break;
         };
-        match send(mailer, &message).await {
+        tx.commit().await?;
+
+        let outcome = send(mailer, &message).await;
+        let mut tx = db.system_tx("outbox mark").await?;
+        match outcome {
             Ok(()) => {
-                sqlx::query("UPDATE notifications SET sent_at = now(), attempts = attempts + 1 WHERE id = $1")
-                    .bind(message.id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE notifications SET sent_at = now(), attempts = attempts + 1, \
+                            claimed_until = NULL WHERE id = $1",
+                )
+                .bind(message.id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 done.sent += 1;
                 metrics::counter!("notifications_sent_total", "kind" => message.kind.clone())
                     .increment(1);
@@ -117,29 +131,38 @@ pub async fn deliver_pending(
                 tracing::warn!(notification = %message.id, kind = %message.kind, error = %failure.message, give_up, "notification not delivered");
                 sqlx::query(
                     "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
+                            claimed_until = NULL, \
+                            next_attempt_at = now() + make_interval(secs => $4), \
                             failed_at = CASE WHEN $3 THEN now() END WHERE id = $1",
                 )
                 .bind(message.id)
                 .bind(&failure.message)
                 .bind(give_up)
+                .bind(retry_pause(message.attempts + 1).as_secs_f64())
                 .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 if give_up {
                     done.failed += 1;
                     metrics::counter!("notifications_failed_total", "kind" => message.kind.clone())
                         .increment(1);
-                }
-                tx.commit().await?;
-                // The server is in trouble: leave the rest for the next pass.
-                if !failure.permanent {
+                } else {
+                    // The server is in trouble: leave the rest for a later pass.
                     break;
                 }
-                continue;
             }
         }
-        tx.commit().await?;
     }
     Ok(done)
+}
+
+/// The pause after the `attempts`th failure: 30 s, doubling, at most 2 hours; ten
+/// attempts span about nine hours.
+pub fn retry_pause(attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(16);
+    Duration::from_secs((30u64 << doublings).min(2 * 3600))
 }
 
 struct SendFailure {

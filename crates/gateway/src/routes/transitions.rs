@@ -174,6 +174,11 @@ struct OperatorTransitionRequest {
     plan: Option<String>,
     /// Downgrades only: `period_end` (the default) or `now`.
     effective: Option<Effective>,
+    /// Suspensions only: whether the tenant may lift it itself with
+    /// `POST /v1/tenant/reactivation` (paying with a new card), as for an unpaid bill.
+    /// Default false: only an operator lifts it.
+    #[serde(default)]
+    tenant_may_reactivate: bool,
 }
 
 /// Moves a tenant to another state, as an operator: suspension, reactivation or a plan
@@ -196,7 +201,9 @@ async fn operator_transition(
     let tenant_id: TenantId = id.parse().map_err(|_| ApiError::not_found("tenant"))?;
     let reason = valid_reason(&body.reason)?;
     let change = match (body.to, body.plan) {
-        (TenantState::Suspended, None) => Change::Suspend,
+        (TenantState::Suspended, None) => Change::Suspend {
+            tenant_may_reactivate: body.tenant_may_reactivate,
+        },
         (TenantState::Active, None) => Change::Reactivate,
         (TenantState::Upgrading | TenantState::Downgrading, Some(plan)) => Change::Plan {
             plan,
@@ -370,6 +377,7 @@ struct ReactivationRequest {
     request_body = ReactivationRequest,
     responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
               (status = 402, body = ErrorBody, description = "the payment method was refused"),
+              (status = 403, body = ErrorBody, description = "reactivation_not_allowed"),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn request_reactivation(
     State(state): State<AppState>,
@@ -385,6 +393,19 @@ async fn request_reactivation(
                 "only a suspended tenant can be reactivated; this one is {}",
                 tenant.state
             ),
+        ));
+    }
+    let allowed = {
+        let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+        let allowed =
+            lifecycle::transitions::tenant_may_reactivate(&mut tx, tenant.tenant_id).await?;
+        tx.commit().await?;
+        allowed
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "reactivation_not_allowed",
+            "this suspension can only be lifted by an operator",
         ));
     }
     if let Some(method) = body.payment_method {
