@@ -8,6 +8,7 @@ mod billing_runs;
 mod crash_recovery;
 mod erasure;
 mod errors;
+mod giving_up;
 mod health;
 mod invoices;
 mod job_queue;
