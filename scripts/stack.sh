@@ -188,8 +188,16 @@ run() {
     exec cargo run --quiet --bin saas -- serve
 }
 
+# The dashboard's end-to-end test drives a real headless browser.
+browser_up() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        apt_install chromium chromium-driver
+    fi
+}
+
 test_all() {
     up
+    browser_up
     export_stack_env
     # Databases left behind by earlier runs (a killed test cannot drop its own).
     psql_superuser -tAc "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)

@@ -6,6 +6,7 @@ mod audit_chain;
 mod auth;
 mod billing_runs;
 mod crash_recovery;
+mod dashboard;
 mod erasure;
 mod errors;
 mod giving_up;

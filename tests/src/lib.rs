@@ -5,6 +5,7 @@
 //! and the stack's localstripe. `scripts/stack.sh test` brings the stack up first; the
 //! addresses can be moved with the same `SAAS_STACK_*` variables the script reads.
 
+mod browser;
 mod child_process;
 mod database;
 mod fault_proxy;
@@ -25,6 +26,7 @@ use tenancy::Db;
 use tenancy::tenants::NewTenant;
 use tokio::sync::oneshot;
 
+pub use browser::Browser;
 pub use child_process::{ServiceProcess, saas_binary};
 pub use fault_proxy::FaultProxy;
 pub use smtp_sink::{ReceivedMail, SmtpSink};

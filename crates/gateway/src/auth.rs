@@ -63,6 +63,12 @@ impl FromRequestParts<AppState> for TenantContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The dashboard's browser session, when no key is presented.
+        if parts.headers.get(AUTHORIZATION).is_none()
+            && let Some(token) = cookie(parts, SESSION_COOKIE)
+        {
+            return session_context(parts, state, token).await;
+        }
         let secret = bearer_token(parts)?;
         let owner = key_owner(state, secret).await?.ok_or_else(|| {
             ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
@@ -74,6 +80,63 @@ impl FromRequestParts<AppState> for TenantContext {
             state: owner.tenant_state,
         })
     }
+}
+
+/// The dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "saas_session";
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// A request authenticated by a dashboard session. Anything but a read must also carry
+/// the session's CSRF token in `X-CSRF-Token`, which a cross-site page cannot know.
+async fn session_context(
+    parts: &Parts,
+    state: &AppState,
+    token: &str,
+) -> Result<TenantContext, ApiError> {
+    let mut tx = state.db.system_tx("dashboard session").await?;
+    let session = tenancy::sessions::find(&mut tx, token).await?;
+    tx.commit().await?;
+    let session = session.ok_or_else(|| {
+        ApiError::unauthorized("session_expired", "the session has ended; sign in again")
+    })?;
+    let reads = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !reads {
+        let presented = parts
+            .headers
+            .get("x-csrf-token")
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(presented.ct_eq(session.csrf_token.as_bytes())) {
+            return Err(ApiError::forbidden(
+                "csrf_failed",
+                "this request must carry the session's X-CSRF-Token",
+            ));
+        }
+    }
+    tracing::Span::current().record(
+        "tenant_id",
+        tracing::field::display(session.owner.tenant_id),
+    );
+    Ok(TenantContext {
+        tenant_id: session.owner.tenant_id,
+        key_id: session.owner.key_id,
+        state: session.owner.tenant_state,
+    })
 }
 
 impl FromRequestParts<AppState> for Operator {

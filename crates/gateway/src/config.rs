@@ -29,6 +29,7 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub billing: BillingConfig,
     pub signups: SignupsConfig,
+    pub dashboard: DashboardConfig,
     pub readiness: ReadinessConfig,
     pub smtp: SmtpConfig,
     pub winback: WinbackConfig,
@@ -69,6 +70,11 @@ pub struct BillingConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupsConfig {
     pub rate_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardConfig {
+    pub session_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

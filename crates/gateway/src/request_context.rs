@@ -81,11 +81,15 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 /// handler; give them the standard body so clients can rely on one shape.
 fn standardise_error(response: Response, request_id: &str) -> Response {
     let status = response.status();
-    let is_json = response
+    // JSON from the API, or a page of the dashboard that explains itself.
+    let explained = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(b"application/json") || value.starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || explained {
         return response;
     }
     let retry_after = response.headers().get(header::RETRY_AFTER).cloned();

@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         "/openapi.json",
         get(move || async move { ([("content-type", "application/json")], openapi_json) }),
     )
+    .merge(crate::dashboard::router())
     .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
     .with_state(state)
     // Layers run bottom to top on the way in: the request context is outermost so that

@@ -11,6 +11,7 @@ pub mod audit;
 mod db;
 mod error;
 pub mod plans;
+pub mod sessions;
 pub mod tenants;
 
 pub use db::{Db, DbTx, MIGRATOR};

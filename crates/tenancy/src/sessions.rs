@@ -1,0 +1,96 @@
+//! Dashboard sessions: an API key exchanged for a cookie token. Only the token's hash is
+//! stored. A session is valid while unexpired, its key unrevoked and its tenant not
+//! deleted; the tenant and key always come from the stored session, never the request.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use saas_core::{ApiKeyId, TenantId};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::api_keys::KeyOwner;
+
+pub struct NewSession {
+    /// Goes into the cookie; shown nowhere else.
+    pub token: String,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct Session {
+    pub owner: KeyOwner,
+    pub csrf_token: String,
+}
+
+/// 256 random bits as hex, after `prefix`.
+pub fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Opens a session for the key `owner`, valid for `ttl`.
+pub async fn create(
+    conn: &mut PgConnection,
+    owner: &KeyOwner,
+    ttl: chrono::TimeDelta,
+) -> Result<NewSession, StoreError> {
+    let session = NewSession {
+        token: random_token("ds_"),
+        csrf_token: random_token(""),
+        expires_at: Utc::now() + ttl,
+    };
+    sqlx::query(
+        "INSERT INTO dashboard_sessions (token_hash, tenant_id, api_key_id, csrf_token, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(hash(&session.token))
+    .bind(owner.tenant_id.as_uuid())
+    .bind(owner.key_id.as_uuid())
+    .bind(&session.csrf_token)
+    .bind(session.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(session)
+}
+
+/// The live session of `token`, if any (run in a system transaction: the tenant is not
+/// known before).
+pub async fn find(conn: &mut PgConnection, token: &str) -> Result<Option<Session>, StoreError> {
+    let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
+        "SELECT s.api_key_id, s.tenant_id, t.state, s.csrf_token \
+         FROM dashboard_sessions s \
+         JOIN api_keys k ON k.id = s.api_key_id AND k.revoked_at IS NULL \
+         JOIN tenants t ON t.id = s.tenant_id AND t.state <> 'deleted' \
+         WHERE s.token_hash = $1 AND s.expires_at > now()",
+    )
+    .bind(hash(token))
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(key, tenant, state, csrf_token)| {
+        Ok(Session {
+            owner: KeyOwner {
+                key_id: ApiKeyId::from_uuid(key),
+                tenant_id: TenantId::from_uuid(tenant),
+                tenant_state: state.parse()?,
+            },
+            csrf_token,
+        })
+    })
+    .transpose()
+}
+
+/// Ends the session of `token` (and any of the tenant's that have expired).
+pub async fn delete(conn: &mut PgConnection, token: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM dashboard_sessions WHERE token_hash = $1 OR expires_at < now()")
+        .bind(hash(token))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The dashboard's sign-in and session, over HTTP. (What the page shows is read from the
+//! same API endpoints, through the session.)
+
+use std::time::Duration;
+
+use integration_tests::{TestApp, error_code};
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The sign-in page's double-submit token (the form field and its cookie).
+async fn login_token(app: &TestApp) -> String {
+    let page = client().get(app.url("/dashboard")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let cookie = page.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("saas_login_csrf="), "{cookie}");
+    let html = page.text().await.unwrap();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains(&token));
+    token
+}
+
+async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
+    let token = login_token(app).await;
+    client()
+        .post(app.url("/dashboard/login"))
+        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .form(&[("api_key", key), ("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in and returns the session cookie (`saas_session=...`).
+async fn session_cookie(app: &TestApp, key: &str) -> String {
+    let response = sign_in(app, key).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()[LOCATION], "/dashboard");
+    let cookie = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("saas_session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains(key), "the key is not the session");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("pro").await;
+    let events = json!([{"id": "a", "metric": "queries", "value": 4242}, {"id": "b", "metric": "tokens", "value": 777}]);
+    assert_eq!(app.ingest(&tenant.api_key, events).await.status(), 202);
+    let session = session_cookie(&app, &tenant.api_key).await;
+
+    let page = client()
+        .get(app.url("/dashboard"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/dashboard/assets/app.js") && html.contains("id=\"quotas\""));
+    for asset in ["/dashboard/assets/app.js", "/dashboard/assets/app.css"] {
+        assert_eq!(
+            client().get(app.url(asset)).send().await.unwrap().status(),
+            200
+        );
+    }
+
+    for path in [
+        "/v1/usage/summary",
+        "/v1/tenant",
+        "/v1/invoices/upcoming",
+        "/v1/usage?metric=queries&granularity=minute",
+    ] {
+        let by_session: Value = client()
+            .get(app.url(path))
+            .header(COOKIE, &session)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let by_key = app.get_json(&tenant.api_key, path).await;
+        assert_eq!(by_session, by_key, "{path}");
+    }
+
+    // Changes need the session's CSRF token.
+    let refused = client()
+        .post(app.url("/v1/tenant/plan-changes"))
+        .header(COOKIE, &session)
+        .json(&json!({"plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(error_code(refused).await, "csrf_failed");
+    let csrf: Value = client()
+        .get(app.url("/dashboard/session"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let accepted = client()
+        .post(app.url("/v1/tenant/plan-changes"))
+        .header(COOKIE, &session)
+        .header("x-csrf-token", csrf["csrf_token"].as_str().unwrap())
+        .json(&json!({"plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+
+    // Signing out ends it.
+    let out = client()
+        .post(app.url("/dashboard/logout"))
+        .header(COOKIE, &session)
+        .header("x-csrf-token", csrf["csrf_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = client()
+        .get(app.url("/v1/tenant"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+}
+
+#[tokio::test]
+async fn wrong_keys_cross_site_posts_and_old_sessions_are_refused() {
+    let app = TestApp::spawn_with(|config| config.dashboard.session_ttl_ms = 1500).await;
+    let tenant = app.create_tenant("pro").await;
+
+    let wrong = sign_in(&app, "sk_live_not_a_key").await;
+    assert_eq!(wrong.status(), 401);
+    assert!(
+        wrong
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("saas_session="))
+    );
+    assert!(wrong.text().await.unwrap().contains("not valid"));
+
+    // A form on another site: refused even with a valid key and token.
+    let token = login_token(&app).await;
+    for (header, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let response = client()
+            .post(app.url("/dashboard/login"))
+            .header(COOKIE, format!("saas_login_csrf={token}"))
+            .header(header, value)
+            .form(&[
+                ("api_key", tenant.api_key.as_str()),
+                ("csrf", token.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{header}");
+    }
+    // Without the double-submit token: refused.
+    let response = client()
+        .post(app.url("/dashboard/login"))
+        .form(&[("api_key", tenant.api_key.as_str()), ("csrf", "guessed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // The key never travels in a URL: there is no GET sign-in.
+    let by_url = client()
+        .get(app.url(&format!("/dashboard/login?api_key={}", tenant.api_key)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_url.status(), 405);
+
+    // An expired session is a signed-out browser.
+    let session = session_cookie(&app, &tenant.api_key).await;
+    assert_eq!(
+        client()
+            .get(app.url("/v1/tenant"))
+            .header(COOKIE, &session)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let expired = client()
+        .get(app.url("/v1/tenant"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 401);
+    assert_eq!(error_code(expired).await, "session_expired");
+    let page = client()
+        .get(app.url("/dashboard"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(page.text().await.unwrap().contains("session has ended"));
+
+    // Revoking the key ends its sessions.
+    let session = session_cookie(&app, &tenant.api_key).await;
+    let revoked = app
+        .delete(&format!("/v1/api-keys/{}", tenant.key_id))
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    assert_eq!(
+        client()
+            .get(app.url("/v1/tenant"))
+            .header(COOKIE, &session)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+/// The page in a real (headless) browser: sign in, see the API's numbers, see new usage
+/// appear without a reload, keep a screenshot; a wrong key is refused.
+#[tokio::test]
+async fn in_a_browser_the_page_shows_the_apis_numbers_and_follows_new_usage() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("starter").await;
+    let events = json!([{"id": "a", "metric": "queries", "value": 12345}]);
+    assert_eq!(app.ingest(&tenant.api_key, events).await.status(), 202);
+    let browser = integration_tests::Browser::start().await;
+
+    browser.goto(&app.url("/dashboard")).await;
+    browser.type_into("#api_key", "sk_live_wrong").await;
+    browser.click("button[type=submit]").await;
+    let refused = browser
+        .wait_until(
+            ".message",
+            |text| text.contains("not valid"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(refused, "{}", browser.source().await);
+
+    browser.type_into("#api_key", &tenant.api_key).await;
+    browser.click("button[type=submit]").await;
+    let used = |n: u64| {
+        // The page formats numbers as en-US does.
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let summary = app.get_json(&tenant.api_key, "/v1/usage/summary").await;
+    let api_used = summary["metrics"]["queries"]["used"].as_u64().unwrap();
+    let selector = ".quota[data-metric=queries] .used";
+    assert!(
+        browser
+            .wait_for_text(selector, &used(api_used), Duration::from_secs(10))
+            .await,
+        "the page shows {:?}, the API {api_used}",
+        browser.text(selector).await
+    );
+    assert_eq!(browser.text("#plan").await.as_deref(), Some("starter"));
+
+    // New usage shows up within the refresh interval, without a reload.
+    let more = json!([{"id": "b", "metric": "queries", "value": 1000}]);
+    assert_eq!(app.ingest(&tenant.api_key, more).await.status(), 202);
+    assert!(
+        browser
+            .wait_for_text(
+                selector,
+                &used(api_used + 1000),
+                Duration::from_millis(2500)
+            )
+            .await,
+        "new usage did not appear within 2.5 s"
+    );
+
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dashboard.png"), png).unwrap();
+    browser.close().await;
+}
