@@ -326,3 +326,138 @@ async fn in_a_browser_the_page_shows_the_apis_numbers_and_follows_new_usage() {
     std::fs::write(dir.join("dashboard.png"), png).unwrap();
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
+    let app = TestApp::spawn().await;
+    let active = app.create_tenant("pro").await;
+    app.create_tenant_in_state("starter", saas_core::TenantState::Suspended, false)
+        .await;
+    app.create_tenant_in_state("pro", saas_core::TenantState::Active, true)
+        .await;
+    let mut tx = app.db.system_tx("test setup").await.unwrap();
+    sqlx::query(
+        "INSERT INTO invoices (id, tenant_id, period_start, period_end, plan_code, currency, total, status) \
+         VALUES ($1, $2, '2026-10-01', '2026-11-01', 'pro', 'usd', 19900, 'paid')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(active.id.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let overview = app.operator_get("/v1/admin/overview").await;
+    let states: Vec<(String, i64)> = overview["tenants_by_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["state"].as_str().unwrap().to_owned(),
+                s["tenants"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![("active".into(), 1), ("suspended".into(), 1)],
+        "probes are not counted"
+    );
+    assert_eq!(overview["revenue_by_month"][0]["month"], "2026-10");
+    assert_eq!(overview["revenue_by_month"][0]["paid"], 19900);
+
+    // Sign in with the operator token: a session that reads, and only reads.
+    let token = login_token(&app).await;
+    let wrong = client()
+        .post(app.url("/dashboard/operator/login"))
+        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .form(&[
+            ("api_key", "not-the-operator-token"),
+            ("csrf", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let token = login_token(&app).await;
+    let signed_in = client()
+        .post(app.url("/dashboard/operator/login"))
+        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .form(&[
+            ("api_key", integration_tests::OPERATOR_TOKEN),
+            ("csrf", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("saas_operator_session="))
+        .unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let read = client()
+        .get(app.url("/v1/admin/overview"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let write = client()
+        .post(app.url("/v1/admin/billing/runs"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403);
+    assert_eq!(error_code(write).await, "read_only_session");
+    let page = client()
+        .get(app.url("/dashboard/operator"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(page.text().await.unwrap().contains("Tenants by state"));
+
+    // A tenant's session is no operator.
+    let tenant_session = session_cookie(&app, &active.api_key).await;
+    let refused = client()
+        .get(app.url("/v1/admin/overview"))
+        .header(COOKIE, &tenant_session)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        refused.status() == 401 || refused.status() == 403,
+        "{}",
+        refused.status()
+    );
+
+    // And in a browser.
+    let browser = integration_tests::Browser::start().await;
+    browser.goto(&app.url("/dashboard/operator")).await;
+    browser
+        .type_into("#api_key", integration_tests::OPERATOR_TOKEN)
+        .await;
+    browser.click("button[type=submit]").await;
+    assert!(
+        browser
+            .wait_until(
+                "#states tbody",
+                |text| text.contains("suspended"),
+                Duration::from_secs(10)
+            )
+            .await,
+        "{}",
+        browser.source().await
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("operator.png"), browser.screenshot().await).unwrap();
+    browser.close().await;
+}

@@ -84,6 +84,23 @@ impl FromRequestParts<AppState> for TenantContext {
 
 /// The dashboard's session cookie.
 pub const SESSION_COOKIE: &str = "saas_session";
+/// The operator view's (read-only) session cookie.
+pub const OPERATOR_SESSION_COOKIE: &str = "saas_operator_session";
+
+/// Whether `presented` is the configured operator token (compared in constant time).
+pub fn is_operator_token(state: &AppState, presented: &str) -> bool {
+    state
+        .config
+        .operator_token
+        .as_ref()
+        .is_some_and(|expected| {
+            bool::from(
+                presented
+                    .as_bytes()
+                    .ct_eq(expected.expose_secret().as_bytes()),
+            )
+        })
+}
 
 /// The value of cookie `name`, if the request carries it.
 pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
@@ -143,19 +160,33 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The operator view's browser session: reads only.
+        if parts.headers.get(AUTHORIZATION).is_none()
+            && let Some(token) = cookie(parts, OPERATOR_SESSION_COOKIE)
+        {
+            if !matches!(
+                parts.method,
+                axum::http::Method::GET | axum::http::Method::HEAD
+            ) {
+                return Err(ApiError::forbidden(
+                    "read_only_session",
+                    "the operator view's session can only read; use the operator token",
+                ));
+            }
+            let mut tx = state.db.system_tx("operator session").await?;
+            let valid = tenancy::sessions::operator_session_valid(&mut tx, token).await?;
+            tx.commit().await?;
+            return if valid {
+                Ok(Operator)
+            } else {
+                Err(ApiError::unauthorized(
+                    "session_expired",
+                    "the session has ended; sign in again",
+                ))
+            };
+        }
         let presented = bearer_token(parts)?;
-        let matches_operator_token = state
-            .config
-            .operator_token
-            .as_ref()
-            .is_some_and(|expected| {
-                bool::from(
-                    presented
-                        .as_bytes()
-                        .ct_eq(expected.expose_secret().as_bytes()),
-                )
-            });
-        if matches_operator_token {
+        if is_operator_token(state, presented) {
             return Ok(Operator);
         }
         // A valid tenant key is a known caller who is simply not allowed here.

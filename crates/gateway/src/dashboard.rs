@@ -17,7 +17,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::auth::{SESSION_COOKIE, TenantContext, cookie};
+use crate::auth::{
+    OPERATOR_SESSION_COOKIE, SESSION_COOKIE, TenantContext, cookie, is_operator_token,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -26,6 +28,9 @@ const LOGIN_PAGE: &str = include_str!("../assets/dashboard/login.html");
 const DASHBOARD_PAGE: &str = include_str!("../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../assets/dashboard/app.js");
 const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
+const OPERATOR_LOGIN_PAGE: &str = include_str!("../assets/dashboard/operator_login.html");
+const OPERATOR_PAGE: &str = include_str!("../assets/dashboard/operator.html");
+const OPERATOR_JS: &str = include_str!("../assets/dashboard/operator.js");
 /// Only our own files, no inline script, never in a frame.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
@@ -43,6 +48,12 @@ pub fn router() -> Router<AppState> {
             "/dashboard/assets/app.css",
             get(|| asset("text/css", APP_CSS)),
         )
+        .route(
+            "/dashboard/assets/operator.js",
+            get(|| asset("text/javascript", OPERATOR_JS)),
+        )
+        .route("/dashboard/operator", get(operator_page))
+        .route("/dashboard/operator/login", post(operator_login))
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -79,8 +90,12 @@ fn set_cookie(response: &mut Response, name: &str, value: &str, max_age_secs: i6
 
 /// The sign-in page, with a fresh double-submit token in a cookie and in the form.
 fn login_page(status: StatusCode, message: &str) -> Response {
+    sign_in_page(LOGIN_PAGE, status, message)
+}
+
+fn sign_in_page(template: &str, status: StatusCode, message: &str) -> Response {
     let token = tenancy::sessions::random_token("");
-    let body = LOGIN_PAGE
+    let body = template
         .replace("{{csrf}}", &token)
         .replace("{{message}}", &escape(message));
     let mut response = html(status, body);
@@ -141,15 +156,21 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether a sign-in post came from our own form: same site, and its double-submit
+/// token matches the cookie set with the form.
+fn from_our_form(parts: &Parts, form: &LoginForm) -> bool {
+    let expected = cookie(parts, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let token_ok =
+        !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()));
+    token_ok && !cross_site(&parts.headers)
+}
+
 async fn login(
     State(state): State<AppState>,
     parts: Parts,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let expected = cookie(&parts, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    let token_ok =
-        !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()));
-    if cross_site(&parts.headers) || !token_ok {
+    if !from_our_form(&parts, &form) {
         return login_page(
             StatusCode::FORBIDDEN,
             "This sign-in did not come from this page. Reload it and try again.",
@@ -237,4 +258,72 @@ async fn session(State(state): State<AppState>, parts: Parts) -> ApiResult<Json<
         tenant_id: session.owner.tenant_id,
         csrf_token: session.csrf_token,
     }))
+}
+
+/// The operator view for a signed-in operator browser, its sign-in page otherwise.
+async fn operator_page(State(state): State<AppState>, parts: Parts) -> Response {
+    let signed_in = match cookie(&parts, OPERATOR_SESSION_COOKIE) {
+        Some(token) => match state.db.system_tx("operator page").await {
+            Ok(mut tx) => matches!(
+                tenancy::sessions::operator_session_valid(&mut tx, token).await,
+                Ok(true)
+            ),
+            Err(_) => false,
+        },
+        None => false,
+    };
+    if signed_in {
+        html(StatusCode::OK, OPERATOR_PAGE.to_owned())
+    } else {
+        sign_in_page(OPERATOR_LOGIN_PAGE, StatusCode::OK, "")
+    }
+}
+
+/// Exchanges the operator token (posted in the form's `api_key` field) for a read-only
+/// session.
+async fn operator_login(
+    State(state): State<AppState>,
+    parts: Parts,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let refuse = |status, message| sign_in_page(OPERATOR_LOGIN_PAGE, status, message);
+    if !from_our_form(&parts, &form) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This sign-in did not come from this page. Reload it and try again.",
+        );
+    }
+    if !is_operator_token(&state, form.api_key.trim()) {
+        tracing::info!("operator sign-in refused");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "That operator token is not valid.",
+        );
+    }
+    let ttl = chrono::TimeDelta::milliseconds(
+        i64::try_from(state.config.dashboard.session_ttl_ms).unwrap_or(i64::MAX),
+    );
+    let created = async {
+        let mut tx = state.db.system_tx("operator sign-in").await?;
+        let token = tenancy::sessions::create_operator(&mut tx, ttl).await?;
+        tx.commit().await?;
+        Ok::<_, tenancy::StoreError>(token)
+    }
+    .await;
+    let Ok(token) = created else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is unavailable.",
+        );
+    };
+    tracing::info!("operator session opened");
+    let mut response = (StatusCode::SEE_OTHER, [(LOCATION, "/dashboard/operator")]).into_response();
+    set_cookie(
+        &mut response,
+        OPERATOR_SESSION_COOKIE,
+        &token,
+        ttl.num_seconds(),
+    );
+    set_cookie(&mut response, LOGIN_CSRF_COOKIE, "", 0);
+    response
 }

@@ -94,3 +94,30 @@ pub async fn delete(conn: &mut PgConnection, token: &str) -> Result<(), StoreErr
         .await?;
     Ok(())
 }
+
+/// Opens a read-only operator session for `ttl`; returns its token.
+pub async fn create_operator(
+    conn: &mut PgConnection,
+    ttl: chrono::TimeDelta,
+) -> Result<String, StoreError> {
+    let token = random_token("os_");
+    sqlx::query("INSERT INTO operator_sessions (token_hash, expires_at) VALUES ($1, $2)")
+        .bind(hash(&token))
+        .bind(Utc::now() + ttl)
+        .execute(conn)
+        .await?;
+    Ok(token)
+}
+
+/// Whether `token` is a live operator session.
+pub async fn operator_session_valid(
+    conn: &mut PgConnection,
+    token: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM operator_sessions WHERE token_hash = $1 AND expires_at > now())",
+    )
+    .bind(hash(token))
+    .fetch_one(conn)
+    .await?)
+}

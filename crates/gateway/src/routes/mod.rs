@@ -2,6 +2,7 @@
 //! document is collected from the same handlers, so it cannot drift from them.
 
 mod admin_audit;
+mod admin_overview;
 mod admin_tenants;
 mod api_keys;
 mod health;
@@ -66,6 +67,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(admin_tenants::router())
         .merge(admin_audit::router())
+        .merge(admin_overview::router())
         .merge(tenant::router())
         .merge(usage::router())
         .merge(invoices::router())
