@@ -1,8 +1,9 @@
 // The dashboard: reads the public API with the browser's session cookie and refreshes
-// every two seconds. Changes (plan change, sign-out) carry the session's CSRF token.
+// every second, so new usage shows within two. Changes (plan change, sign-out) carry
+// the session's CSRF token.
 "use strict";
 
-const REFRESH_MS = 2000;
+const REFRESH_MS = 1000;
 let csrf = null;
 
 async function api(path, options = {}) {
