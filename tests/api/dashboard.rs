@@ -14,6 +14,16 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `path` with only a cookie for credentials, as a browser would.
+async fn get_as(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+    client()
+        .get(app.url(path))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The sign-in page's double-submit token (the form field and its cookie).
 async fn login_token(app: &TestApp) -> String {
     let page = client().get(app.url("/dashboard")).send().await.unwrap();
@@ -69,12 +79,7 @@ async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
     assert_eq!(app.ingest(&tenant.api_key, events).await.status(), 202);
     let session = session_cookie(&app, &tenant.api_key).await;
 
-    let page = client()
-        .get(app.url("/dashboard"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let page = get_as(&app, "/dashboard", &session).await;
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -96,15 +101,7 @@ async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
         "/v1/invoices/upcoming",
         "/v1/usage?metric=queries&granularity=minute",
     ] {
-        let by_session: Value = client()
-            .get(app.url(path))
-            .header(COOKIE, &session)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let by_session: Value = get_as(&app, path, &session).await.json().await.unwrap();
         let by_key = app.get_json(&tenant.api_key, path).await;
         assert_eq!(by_session, by_key, "{path}");
     }
@@ -119,12 +116,8 @@ async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
         .unwrap();
     assert_eq!(refused.status(), 403);
     assert_eq!(error_code(refused).await, "csrf_failed");
-    let csrf: Value = client()
-        .get(app.url("/dashboard/session"))
-        .header(COOKIE, &session)
-        .send()
+    let csrf: Value = get_as(&app, "/dashboard/session", &session)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -147,12 +140,7 @@ async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
         .await
         .unwrap();
     assert_eq!(out.status(), 204);
-    let after = client()
-        .get(app.url("/v1/tenant"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let after = get_as(&app, "/v1/tenant", &session).await;
     assert_eq!(after.status(), 401);
 }
 
@@ -209,31 +197,12 @@ async fn wrong_keys_cross_site_posts_and_old_sessions_are_refused() {
 
     // An expired session is a signed-out browser.
     let session = session_cookie(&app, &tenant.api_key).await;
-    assert_eq!(
-        client()
-            .get(app.url("/v1/tenant"))
-            .header(COOKIE, &session)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_as(&app, "/v1/tenant", &session).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let expired = client()
-        .get(app.url("/v1/tenant"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let expired = get_as(&app, "/v1/tenant", &session).await;
     assert_eq!(expired.status(), 401);
     assert_eq!(error_code(expired).await, "session_expired");
-    let page = client()
-        .get(app.url("/dashboard"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let page = get_as(&app, "/dashboard", &session).await;
     assert!(page.text().await.unwrap().contains("session has ended"));
 
     // Revoking the key ends its sessions.
@@ -245,16 +214,7 @@ async fn wrong_keys_cross_site_posts_and_old_sessions_are_refused() {
         .await
         .unwrap();
     assert!(revoked.status().is_success());
-    assert_eq!(
-        client()
-            .get(app.url("/v1/tenant"))
-            .header(COOKIE, &session)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(get_as(&app, "/v1/tenant", &session).await.status(), 401);
 }
 
 /// The page in a real (headless) browser: sign in, see the API's numbers, see new usage
@@ -397,12 +357,7 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
         .unwrap();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     let session = cookie.split(';').next().unwrap().to_owned();
-    let read = client()
-        .get(app.url("/v1/admin/overview"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let read = get_as(&app, "/v1/admin/overview", &session).await;
     assert_eq!(read.status(), 200);
     let write = client()
         .post(app.url("/v1/admin/billing/runs"))
@@ -412,22 +367,12 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
         .unwrap();
     assert_eq!(write.status(), 403);
     assert_eq!(error_code(write).await, "read_only_session");
-    let page = client()
-        .get(app.url("/dashboard/operator"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let page = get_as(&app, "/dashboard/operator", &session).await;
     assert!(page.text().await.unwrap().contains("Tenants by state"));
 
     // A tenant's session is no operator.
     let tenant_session = session_cookie(&app, &active.api_key).await;
-    let refused = client()
-        .get(app.url("/v1/admin/overview"))
-        .header(COOKIE, &tenant_session)
-        .send()
-        .await
-        .unwrap();
+    let refused = get_as(&app, "/v1/admin/overview", &tenant_session).await;
     assert!(
         refused.status() == 401 || refused.status() == 403,
         "{}",

@@ -28,7 +28,6 @@ const LOGIN_PAGE: &str = include_str!("../assets/dashboard/login.html");
 const DASHBOARD_PAGE: &str = include_str!("../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../assets/dashboard/app.js");
 const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
-const OPERATOR_LOGIN_PAGE: &str = include_str!("../assets/dashboard/operator_login.html");
 const OPERATOR_PAGE: &str = include_str!("../assets/dashboard/operator.html");
 const OPERATOR_JS: &str = include_str!("../assets/dashboard/operator.js");
 /// Only our own files, no inline script, never in a frame.
@@ -88,14 +87,39 @@ fn set_cookie(response: &mut Response, name: &str, value: &str, max_age_secs: i6
     }
 }
 
-/// The sign-in page, with a fresh double-submit token in a cookie and in the form.
-fn login_page(status: StatusCode, message: &str) -> Response {
-    sign_in_page(LOGIN_PAGE, status, message)
+/// Which sign-in form: the tenant's (API key) or the operator's (operator token).
+#[derive(Clone, Copy)]
+enum SignIn {
+    Tenant,
+    Operator,
 }
 
-fn sign_in_page(template: &str, status: StatusCode, message: &str) -> Response {
+/// The sign-in page, with a fresh double-submit token in a cookie and in the form.
+fn login_page(status: StatusCode, message: &str) -> Response {
+    sign_in_page(SignIn::Tenant, status, message)
+}
+
+fn sign_in_page(kind: SignIn, status: StatusCode, message: &str) -> Response {
+    let (title, action, label, hint) = match kind {
+        SignIn::Tenant => (
+            "Usage dashboard",
+            "/dashboard/login",
+            "API key",
+            "Your key is exchanged for a session and is not kept by this page.",
+        ),
+        SignIn::Operator => (
+            "Operator view",
+            "/dashboard/operator/login",
+            "Operator token",
+            "The token is exchanged for a read-only session and is not kept by this page.",
+        ),
+    };
     let token = tenancy::sessions::random_token("");
-    let body = template
+    let body = LOGIN_PAGE
+        .replace("{{title}}", title)
+        .replace("{{action}}", action)
+        .replace("{{label}}", label)
+        .replace("{{hint}}", hint)
         .replace("{{csrf}}", &token)
         .replace("{{message}}", &escape(message));
     let mut response = html(status, body);
@@ -275,7 +299,7 @@ async fn operator_page(State(state): State<AppState>, parts: Parts) -> Response 
     if signed_in {
         html(StatusCode::OK, OPERATOR_PAGE.to_owned())
     } else {
-        sign_in_page(OPERATOR_LOGIN_PAGE, StatusCode::OK, "")
+        sign_in_page(SignIn::Operator, StatusCode::OK, "")
     }
 }
 
@@ -286,7 +310,7 @@ async fn operator_login(
     parts: Parts,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let refuse = |status, message| sign_in_page(OPERATOR_LOGIN_PAGE, status, message);
+    let refuse = |status, message| sign_in_page(SignIn::Operator, status, message);
     if !from_our_form(&parts, &form) {
         return refuse(
             StatusCode::FORBIDDEN,
