@@ -2,6 +2,8 @@
 -- can only read (/v1/admin GET requests). Only the hash of the cookie's token is kept.
 CREATE TABLE operator_sessions (
     token_hash  bytea PRIMARY KEY,
+    -- Which operator token opened it: changing the token ends its sessions.
+    operator_token_fingerprint bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL
 );

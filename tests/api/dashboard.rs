@@ -29,7 +29,7 @@ async fn login_token(app: &TestApp) -> String {
     let page = client().get(app.url("/dashboard")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let cookie = page.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-    assert!(cookie.starts_with("saas_login_csrf="), "{cookie}");
+    assert!(cookie.starts_with("__Host-saas_login_csrf="), "{cookie}");
     let html = page.text().await.unwrap();
     let token = html
         .split("name=\"csrf\" value=\"")
@@ -45,14 +45,14 @@ async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
     let token = login_token(app).await;
     client()
         .post(app.url("/dashboard/login"))
-        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .header(COOKIE, format!("__Host-saas_login_csrf={token}"))
         .form(&[("api_key", key), ("csrf", token.as_str())])
         .send()
         .await
         .unwrap()
 }
 
-/// Signs in and returns the session cookie (`saas_session=...`).
+/// Signs in and returns the session cookie (`__Host-saas_session=...`).
 async fn session_cookie(app: &TestApp, key: &str) -> String {
     let response = sign_in(app, key).await;
     assert_eq!(response.status(), 303);
@@ -62,9 +62,9 @@ async fn session_cookie(app: &TestApp, key: &str) -> String {
         .get_all(SET_COOKIE)
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("saas_session="))
+        .find(|c| c.starts_with("__Host-saas_session="))
         .expect("a session cookie");
-    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains(key), "the key is not the session");
@@ -131,6 +131,23 @@ async fn a_key_becomes_a_session_that_reads_what_the_api_reads() {
         .unwrap();
     assert_eq!(accepted.status(), 202);
 
+    // A session cannot mint keys or erase the tenant: those want the key itself.
+    for path in ["/v1/api-keys", "/v1/tenant/erasure"] {
+        let refused = client()
+            .post(app.url(path))
+            .header(COOKIE, &session)
+            .header("x-csrf-token", csrf["csrf_token"].as_str().unwrap())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{path}");
+        assert_eq!(error_code(refused).await, "api_key_required", "{path}");
+    }
+    // Answers for one caller are never stored by a shared cache.
+    let summary = get_as(&app, "/v1/usage/summary", &session).await;
+    assert_eq!(summary.headers()["cache-control"], "no-store");
+
     // Signing out ends it.
     let out = client()
         .post(app.url("/dashboard/logout"))
@@ -156,7 +173,7 @@ async fn wrong_keys_cross_site_posts_and_old_sessions_are_refused() {
             .headers()
             .get_all(SET_COOKIE)
             .iter()
-            .all(|c| !c.to_str().unwrap().starts_with("saas_session="))
+            .all(|c| !c.to_str().unwrap().starts_with("__Host-saas_session="))
     );
     assert!(wrong.text().await.unwrap().contains("not valid"));
 
@@ -168,7 +185,7 @@ async fn wrong_keys_cross_site_posts_and_old_sessions_are_refused() {
     ] {
         let response = client()
             .post(app.url("/dashboard/login"))
-            .header(COOKIE, format!("saas_login_csrf={token}"))
+            .header(COOKIE, format!("__Host-saas_login_csrf={token}"))
             .header(header, value)
             .form(&[
                 ("api_key", tenant.api_key.as_str()),
@@ -327,7 +344,7 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
     let token = login_token(&app).await;
     let wrong = client()
         .post(app.url("/dashboard/operator/login"))
-        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .header(COOKIE, format!("__Host-saas_login_csrf={token}"))
         .form(&[
             ("api_key", "not-the-operator-token"),
             ("csrf", token.as_str()),
@@ -339,7 +356,7 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
     let token = login_token(&app).await;
     let signed_in = client()
         .post(app.url("/dashboard/operator/login"))
-        .header(COOKIE, format!("saas_login_csrf={token}"))
+        .header(COOKIE, format!("__Host-saas_login_csrf={token}"))
         .form(&[
             ("api_key", integration_tests::OPERATOR_TOKEN),
             ("csrf", token.as_str()),
@@ -353,7 +370,7 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
         .get_all(SET_COOKIE)
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("saas_operator_session="))
+        .find(|c| c.starts_with("__Host-saas_operator_session="))
         .unwrap();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     let session = cookie.split(';').next().unwrap().to_owned();

@@ -6,6 +6,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use saas_core::{ApiKeyId, TenantId, TenantState};
 use secrecy::ExposeSecret;
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 use tenancy::api_keys;
 
@@ -18,6 +19,22 @@ pub struct TenantContext {
     pub tenant_id: TenantId,
     pub key_id: ApiKeyId,
     pub state: TenantState,
+    /// Authenticated by a dashboard session rather than the key itself. Actions that
+    /// outlive or widen access (new keys, erasure, payment methods) want the key.
+    pub via_session: bool,
+}
+
+impl TenantContext {
+    /// 403 unless the request presented the API key itself.
+    pub fn require_key(&self) -> Result<(), ApiError> {
+        if self.via_session {
+            return Err(ApiError::forbidden(
+                "api_key_required",
+                "this action needs the API key itself, not a dashboard session",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An authenticated operator request (`Authorization: Bearer <operator token>`).
@@ -78,28 +95,40 @@ impl FromRequestParts<AppState> for TenantContext {
             tenant_id: owner.tenant_id,
             key_id: owner.key_id,
             state: owner.tenant_state,
+            via_session: false,
         })
     }
 }
 
 /// The dashboard's session cookie.
-pub const SESSION_COOKIE: &str = "saas_session";
+pub const SESSION_COOKIE: &str = "__Host-saas_session";
 /// The operator view's (read-only) session cookie.
-pub const OPERATOR_SESSION_COOKIE: &str = "saas_operator_session";
+pub const OPERATOR_SESSION_COOKIE: &str = "__Host-saas_operator_session";
 
 /// Whether `presented` is the configured operator token (compared in constant time).
 pub fn is_operator_token(state: &AppState, presented: &str) -> bool {
+    // Digests, so that the comparison's time does not even tell the token's length.
     state
         .config
         .operator_token
         .as_ref()
         .is_some_and(|expected| {
-            bool::from(
-                presented
-                    .as_bytes()
-                    .ct_eq(expected.expose_secret().as_bytes()),
-            )
+            let expected = sha2::Sha256::digest(expected.expose_secret().as_bytes());
+            let presented = sha2::Sha256::digest(presented.as_bytes());
+            bool::from(presented.as_slice().ct_eq(expected.as_slice()))
         })
+}
+
+/// A fingerprint of the configured operator token: operator sessions carry it, so that
+/// changing the token ends every session opened with the old one.
+pub fn operator_token_fingerprint(state: &AppState) -> Vec<u8> {
+    let token = state
+        .config
+        .operator_token
+        .as_ref()
+        .map(|t| t.expose_secret().to_owned())
+        .unwrap_or_default();
+    sha2::Sha256::digest(format!("operator-session:{token}").as_bytes()).to_vec()
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -153,6 +182,7 @@ async fn session_context(
         tenant_id: session.owner.tenant_id,
         key_id: session.owner.key_id,
         state: session.owner.tenant_state,
+        via_session: true,
     })
 }
 
@@ -174,7 +204,9 @@ impl FromRequestParts<AppState> for Operator {
                 ));
             }
             let mut tx = state.db.system_tx("operator session").await?;
-            let valid = tenancy::sessions::operator_session_valid(&mut tx, token).await?;
+            let fingerprint = operator_token_fingerprint(state);
+            let valid =
+                tenancy::sessions::operator_session_valid(&mut tx, token, &fingerprint).await?;
             tx.commit().await?;
             return if valid {
                 Ok(Operator)

@@ -19,11 +19,12 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{
     OPERATOR_SESSION_COOKIE, SESSION_COOKIE, TenantContext, cookie, is_operator_token,
+    operator_token_fingerprint,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-const LOGIN_CSRF_COOKIE: &str = "saas_login_csrf";
+const LOGIN_CSRF_COOKIE: &str = "__Host-saas_login_csrf";
 const LOGIN_PAGE: &str = include_str!("../assets/dashboard/login.html");
 const DASHBOARD_PAGE: &str = include_str!("../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../assets/dashboard/app.js");
@@ -79,7 +80,7 @@ fn html(status: StatusCode, body: String) -> Response {
 
 fn set_cookie(response: &mut Response, name: &str, value: &str, max_age_secs: i64) {
     let cookie = format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         max_age_secs.max(0)
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -289,7 +290,12 @@ async fn operator_page(State(state): State<AppState>, parts: Parts) -> Response 
     let signed_in = match cookie(&parts, OPERATOR_SESSION_COOKIE) {
         Some(token) => match state.db.system_tx("operator page").await {
             Ok(mut tx) => matches!(
-                tenancy::sessions::operator_session_valid(&mut tx, token).await,
+                tenancy::sessions::operator_session_valid(
+                    &mut tx,
+                    token,
+                    &operator_token_fingerprint(&state)
+                )
+                .await,
                 Ok(true)
             ),
             Err(_) => false,
@@ -329,7 +335,8 @@ async fn operator_login(
     );
     let created = async {
         let mut tx = state.db.system_tx("operator sign-in").await?;
-        let token = tenancy::sessions::create_operator(&mut tx, ttl).await?;
+        let fingerprint = operator_token_fingerprint(&state);
+        let token = tenancy::sessions::create_operator(&mut tx, ttl, &fingerprint).await?;
         tx.commit().await?;
         Ok::<_, tenancy::StoreError>(token)
     }

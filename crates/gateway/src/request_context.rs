@@ -74,6 +74,12 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    // Answers are per caller (a key or a session cookie): no shared cache may keep one,
+    // unless a handler said otherwise (the dashboard's static files).
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }
 

@@ -95,29 +95,38 @@ pub async fn delete(conn: &mut PgConnection, token: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Opens a read-only operator session for `ttl`; returns its token.
+/// Opens a read-only operator session for `ttl`, bound to the fingerprint of the
+/// operator token that opened it; returns its token.
 pub async fn create_operator(
     conn: &mut PgConnection,
     ttl: chrono::TimeDelta,
+    token_fingerprint: &[u8],
 ) -> Result<String, StoreError> {
     let token = random_token("os_");
-    sqlx::query("INSERT INTO operator_sessions (token_hash, expires_at) VALUES ($1, $2)")
-        .bind(hash(&token))
-        .bind(Utc::now() + ttl)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO operator_sessions (token_hash, expires_at, operator_token_fingerprint) \
+         VALUES ($1, $2, $3)",
+    )
+    .bind(hash(&token))
+    .bind(Utc::now() + ttl)
+    .bind(token_fingerprint)
+    .execute(conn)
+    .await?;
     Ok(token)
 }
 
-/// Whether `token` is a live operator session.
+/// Whether `token` is a live operator session opened with the current operator token.
 pub async fn operator_session_valid(
     conn: &mut PgConnection,
     token: &str,
+    token_fingerprint: &[u8],
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM operator_sessions WHERE token_hash = $1 AND expires_at > now())",
+        "SELECT EXISTS (SELECT 1 FROM operator_sessions WHERE token_hash = $1 \
+                        AND expires_at > now() AND operator_token_fingerprint = $2)",
     )
     .bind(hash(token))
+    .bind(token_fingerprint)
     .fetch_one(conn)
     .await?)
 }

@@ -91,6 +91,7 @@ async fn create_api_key(
     Extension(request_id): Extension<RequestId>,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKeyView>)> {
+    tenant.require_key()?;
     let name = validate_name(body.name)?;
     let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
     let created = api_keys::create(&mut tx, tenant.tenant_id, &name).await?;

@@ -270,6 +270,7 @@ async fn request_erasure(
     tenant: TenantContext,
     Extension(request_id): Extension<RequestId>,
 ) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    tenant.require_key()?;
     let request = TransitionRequest {
         tenant_id: tenant.tenant_id,
         change: Change::Erase,
@@ -409,6 +410,7 @@ async fn request_reactivation(
         ));
     }
     if let Some(method) = body.payment_method {
+        tenant.require_key()?;
         let (Some(payments), Some(customer)) = (
             &state.payments,
             customer_of(&state, tenant.tenant_id).await?,
