@@ -419,3 +419,13 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
     std::fs::write(dir.join("operator.png"), browser.screenshot().await).unwrap();
     browser.close().await;
 }
+
+#[tokio::test]
+async fn sign_in_attempts_are_limited_per_address() {
+    let app = TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 2).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(sign_in(&app, "sk_live_guess").await.status().as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 429]);
+}

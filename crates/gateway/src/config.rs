@@ -75,6 +75,7 @@ pub struct SignupsConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DashboardConfig {
     pub session_ttl_ms: u64,
+    pub sign_ins_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +232,9 @@ impl Config {
         }
         if self.billing.run_interval_ms == 0 {
             return invalid("billing.run_interval_ms must be positive".into());
+        }
+        if self.dashboard.sign_ins_per_minute == 0 {
+            return invalid("dashboard.sign_ins_per_minute must be positive".into());
         }
         if self.readiness.check_timeout_ms == 0 {
             return invalid("readiness.check_timeout_ms must be positive".into());

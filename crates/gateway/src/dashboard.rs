@@ -181,6 +181,15 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// False once this address has used up its sign-in attempts for the minute.
+fn sign_in_allowed(state: &AppState, parts: &Parts) -> bool {
+    let address = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    address.is_none_or(|ip| state.sign_in_limiter.check_key(&ip).is_ok())
+}
+
 /// Whether a sign-in post came from our own form: same site, and its double-submit
 /// token matches the cookie set with the form.
 fn from_our_form(parts: &Parts, form: &LoginForm) -> bool {
@@ -195,6 +204,12 @@ async fn login(
     parts: Parts,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if !sign_in_allowed(&state, &parts) {
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts from here. Wait a minute and try again.",
+        );
+    }
     if !from_our_form(&parts, &form) {
         return login_page(
             StatusCode::FORBIDDEN,
@@ -317,6 +332,12 @@ async fn operator_login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let refuse = |status, message| sign_in_page(SignIn::Operator, status, message);
+    if !sign_in_allowed(&state, &parts) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts from here. Wait a minute and try again.",
+        );
+    }
     if !from_our_form(&parts, &form) {
         return refuse(
             StatusCode::FORBIDDEN,

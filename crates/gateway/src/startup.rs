@@ -128,6 +128,10 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         signup_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
             std::num::NonZeroU32::new(config.signups.rate_per_minute).expect("validated at load"),
         )),
+        sign_in_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+            std::num::NonZeroU32::new(config.dashboard.sign_ins_per_minute)
+                .expect("validated at load"),
+        )),
         readiness: Default::default(),
         config,
     }))

@@ -24,6 +24,8 @@ pub struct Services {
     /// `None` when no Stripe key is configured: billing is then not available.
     pub payments: Option<Arc<dyn PaymentProvider>>,
     pub signup_limiter: SignupLimiter,
+    /// Dashboard and operator sign-ins per client address, against guessing.
+    pub sign_in_limiter: SignupLimiter,
     pub readiness: crate::readiness::ReadinessCache,
 }
 
