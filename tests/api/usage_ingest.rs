@@ -218,3 +218,29 @@ async fn one_tenant_never_sees_or_affects_another_tenants_usage() {
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test]
+async fn concurrent_batches_of_every_metric_never_deadlock() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("enterprise").await;
+    let metrics = ["queries", "tokens", "bytes"];
+    let requests = (0..60).map(|batch| {
+        // Each batch touches all three counters, listed in a different order.
+        let events: Vec<Value> = (0..3)
+            .map(|i| {
+                let metric = metrics[(batch + i) % 3];
+                json!({"id": format!("{batch}-{metric}"), "metric": metric, "value": 1})
+            })
+            .collect();
+        app.ingest(&tenant.api_key, Value::Array(events))
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(requests)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    for metric in metrics {
+        assert_eq!(used(&app, &tenant.api_key, metric).await, 60, "{metric}");
+    }
+}

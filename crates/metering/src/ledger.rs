@@ -89,6 +89,37 @@ pub async fn ingest(
     in_batch_duplicates: u64,
     now: DateTime<Utc>,
 ) -> Result<IngestOutcome, IngestError> {
+    // Counters are locked in metric order, so concurrent batches of a tenant queue
+    // rather than deadlock; should Postgres still pick this batch as a deadlock victim,
+    // nothing of it was kept, and it is simply run again.
+    let mut attempt = 0;
+    loop {
+        match ingest_once(db, tenant, events, in_batch_duplicates, now).await {
+            Err(IngestError::Store(StoreError::Database(error)))
+                if is_deadlock(&error) && attempt < 3 =>
+            {
+                attempt += 1;
+                metrics::counter!("usage_ingest_deadlock_retries_total").increment(1);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+async fn ingest_once(
+    db: &Db,
+    tenant: TenantId,
+    events: &[UsageEvent],
+    in_batch_duplicates: u64,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, IngestError> {
     let mut tx = db.tenant_tx(tenant).await?;
     let terms = tenant_terms(&mut tx, tenant, now).await?;
     if !terms.state.serves_metered_calls() {
@@ -178,7 +209,7 @@ async fn write_events(
              SELECT metric, sum(value) AS amount FROM inserted GROUP BY metric \
          ), counted AS ( \
              INSERT INTO usage_counters AS c (tenant_id, period_start, metric, used) \
-             SELECT $1, $2, metric, amount FROM added \
+             SELECT $1, $2, metric, amount FROM added ORDER BY metric \
              ON CONFLICT (tenant_id, period_start, metric) DO UPDATE SET used = c.used + EXCLUDED.used \
              RETURNING c.metric, c.used \
          ) \
