@@ -146,33 +146,13 @@ impl PlanChangeWorkflow {
                 .map_err(sql_retry)?
                 .rows_affected();
                 // Not mid-change any more: erased meanwhile (erasure may interrupt).
-                if switched == 1 {
-                    finish(&mut tx, transition, tenant, "completed", None).await?;
-                    follow_up_winback(&mut tx, tenant.id, plan).await?;
-                }
-                tx.commit().await.map_err(sql_retry)
+                complete(tx, switched == 1, transition, tenant, plan).await
             }
             Err(error) if error.is_retryable() => Err(JobError::Retry(error.to_string())),
+            // Refused or declined: back to active on the old plan, and say why.
             Err(error) => {
-                // Refused or declined: back to active on the old plan, and say why.
-                let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-                sqlx::query(
-                    "UPDATE tenants SET state = 'active', version = version + 1, updated_at = now() \
-                     WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
-                )
-                .bind(tenant.id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_retry)?;
-                finish(
-                    &mut tx,
-                    transition,
-                    tenant,
-                    "failed",
-                    Some(error.to_string()),
-                )
-                .await?;
-                tx.commit().await.map_err(sql_retry)
+                self.abandon(tenant.id, transition, &error.to_string())
+                    .await
             }
         }
     }
@@ -286,11 +266,7 @@ impl PlanChangeWorkflow {
         .await
         .map_err(sql_retry)?
         .rows_affected();
-        if switched == 1 {
-            finish(&mut tx, transition, tenant, "completed", None).await?;
-            follow_up_winback(&mut tx, tenant.id, plan).await?;
-        }
-        tx.commit().await.map_err(sql_retry)
+        complete(tx, switched == 1, transition, tenant, plan).await
     }
 
     /// A plan change that cannot be carried out (refused, or out of attempts): the tenant
@@ -379,6 +355,22 @@ impl PlanChangeWorkflow {
             self.change_now(transition, tenant, plan).await
         }
     }
+}
+
+/// Commits a plan switch; when it took (`switched`), the transition completes with its
+/// audit entry and win-back follow-up in the same commit.
+async fn complete(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    switched: bool,
+    transition: &Transition,
+    tenant: &Tenant,
+    plan: &Plan,
+) -> Result<(), JobError> {
+    if switched {
+        finish(&mut tx, transition, tenant, "completed", None).await?;
+        follow_up_winback(&mut tx, tenant.id, plan).await?;
+    }
+    tx.commit().await.map_err(sql_retry)
 }
 
 /// Leaving every paid plan is a cancellation, and starts a win-back campaign; taking a
