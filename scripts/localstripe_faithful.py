@@ -21,8 +21,9 @@ sends a value, an obsolete JSON shape) are marked ``if_null`` / ``reshape``.
 
 Three request-side gaps that a billing flow trips over are closed too (see
 "Behaviour fixes"): invoice previews no longer swallow pending invoice items,
-subscription updates accept ``proration_behavior``, and paying an invoice
-with a declining card emits the failure events Stripe sends.
+subscription updates accept ``proration_behavior``, paying an invoice with a
+declining card emits the failure events Stripe sends, and created invoices
+keep their metadata.
 
 It also makes two deployment details configurable that stock localstripe
 hard-codes:
@@ -736,6 +737,19 @@ def _invoice_payment_failure_events(original):
     return _confirm
 
 
+def _invoice_create_keeps_metadata(original):
+    """POST /v1/invoices accepts ``metadata`` but stock localstripe drops it;
+    Stripe keeps it, and a caller finding its invoice again by a reference
+    stored there depends on that.
+    """
+    def _api_create(cls, metadata=None, **data):
+        invoice = original.__func__(cls, **data)
+        if metadata:
+            invoice.metadata = dict(metadata)
+        return invoice
+    return classmethod(_api_create)
+
+
 # --------------------------------------------------------------------------
 # State file
 # --------------------------------------------------------------------------
@@ -776,6 +790,8 @@ def patch():
     resources.Subscription._update = \
         _subscription_update_with_proration_behavior(
             resources.Subscription._update)
+    resources.Invoice._api_create = _invoice_create_keeps_metadata(
+        resources.Invoice._api_create)
     resources.PaymentIntent._confirm = _invoice_payment_failure_events(
         resources.PaymentIntent._confirm)
     resources.Store.try_load_from_disk = _try_load_from_disk

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use billing::invoices::Collection::Stripe as STRIPE;
 use integration_tests::{TestApp, TestTenant};
 use saas_core::{BillingCycle, TenantState};
 use serde_json::{Value, json};
@@ -189,14 +190,14 @@ async fn killed_and_overlapping_runs_make_one_invoice_per_period() {
     for budget in [1, 5, 20, 50] {
         let _ = tokio::time::timeout(
             Duration::from_millis(budget),
-            billing::invoices::run(&app.db, &app.clickhouse, chrono::Utc::now(), grace),
+            billing::invoices::run(&app.db, &app.clickhouse, chrono::Utc::now(), grace, STRIPE),
         )
         .await;
     }
     // Then three at once.
     let now = chrono::Utc::now();
     let runs = futures_util::future::join_all(
-        (0..3).map(|_| billing::invoices::run(&app.db, &app.clickhouse, now, grace)),
+        (0..3).map(|_| billing::invoices::run(&app.db, &app.clickhouse, now, grace, STRIPE)),
     )
     .await;
     for run in runs {

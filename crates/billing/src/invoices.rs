@@ -57,12 +57,22 @@ pub struct RunReport {
     pub total_ms: u64,
 }
 
+/// Who collects the invoices a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// Tenants with a Stripe customer: drafts, pushed and charged by collection jobs.
+    Stripe,
+    /// No payment provider configured: invoices are open for collection elsewhere.
+    Elsewhere,
+}
+
 /// Invoices every period that ended at least `grace` before `now`.
 pub async fn run(
     db: &Db,
     sink: &ClickHouseSink,
     now: DateTime<Utc>,
     grace: Duration,
+    collection: Collection,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let mut report = RunReport {
@@ -95,7 +105,8 @@ pub async fn run(
         for tenant in billable {
             report.tenants_checked += 1;
             for period in ended_periods(&tenant, closed_before) {
-                let outcome = invoice_period(db, sink, &tenant, period, &mut timings).await;
+                let outcome =
+                    invoice_period(db, sink, &tenant, period, collection, &mut timings).await;
                 match outcome {
                     Ok(Outcome::Created) => report.invoices_created += 1,
                     Ok(Outcome::Exists) => {
@@ -168,6 +179,7 @@ async fn invoice_period(
     sink: &ClickHouseSink,
     tenant: &Tenant,
     period: BillingPeriod,
+    collection: Collection,
     timings: &mut Timings,
 ) -> Result<Outcome, InvoiceError> {
     let clock = Instant::now();
@@ -223,7 +235,7 @@ async fn invoice_period(
 
     let clock = Instant::now();
     let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let created = store(&mut tx, tenant, period, &plan_code, &rated).await?;
+    let created = store(&mut tx, tenant, period, &plan_code, &rated, collection).await?;
     tx.commit().await?;
     timings.postgres += clock.elapsed();
     Ok(if created {
@@ -269,6 +281,7 @@ async fn store(
     period: BillingPeriod,
     plan_code: &str,
     rated: &RatedInvoice,
+    collection: Collection,
 ) -> Result<bool, RunError> {
     // Read again under a share lock: an erasure taken meanwhile waits for this commit
     // (and then strips this invoice too), or has happened and there is nothing to bill.
@@ -281,8 +294,13 @@ async fn store(
         return Ok(false);
     }
     let id = Uuid::now_v7();
-    // Nothing to collect: settled as it is made.
-    let status = if rated.total == 0 { "paid" } else { "open" };
+    let through_stripe = collection == Collection::Stripe && tenant.stripe_customer_id.is_some();
+    let status = match (rated.total, through_stripe) {
+        // Nothing to collect: settled as it is made.
+        (0, _) => "paid",
+        (_, true) => "draft",
+        (_, false) => "open",
+    };
     let inserted = sqlx::query(
         "INSERT INTO invoices (id, tenant_id, period_start, period_end, plan_code, currency, total, \
                                status, billed_name, billed_email, paid_at) \
@@ -325,6 +343,9 @@ async fn store(
         .execute(&mut *conn)
         .await?;
     }
+    if status == "draft" {
+        crate::collection::enqueue_collection(conn, tenant.id, id).await?;
+    }
     Ok(true)
 }
 
@@ -350,7 +371,7 @@ pub struct Invoice {
     pub plan: String,
     pub currency: String,
     pub total: i64,
-    /// `open`, `paid`, `uncollectible` or `void`.
+    /// `draft` (being sent to Stripe), `open`, `paid`, `uncollectible` or `void`.
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,

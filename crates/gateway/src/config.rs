@@ -58,6 +58,9 @@ pub struct StripeConfig {
     pub secret_key: Option<SecretString>,
     pub api_base: String,
     pub allow_live_mode: bool,
+    /// The signing secret of the webhook endpoint (`whsec_...`); unset: webhooks refused.
+    pub webhook_secret: Option<SecretString>,
+    pub webhook_tolerance_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +68,7 @@ pub struct BillingConfig {
     pub cycle: String,
     pub close_grace_ms: u64,
     pub run_interval_ms: u64,
+    pub dunning_retries: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +234,12 @@ impl Config {
         if self.winback.offer_percent_off == 0 || self.winback.offer_percent_off > 100 {
             return invalid("winback.offer_percent_off must be 1 to 100".into());
         }
+        if let Err(problem) = saas_core::schedule::parse_offsets(&self.billing.dunning_retries) {
+            return invalid(format!("billing.dunning_retries: {problem}"));
+        }
+        if self.stripe.webhook_tolerance_secs <= 0 {
+            return invalid("stripe.webhook_tolerance_secs must be positive".into());
+        }
         if self.billing.run_interval_ms == 0 {
             return invalid("billing.run_interval_ms must be positive".into());
         }
@@ -286,6 +296,13 @@ impl Config {
             database: self.clickhouse.database.clone(),
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.expose_secret().to_owned(),
+        }
+    }
+
+    pub fn dunning_schedule(&self) -> billing::collection::DunningSchedule {
+        billing::collection::DunningSchedule {
+            retries: saas_core::schedule::parse_offsets(&self.billing.dunning_retries)
+                .expect("validated at load"),
         }
     }
 

@@ -36,6 +36,25 @@ impl AppState {
     pub fn new(services: Services) -> Self {
         Self(Arc::new(services))
     }
+
+    /// Collection and dunning, when a payment provider is configured.
+    pub fn collector(&self) -> Option<billing::collection::Collector> {
+        self.payments.as_ref().map(|payments| {
+            billing::collection::Collector::new(
+                self.db.clone(),
+                payments.clone(),
+                self.config.dunning_schedule(),
+            )
+        })
+    }
+
+    /// Who collects the invoices that runs make.
+    pub fn collection(&self) -> billing::invoices::Collection {
+        match self.payments {
+            Some(_) => billing::invoices::Collection::Stripe,
+            None => billing::invoices::Collection::Elsewhere,
+        }
+    }
 }
 
 impl Deref for AppState {

@@ -39,6 +39,10 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         state.db.clone(),
         config.winback_schedule(),
     ));
+    if let Some(collector) = state.collector() {
+        let (collect, retry_payment) = collector.jobs();
+        jobs = jobs.register(collect).register(retry_payment);
+    }
     jobs = jobs.register(ErasureWorkflow::new(
         state.db.clone(),
         state.clickhouse.clone(),
@@ -72,8 +76,14 @@ async fn invoice_runs(state: AppState, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        if let Err(error) =
-            billing::invoices::run(&state.db, &state.clickhouse, state.clock.now(), grace).await
+        if let Err(error) = billing::invoices::run(
+            &state.db,
+            &state.clickhouse,
+            state.clock.now(),
+            grace,
+            state.collection(),
+        )
+        .await
         {
             metrics::counter!("invoice_run_errors_total").increment(1);
             tracing::warn!(%error, "invoice run failed; retrying at the next interval");

@@ -36,33 +36,7 @@ pub struct WinbackSchedule {
 impl WinbackSchedule {
     /// Parses offsets like `"3d,14d,30d"` (units `d`, `h`, `m`, `s`), strictly increasing.
     pub fn parse_steps(text: &str) -> Result<Vec<Duration>, String> {
-        let mut steps = Vec::new();
-        for part in text.split(',').map(str::trim) {
-            let split = part
-                .find(|c: char| !c.is_ascii_digit())
-                .ok_or_else(|| format!("{part:?} has no unit (d, h, m or s)"))?;
-            let (number, unit) = part.split_at(split);
-            let number: u64 = number
-                .parse()
-                .map_err(|_| format!("{part:?} does not start with a number"))?;
-            let seconds = match unit {
-                "d" => number.checked_mul(86_400),
-                "h" => number.checked_mul(3_600),
-                "m" => number.checked_mul(60),
-                "s" => Some(number),
-                other => return Err(format!("unknown unit {other:?} in {part:?}")),
-            }
-            .ok_or_else(|| format!("{part:?} is too long"))?;
-            let step = Duration::from_secs(seconds);
-            if steps.last().is_some_and(|last| *last >= step) {
-                return Err("win-back steps must be strictly increasing".into());
-            }
-            steps.push(step);
-        }
-        if steps.is_empty() {
-            return Err("win-back needs at least one step".into());
-        }
-        Ok(steps)
+        saas_core::schedule::parse_offsets(text)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod provider;
 pub mod stripe_provider;
 
 pub use provider::{
-    Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan, SubscriptionRef,
+    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, LineOrigin, PaymentError, PaymentProvider,
+    ProviderInvoice, ProviderLine, RecurringPlan, SubscriptionRef,
 };
 pub use stripe_provider::StripeProvider;

@@ -34,6 +34,60 @@ pub struct SubscriptionRef {
     pub status: String,
 }
 
+/// One line of one of our invoices, to be carried by the provider's invoice.
+#[derive(Debug, Clone)]
+pub struct ChargeLine {
+    /// Our stable id for the line (invoice id and position): makes its creation idempotent.
+    pub reference: String,
+    /// Minor units (quantity x unit price, already rounded by our rating).
+    pub amount: i64,
+    /// Metric, quantity and unit price, readable on the customer's invoice.
+    pub description: String,
+}
+
+/// Where a line of the provider's invoice came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineOrigin {
+    /// One of ours, by its reference.
+    Ours(String),
+    /// The subscription's recurring base fee.
+    Subscription,
+    /// Anything else the provider put on it (proration of a plan change, ...).
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderLine {
+    pub amount: i64,
+    pub description: String,
+    pub origin: LineOrigin,
+}
+
+/// The provider's invoice as far as we act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInvoice {
+    pub id: String,
+    /// Our invoice id, from the provider invoice's metadata (None: not one of ours).
+    pub reference: Option<String>,
+    pub customer: Option<String>,
+    /// `draft`, `open`, `paid`, `uncollectible` or `void`.
+    pub status: String,
+    pub total: i64,
+    pub attempt_count: u64,
+    pub lines: Vec<ProviderLine>,
+}
+
+/// How a charge attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Paid,
+    /// The card was refused; `code` is the decline code when the provider gives one.
+    Declined {
+        code: String,
+        message: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
     /// The card was refused; `code` is the provider's decline code.
@@ -116,6 +170,51 @@ pub trait PaymentProvider: Send + Sync + 'static {
 
     /// Ends a subscription now, without a refund. Canceling one that has ended succeeds.
     async fn cancel_subscription(&self, subscription: &str) -> Result<(), PaymentError>;
+
+    /// A pending invoice item for `line`, created on the first call only (looked up by
+    /// its reference on a retry).
+    async fn ensure_invoice_item(
+        &self,
+        customer: &str,
+        currency: &str,
+        line: &ChargeLine,
+        attempt: Attempt,
+    ) -> Result<(), PaymentError>;
+
+    /// The provider invoice for our invoice `reference`, created (as a draft that takes
+    /// the customer's pending items, and the subscription's base fee where the provider
+    /// bills it that way) on the first call only.
+    async fn ensure_invoice(
+        &self,
+        customer: &str,
+        subscription: Option<&str>,
+        reference: &str,
+        attempt: Attempt,
+    ) -> Result<ProviderInvoice, PaymentError>;
+
+    /// The customer's provider invoice made for our invoice `reference`, if any.
+    async fn find_invoice(
+        &self,
+        customer: &str,
+        reference: &str,
+    ) -> Result<Option<ProviderInvoice>, PaymentError>;
+
+    async fn get_invoice(&self, id: &str) -> Result<ProviderInvoice, PaymentError>;
+
+    /// Finalizes (where the provider supports it) and charges the invoice to the
+    /// customer's default payment method. Paying a paid invoice reports `Paid`.
+    async fn charge_invoice(
+        &self,
+        id: &str,
+        attempt_key: &str,
+    ) -> Result<ChargeOutcome, PaymentError>;
+
+    /// Makes `payment_method` the customer's default from now on.
+    async fn replace_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+    ) -> Result<String, PaymentError>;
 
     /// Deletes the customer (and with it their payment methods and subscriptions).
     /// Deleting one that is already gone succeeds.

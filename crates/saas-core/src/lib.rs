@@ -6,6 +6,7 @@ pub mod ids;
 pub mod metric;
 pub mod money;
 pub mod period;
+pub mod schedule;
 pub mod tenant_state;
 
 pub use clock::{Clock, SystemClock};

@@ -105,7 +105,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(period_end + Duration::from_secs(1)).await;
 
     let started = Instant::now();
-    let report = billing::invoices::run(&db, &sink, Utc::now(), Duration::from_millis(500)).await?;
+    let report = billing::invoices::run(
+        &db,
+        &sink,
+        Utc::now(),
+        Duration::from_millis(500),
+        billing::invoices::Collection::Elsewhere,
+    )
+    .await?;
     let total = started.elapsed();
     if report.invoices_created != args.tenants || report.failed != 0 {
         anyhow::bail!("expected {} invoices: {report:?}", args.tenants);

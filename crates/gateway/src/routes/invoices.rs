@@ -73,10 +73,17 @@ async fn start_billing_run(
     _operator: Operator,
 ) -> ApiResult<Json<RunReport>> {
     let grace = std::time::Duration::from_millis(state.config.billing.close_grace_ms);
-    billing::invoices::run(&state.db, &state.clickhouse, state.clock.now(), grace)
-        .await
-        .map(Json)
-        .map_err(run_error)
+    let collection = state.collection();
+    billing::invoices::run(
+        &state.db,
+        &state.clickhouse,
+        state.clock.now(),
+        grace,
+        collection,
+    )
+    .await
+    .map(Json)
+    .map_err(run_error)
 }
 
 fn run_error(error: billing::invoices::RunError) -> ApiError {

@@ -12,6 +12,7 @@ mod signups;
 mod tenant;
 mod transitions;
 mod usage;
+mod webhooks;
 
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -73,4 +74,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(invoices::router())
         .merge(signups::router())
         .merge(transitions::router())
+        .merge(webhooks::router())
 }

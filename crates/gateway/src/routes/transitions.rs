@@ -372,12 +372,13 @@ struct ReactivationRequest {
 }
 
 /// A suspended tenant comes back by itself (the way win-back messages point to): with a
-/// new payment method when given, then active again with every byte intact. Ends a
-/// running win-back campaign as won.
+/// new payment method when given, its unpaid invoices are charged first (402
+/// `payment_failed` if one is declined), then it is active again with every byte intact.
+/// Ends a running win-back campaign as won.
 #[utoipa::path(post, path = "/v1/tenant/reactivation", tag = "tenant", security(("api_key" = [])),
     request_body = ReactivationRequest,
     responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
-              (status = 402, body = ErrorBody, description = "the payment method was refused"),
+              (status = 402, body = ErrorBody, description = "payment_method_refused, or payment_failed: an unpaid invoice was declined"),
               (status = 403, body = ErrorBody, description = "reactivation_not_allowed"),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn request_reactivation(
@@ -433,6 +434,26 @@ async fn request_reactivation(
                     other.to_string(),
                 ),
             })?;
+    }
+    // Paying first where needed: every unpaid invoice is charged to the (new) default
+    // payment method, and a decline keeps the tenant suspended.
+    if let Some(collector) = state.collector() {
+        let settled = collector
+            .settle(tenant.tenant_id)
+            .await
+            .map_err(|error| match error {
+                billing::collection::CollectError::Payment(payment) if payment.is_retryable() => {
+                    ApiError::unavailable("payment_provider_unavailable", payment)
+                }
+                other => ApiError::internal(other),
+            })?;
+        if let billing::collection::Settlement::Declined { invoice, code } = settled {
+            return Err(ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_failed",
+                format!("invoice {invoice} could not be paid ({code}); use another payment method"),
+            ));
+        }
     }
     let request = TransitionRequest {
         tenant_id: tenant.tenant_id,

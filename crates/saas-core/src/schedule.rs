@@ -1,0 +1,63 @@
+//! Schedules written as offsets from a start, like `"3d,14d,30d"`: win-back outreach and
+//! dunning retries.
+
+use std::time::Duration;
+
+/// Parses offsets like `"3d,14d,30d"` (units `d`, `h`, `m`, `s`), strictly increasing.
+pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
+    let mut steps = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let split = part
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{part:?} has no unit (d, h, m or s)"))?;
+        let (number, unit) = part.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{part:?} does not start with a number"))?;
+        let seconds = match unit {
+            "d" => number.checked_mul(86_400),
+            "h" => number.checked_mul(3_600),
+            "m" => number.checked_mul(60),
+            "s" => Some(number),
+            other => return Err(format!("unknown unit {other:?} in {part:?}")),
+        }
+        .ok_or_else(|| format!("{part:?} is too long"))?;
+        let step = Duration::from_secs(seconds);
+        if steps.last().is_some_and(|last| *last >= step) {
+            return Err("offsets must be strictly increasing".into());
+        }
+        steps.push(step);
+    }
+    if steps.is_empty() {
+        return Err("at least one offset is needed".into());
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_parse_in_every_unit() {
+        assert_eq!(
+            parse_offsets("1s, 2m,3h,4d").unwrap(),
+            [1, 120, 10_800, 345_600].map(Duration::from_secs).to_vec()
+        );
+    }
+
+    #[test]
+    fn bad_offsets_are_refused() {
+        for bad in [
+            "",
+            "3",
+            "d",
+            "3w",
+            "5d,3d",
+            "2s,2s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_offsets(bad).is_err(), "{bad:?}");
+        }
+    }
+}

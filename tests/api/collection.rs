@@ -1,0 +1,634 @@
+//! Collection through Stripe (localstripe): every invoice reaches Stripe once with the
+//! same lines and total and is charged; a declining card goes through dunning to
+//! suspension and comes back by paying; a collection killed anywhere and run again, or
+//! run twice at once, makes one Stripe invoice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use billing::collection::{Collector, DunningSchedule};
+use integration_tests::{TestApp, declining_card, error_code, stripe_get, stripe_post};
+use payments::{
+    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, PaymentError, PaymentProvider,
+    ProviderInvoice, RecurringPlan, StripeProvider, SubscriptionRef,
+};
+use saas_core::TenantId;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Our invoice as stored, with what collection recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredInvoice {
+    pub id: Uuid,
+    pub status: String,
+    pub total: i64,
+    pub stripe_invoice_id: Option<String>,
+    pub payment_attempts: i32,
+    pub dunning: String,
+}
+
+pub async fn stored_invoices(app: &TestApp, tenant: TenantId) -> Vec<StoredInvoice> {
+    let mut tx = app.db.tenant_tx(tenant).await.unwrap();
+    sqlx::query_as(
+        "SELECT id, status, total, stripe_invoice_id, payment_attempts, dunning FROM invoices \
+         WHERE tenant_id = $1 ORDER BY period_start",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap()
+}
+
+pub async fn stripe_customer(app: &TestApp, tenant: TenantId) -> String {
+    tenant_record(app, tenant).await.stripe_customer_id.unwrap()
+}
+
+pub async fn tenant_record(app: &TestApp, tenant: TenantId) -> tenancy::tenants::Tenant {
+    let mut tx = app.db.tenant_tx(tenant).await.unwrap();
+    tenancy::tenants::get(&mut tx, tenant).await.unwrap()
+}
+
+/// Makes `payment_method` the customer's default, behind the service's back (as a card
+/// change in Stripe's dashboard would).
+pub async fn set_default_card(customer: &str, payment_method: &str) {
+    let attached = stripe_post(
+        &format!("/v1/payment_methods/{payment_method}/attach"),
+        &[("customer", customer)],
+    )
+    .await;
+    assert_eq!(attached["customer"], customer, "{attached}");
+    stripe_post(
+        &format!("/v1/customers/{customer}"),
+        &[("invoice_settings[default_payment_method]", payment_method)],
+    )
+    .await;
+}
+
+/// The customer's Stripe invoices that were made for one of ours, by our invoice id.
+async fn stripe_invoices_by_reference(customer: &str) -> BTreeMap<String, Vec<Value>> {
+    let list = stripe_get(&format!("/v1/invoices?customer={customer}&limit=100")).await;
+    let mut by_reference: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for invoice in list["data"].as_array().unwrap() {
+        if let Some(reference) = invoice["metadata"]["saas_invoice"].as_str() {
+            by_reference
+                .entry(reference.to_owned())
+                .or_default()
+                .push(invoice.clone());
+        }
+    }
+    by_reference
+}
+
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn billing_run(app: &TestApp) -> Value {
+    let response = app
+        .operator_post("/v1/admin/billing/runs", &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+pub fn short_cycles(
+    cycle: &'static str,
+    dunning: &'static str,
+) -> impl FnOnce(&mut gateway::Config) {
+    move |config| {
+        config.billing.cycle = cycle.into();
+        config.billing.close_grace_ms = 300;
+        config.billing.dunning_retries = dunning.into();
+        // The tests start the invoice runs themselves.
+        config.billing.run_interval_ms = 3_600_000;
+        config.workers.relay_idle_ms = 20;
+    }
+}
+
+#[tokio::test]
+async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_and_is_paid() {
+    let app = TestApp::spawn_with(short_cycles("12s", "1h")).await;
+    let plans = ["starter", "pro", "enterprise"];
+    let mut tenants = Vec::new();
+    let started = Instant::now();
+    for chunk in (0..110).collect::<Vec<_>>().chunks(10) {
+        let signed = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|i| app.sign_up_tenant(plans[i % 3], Some("pm_card_visa"))),
+        )
+        .await;
+        tenants.extend(signed);
+    }
+    // Random usage in every tenant's first period.
+    let mut seed = 7_u64;
+    let mut next = |below: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % below
+    };
+    for tenant in &tenants {
+        let events: Vec<Value> = (0..1 + next(12))
+            .map(|i| {
+                let metric = ["queries", "tokens", "bytes"][next(3) as usize];
+                let value = match metric {
+                    "queries" => next(300_000),
+                    "tokens" => next(8_000_000),
+                    _ => next(1 << 26),
+                };
+                json!({"id": format!("e{i}"), "metric": metric, "value": value})
+            })
+            .collect();
+        assert_eq!(
+            app.ingest(&tenant.api_key, Value::Array(events))
+                .await
+                .status(),
+            202
+        );
+    }
+    let set_up = started.elapsed();
+    assert!(
+        set_up < Duration::from_secs(11),
+        "set-up took {set_up:?}: periods ended early"
+    );
+    // The last tenant's first period ends 12 s after its signup.
+    tokio::time::sleep(Duration::from_millis(12_800)).await;
+    app.drain_relay().await;
+    let report = billing_run(&app).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(
+        report["invoices_created"].as_u64().unwrap() >= 110,
+        "{report}"
+    );
+
+    // A second run finds every first period invoiced (and may invoice second periods
+    // that ended meanwhile); then everything is paid.
+    let again = billing_run(&app).await;
+    assert!(
+        again["already_invoiced"].as_u64().unwrap() >= 110,
+        "{again}"
+    );
+    for tenant in &tenants {
+        let (app, id) = (&app, tenant.id);
+        wait_for(
+            "every invoice paid",
+            Duration::from_secs(60),
+            || async move {
+                let invoices = stored_invoices(app, id).await;
+                !invoices.is_empty() && invoices.iter().all(|i| i.status == "paid")
+            },
+        )
+        .await;
+    }
+
+    for tenant in &tenants {
+        let customer = stripe_customer(&app, tenant.id).await;
+        let at_stripe = stripe_invoices_by_reference(&customer).await;
+        let ours = app.get_json(&tenant.api_key, "/v1/invoices").await;
+        for invoice in ours["invoices"].as_array().unwrap() {
+            let reference = invoice["id"].as_str().unwrap();
+            let twins = at_stripe.get(reference).map(Vec::len).unwrap_or(0);
+            assert_eq!(twins, 1, "one Stripe invoice for {reference}");
+            let stripe = &at_stripe[reference][0];
+            assert_eq!(stripe["total"], invoice["total"], "{stripe} vs {invoice}");
+            assert_eq!(stripe["status"], "paid");
+            assert_eq!(invoice["status"], "paid");
+            // Line for line: the same amounts at Stripe as here.
+            let mut ours: Vec<i64> = invoice["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["amount"].as_i64().unwrap())
+                .filter(|a| *a != 0)
+                .collect();
+            let mut theirs: Vec<i64> = stripe["lines"]["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["amount"].as_i64().unwrap())
+                .filter(|a| *a != 0)
+                .collect();
+            ours.sort();
+            theirs.sort();
+            assert_eq!(ours, theirs, "lines of {reference}");
+            let sum: i64 = invoice["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["amount"].as_i64().unwrap())
+                .sum();
+            assert_eq!(sum, invoice["total"].as_i64().unwrap());
+        }
+    }
+    // And the quantities are the period's usage.
+    let reconciliation = app.operator_get("/v1/admin/billing/reconciliation").await;
+    assert!(reconciliation["invoices_checked"].as_u64().unwrap() >= 110);
+    assert_eq!(reconciliation["mismatches"], json!([]), "{reconciliation}");
+}
+
+#[tokio::test]
+async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reactivates() {
+    let app = TestApp::spawn_with(short_cycles("3s", "1s,2s,3s")).await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    let customer = stripe_customer(&app, tenant.id).await;
+    set_default_card(&customer, &declining_card().await).await;
+    let usage = json!([{"id": "u1", "metric": "tokens", "value": 3_000_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    app.drain_relay().await;
+    billing_run(&app).await;
+
+    let (app_ref, id) = (&app, tenant.id);
+    wait_for("dunning to suspend the tenant", Duration::from_secs(30), || async move {
+        tenant_record(app_ref, id).await.state == saas_core::TenantState::Suspended
+    })
+    .await;
+    let invoice = stored_invoices(&app, tenant.id).await.remove(0);
+    assert_eq!(invoice.status, "open");
+    assert_eq!(
+        invoice.payment_attempts, 4,
+        "the first charge and three retries"
+    );
+    assert_eq!(invoice.dunning, "exhausted");
+    let stripe_id = invoice.stripe_invoice_id.clone().unwrap();
+    let at_stripe = stripe_get(&format!("/v1/invoices/{stripe_id}")).await;
+    assert_eq!(at_stripe["status"], "open");
+    assert_eq!(at_stripe["total"].as_i64(), Some(invoice.total));
+    // One job per retry, each run once.
+    let retries: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT status, attempts FROM jobs WHERE kind = 'billing.retry_payment' ORDER BY created_at",
+    )
+    .fetch_all(&app.owner_pool)
+    .await
+    .unwrap();
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    // Suspended by dunning, audited, free to come back by paying; metered calls refused.
+    let transitions = app
+        .get_json(&tenant.api_key, "/v1/tenant/transitions")
+        .await;
+    assert!(
+        transitions["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["to"] == "suspended"),
+        "{transitions}"
+    );
+    let (actor, may_reactivate): (String, bool) = {
+        let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+        sqlx::query_as(
+            "SELECT actor, tenant_may_reactivate FROM tenant_transitions \
+             WHERE tenant_id = $1 AND kind = 'suspension' ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(tenant.id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+    };
+    assert!(
+        may_reactivate,
+        "a suspension for an unpaid bill can be lifted by paying"
+    );
+    assert_eq!(actor, "system:dunning");
+    tokio::time::sleep(Duration::from_millis(2_100)).await; // key cache
+    let refused = app
+        .ingest(
+            &tenant.api_key,
+            json!([{"id": "u2", "metric": "tokens", "value": 1}]),
+        )
+        .await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(error_code(refused).await, "tenant_suspended");
+    let campaigns = app
+        .operator_get("/v1/admin/winback/campaigns?status=running")
+        .await;
+    assert!(
+        campaigns["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["tenant_id"] == json!(tenant.id.as_uuid().to_string())),
+        "{campaigns}"
+    );
+
+    // Another declining card: the unpaid invoice is charged first, and refused.
+    let still_declining = app
+        .post("/v1/tenant/reactivation")
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"payment_method": declining_card().await}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still_declining.status(), 402);
+    assert_eq!(error_code(still_declining).await, "payment_failed");
+
+    // A good card pays the invoice and brings the tenant back.
+    let back = app
+        .post("/v1/tenant/reactivation")
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 202, "{}", back.text().await.unwrap());
+    let paid = stored_invoices(&app, tenant.id).await.remove(0);
+    assert_eq!(paid.status, "paid");
+    let at_stripe = stripe_get(&format!("/v1/invoices/{stripe_id}")).await;
+    assert_eq!(at_stripe["status"], "paid");
+    let me = app.get_json(&tenant.api_key, "/v1/tenant").await;
+    assert_eq!(me["state"], "active");
+    let won = app
+        .operator_get("/v1/admin/winback/campaigns?status=won")
+        .await;
+    assert!(
+        won["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["tenant_id"] == json!(tenant.id.as_uuid().to_string())),
+        "{won}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await; // key cache
+    let accepted = app
+        .ingest(
+            &tenant.api_key,
+            json!([{"id": "u3", "metric": "tokens", "value": 1}]),
+        )
+        .await;
+    assert_eq!(accepted.status(), 202);
+}
+
+/// The real provider with a fault it cannot produce itself: the process "dies" (every
+/// call fails) after `budget` calls, or every charge is refused with a hard decline
+/// (localstripe has no test card for one).
+struct Faulty {
+    inner: StripeProvider,
+    calls: AtomicUsize,
+    budget: usize,
+    decline_with: Option<&'static str>,
+}
+
+impl Faulty {
+    fn dies_after(budget: usize) -> Self {
+        Self {
+            inner: real_provider(),
+            calls: AtomicUsize::new(0),
+            budget,
+            decline_with: None,
+        }
+    }
+
+    fn declines_with(code: &'static str) -> Self {
+        Self {
+            decline_with: Some(code),
+            ..Self::dies_after(usize::MAX)
+        }
+    }
+
+    fn tick(&self) -> Result<(), PaymentError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.budget {
+            Err(PaymentError::Unavailable("killed".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for Faulty {
+    async fn ensure_customer(
+        &self,
+        d: &CustomerDetails,
+        a: Attempt,
+    ) -> Result<String, PaymentError> {
+        self.tick()?;
+        self.inner.ensure_customer(d, a).await
+    }
+    async fn ensure_default_payment_method(
+        &self,
+        c: &str,
+        p: &str,
+        a: Attempt,
+    ) -> Result<String, PaymentError> {
+        self.tick()?;
+        self.inner.ensure_default_payment_method(c, p, a).await
+    }
+    async fn ensure_subscription(
+        &self,
+        c: &str,
+        p: &RecurringPlan,
+        a: Attempt,
+    ) -> Result<SubscriptionRef, PaymentError> {
+        self.tick()?;
+        self.inner.ensure_subscription(c, p, a).await
+    }
+    async fn change_plan(
+        &self,
+        s: &str,
+        p: &RecurringPlan,
+        prorate: bool,
+    ) -> Result<SubscriptionRef, PaymentError> {
+        self.tick()?;
+        self.inner.change_plan(s, p, prorate).await
+    }
+    async fn cancel_subscription(&self, s: &str) -> Result<(), PaymentError> {
+        self.tick()?;
+        self.inner.cancel_subscription(s).await
+    }
+    async fn ensure_invoice_item(
+        &self,
+        c: &str,
+        currency: &str,
+        line: &ChargeLine,
+        a: Attempt,
+    ) -> Result<(), PaymentError> {
+        self.tick()?;
+        self.inner.ensure_invoice_item(c, currency, line, a).await
+    }
+    async fn ensure_invoice(
+        &self,
+        c: &str,
+        s: Option<&str>,
+        r: &str,
+        a: Attempt,
+    ) -> Result<ProviderInvoice, PaymentError> {
+        self.tick()?;
+        self.inner.ensure_invoice(c, s, r, a).await
+    }
+    async fn find_invoice(
+        &self,
+        c: &str,
+        r: &str,
+    ) -> Result<Option<ProviderInvoice>, PaymentError> {
+        self.tick()?;
+        self.inner.find_invoice(c, r).await
+    }
+    async fn get_invoice(&self, id: &str) -> Result<ProviderInvoice, PaymentError> {
+        self.tick()?;
+        self.inner.get_invoice(id).await
+    }
+    async fn charge_invoice(&self, id: &str, key: &str) -> Result<ChargeOutcome, PaymentError> {
+        self.tick()?;
+        match self.decline_with {
+            Some(code) => Ok(ChargeOutcome::Declined {
+                code: code.into(),
+                message: "Your card was declined.".into(),
+            }),
+            None => self.inner.charge_invoice(id, key).await,
+        }
+    }
+    async fn replace_default_payment_method(
+        &self,
+        c: &str,
+        p: &str,
+    ) -> Result<String, PaymentError> {
+        self.tick()?;
+        self.inner.replace_default_payment_method(c, p).await
+    }
+    async fn delete_customer(&self, c: &str) -> Result<(), PaymentError> {
+        self.tick()?;
+        self.inner.delete_customer(c).await
+    }
+    async fn ping(&self) -> Result<(), PaymentError> {
+        self.inner.ping().await
+    }
+}
+
+fn real_provider() -> StripeProvider {
+    let stack = integration_tests::Stack::from_env();
+    StripeProvider::new(integration_tests::STRIPE_TEST_KEY, &stack.stripe_url).unwrap()
+}
+
+fn collector(app: &TestApp, provider: Arc<dyn PaymentProvider>) -> Collector {
+    Collector::new(
+        app.db.clone(),
+        provider,
+        DunningSchedule {
+            retries: vec![Duration::from_secs(3600)],
+        },
+    )
+}
+
+/// A tenant signed up with a card, with usage and an invoice run done while the
+/// service's own collection waits (its jobs are held back), and the invoice id.
+async fn tenant_with_a_draft(app: &TestApp) -> (TenantId, Uuid) {
+    let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
+    let usage = json!([
+        {"id": "a", "metric": "tokens", "value": 7_000_000},
+        {"id": "b", "metric": "queries", "value": 150_000},
+    ]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.drain_relay().await;
+    let grace = Duration::from_millis(300);
+    billing::invoices::run(
+        &app.db,
+        &app.clickhouse,
+        chrono::Utc::now(),
+        grace,
+        billing::invoices::Collection::Stripe,
+    )
+    .await
+    .unwrap();
+    let invoice = stored_invoices(app, tenant.id).await.remove(0);
+    assert_eq!(invoice.status, "draft");
+    (tenant.id, invoice.id)
+}
+
+/// The service with its own collection held back: the test runs collections itself.
+async fn spawn_with_collection_held_back() -> TestApp {
+    let app = TestApp::spawn_with(short_cycles("2s", "1h")).await;
+    // Collection jobs are never due in this test's database.
+    sqlx::query(
+        "CREATE FUNCTION hold_collection() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.kind = 'billing.collect' THEN NEW.run_at := now() + interval '1 day'; \
+         END IF; RETURN NEW; END $$",
+    )
+    .execute(&app.owner_pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER hold_collection BEFORE INSERT ON jobs FOR EACH ROW \
+         EXECUTE FUNCTION hold_collection()",
+    )
+    .execute(&app.owner_pool)
+    .await
+    .unwrap();
+    app
+}
+
+#[tokio::test]
+async fn a_collection_killed_at_every_step_and_run_again_makes_one_stripe_invoice() {
+    let app = spawn_with_collection_held_back().await;
+
+    for budget in 0..8 {
+        let (tenant, invoice) = tenant_with_a_draft(&app).await;
+        let dying = Arc::new(Faulty::dies_after(budget));
+        let first = collector(&app, dying.clone())
+            .collect(tenant, invoice, Attempt::First)
+            .await;
+        let calls = dying.calls.load(Ordering::SeqCst);
+        // Then run again, twice at once, as two workers picking up the retried job.
+        let whole = collector(&app, Arc::new(real_provider()));
+        let (a, b) = tokio::join!(
+            whole.collect(tenant, invoice, Attempt::Retry),
+            whole.collect(tenant, invoice, Attempt::Retry)
+        );
+        a.unwrap();
+        b.unwrap();
+        let stored = stored_invoices(&app, tenant).await.remove(0);
+        assert_eq!(
+            stored.status, "paid",
+            "killed after {budget} calls: {first:?}"
+        );
+        let customer = stripe_customer(&app, tenant).await;
+        let at_stripe = stripe_invoices_by_reference(&customer).await;
+        assert_eq!(at_stripe.len(), 1, "killed after {budget} of {calls} calls");
+        let twins = &at_stripe[&invoice.to_string()];
+        assert_eq!(twins.len(), 1, "killed after {budget} calls");
+        assert_eq!(twins[0]["total"].as_i64(), Some(stored.total));
+        assert_eq!(twins[0]["status"], "paid");
+        assert_eq!(stored.stripe_invoice_id.as_deref(), twins[0]["id"].as_str());
+        // Nothing of ours left pending for a later invoice to sweep up.
+        let pending = stripe_get(&format!("/v1/invoiceitems?customer={customer}")).await;
+        assert_eq!(pending["data"], json!([]), "killed after {budget} calls");
+        // Exactly one charge went through.
+        assert_eq!(stored.payment_attempts, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_hard_decline_is_not_retried_and_suspends_at_once() {
+    let app = spawn_with_collection_held_back().await;
+    let (tenant, invoice) = tenant_with_a_draft(&app).await;
+    collector(&app, Arc::new(Faulty::declines_with("stolen_card")))
+        .collect(tenant, invoice, Attempt::First)
+        .await
+        .unwrap();
+    let stored = stored_invoices(&app, tenant).await.remove(0);
+    assert_eq!(stored.status, "open");
+    assert_eq!(stored.payment_attempts, 1);
+    assert_eq!(stored.dunning, "hard_decline");
+    let retries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'billing.retry_payment'")
+            .fetch_one(&app.owner_pool)
+            .await
+            .unwrap();
+    assert_eq!(retries, 0, "a hard decline is not retried");
+    assert_eq!(
+        tenant_record(&app, tenant).await.state,
+        saas_core::TenantState::Suspended
+    );
+}
