@@ -266,6 +266,24 @@ async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reac
     let at_stripe = stripe_get(&format!("/v1/invoices/{stripe_id}")).await;
     assert_eq!(at_stripe["status"], "open");
     assert_eq!(at_stripe["total"].as_i64(), Some(invoice.total));
+    // The tenant sees where payment stands; the operator sees the invoice in dunning.
+    let listed = app.get_json(&tenant.api_key, "/v1/invoices").await;
+    let payment = &listed["invoices"][0]["payment"];
+    assert_eq!(payment["attempts"], 4, "{listed}");
+    assert_eq!(payment["dunning"], "exhausted");
+    assert!(
+        payment["last_error"].as_str().unwrap().contains("declined"),
+        "{payment}"
+    );
+    let overview = app.operator_get("/v1/admin/overview").await;
+    assert!(
+        overview["unpaid_invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == json!(invoice.id.to_string()) && i["dunning"] == "exhausted"),
+        "{overview}"
+    );
     // One job per retry, each run once.
     let retries: Vec<(String, i32)> = sqlx::query_as(
         "SELECT status, attempts FROM jobs WHERE kind = 'billing.retry_payment' ORDER BY created_at",

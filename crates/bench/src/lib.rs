@@ -120,6 +120,51 @@ impl Service {
     }
 }
 
+/// A localstripe of the benchmark's own, empty and in memory: localstripe answers more
+/// slowly as its store grows (its lists are scans), so a shared one that tests have
+/// filled would not give comparable figures.
+pub struct OwnLocalstripe {
+    pub url: String,
+    _child: Child,
+}
+
+impl OwnLocalstripe {
+    pub async fn start() -> anyhow::Result<OwnLocalstripe> {
+        let launcher =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/localstripe_faithful.py");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let state = std::env::temp_dir().join(format!("bench-localstripe-{port}.pickle"));
+        let child = Command::new("python3")
+            .arg(&launcher)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--from-scratch", "--in-memory"])
+            .env("LOCALSTRIPE_STATE_FILE", state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start localstripe (pip install localstripe==1.15.10)")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = client
+                .get(format!("{url}/v1/customers?limit=1"))
+                .basic_auth("sk_test_bench", Some(""))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return Ok(OwnLocalstripe { url, _child: child });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("localstripe did not start")
+    }
+}
+
 /// The `p`th percentile (0 to 100) of `samples`, nearest-rank.
 pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     if samples.is_empty() {

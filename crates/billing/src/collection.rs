@@ -195,6 +195,7 @@ struct InvoiceState {
 struct LineRow {
     position: i32,
     kind: String,
+    quantity: String,
     amount: i64,
     description: String,
 }
@@ -360,7 +361,7 @@ impl Collector {
                 .fetch_one(&mut *tx)
                 .await?;
             let lines: Vec<LineRow> = sqlx::query_as(
-                "SELECT position, kind, amount, description FROM invoice_lines \
+                "SELECT position, kind, quantity::text AS quantity, amount, description FROM invoice_lines \
                  WHERE invoice_id = $1 ORDER BY position",
             )
             .bind(invoice)
@@ -379,7 +380,8 @@ impl Collector {
             .map(|line| ChargeLine {
                 reference: line_reference(invoice, line.position),
                 amount: line.amount,
-                description: line.description.clone(),
+                // Metric and unit price are in the rated description; the quantity too here.
+                description: format!("{}: quantity {}", line.description, line.quantity),
             })
             .collect();
         let existing = if attempt == Attempt::Retry {

@@ -375,7 +375,21 @@ pub struct Invoice {
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
+    pub payment: PaymentState,
     pub lines: Vec<StoredLine>,
+}
+
+/// Where collecting the invoice stands.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PaymentState {
+    /// Charges tried so far.
+    pub attempts: i32,
+    /// `none`, `retrying`, `exhausted` (retries used up) or `hard_decline` (not retried).
+    pub dunning: String,
+    /// When the next retry is due, while dunning retries.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last charge failed.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -422,12 +436,17 @@ struct InvoiceRow {
     status: String,
     created_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
+    payment_attempts: i32,
+    dunning: String,
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_payment_error: Option<String>,
 }
 
 /// The tenant's invoices, newest first, with their lines.
 pub async fn list(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<Invoice>, StoreError> {
     let rows: Vec<InvoiceRow> = sqlx::query_as(
-        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at \
+        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at, \
+                payment_attempts, dunning, next_attempt_at, last_payment_error \
          FROM invoices WHERE tenant_id = $1 ORDER BY period_start DESC LIMIT 500",
     )
     .bind(tenant.as_uuid())
@@ -447,7 +466,8 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Invoice, StoreError> {
     let row: InvoiceRow = sqlx::query_as(
-        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at \
+        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at, \
+                payment_attempts, dunning, next_attempt_at, last_payment_error \
          FROM invoices WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.as_uuid())
@@ -475,6 +495,12 @@ async fn with_lines(conn: &mut PgConnection, row: InvoiceRow) -> Result<Invoice,
         status: row.status,
         created_at: row.created_at,
         paid_at: row.paid_at,
+        payment: PaymentState {
+            attempts: row.payment_attempts,
+            dunning: row.dunning,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_payment_error,
+        },
         lines,
     })
 }

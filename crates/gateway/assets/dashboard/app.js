@@ -47,6 +47,16 @@ function renderQuotas(tenant, summary) {
   }
 }
 
+// The status as a tenant needs it: a declined charge says when it is tried again.
+function invoiceStatus(invoice) {
+  const payment = invoice.payment;
+  if (invoice.status !== "open" || !payment || payment.dunning === "none") return invoice.status;
+  if (payment.dunning === "retrying" && payment.next_attempt_at) {
+    return `payment declined, retried ${payment.next_attempt_at.slice(0, 16).replace("T", " ")} UTC`;
+  }
+  return "payment declined: add a new card to pay";
+}
+
 function renderUpcoming(invoice) {
   const body = document.querySelector("#upcoming tbody");
   body.replaceChildren();
@@ -66,7 +76,7 @@ function renderInvoices(list) {
   if (list.invoices.length === 0) { const row = document.createElement("tr"); row.append(cell("No invoices yet")); body.append(row); }
   for (const invoice of list.invoices) {
     const row = document.createElement("tr");
-    row.append(cell(`${invoice.period_start.slice(0, 10)} – ${invoice.period_end.slice(0, 10)}`), cell(invoice.status), cell(money(invoice.total, invoice.currency), "num"));
+    row.append(cell(`${invoice.period_start.slice(0, 10)} – ${invoice.period_end.slice(0, 10)}`), cell(invoiceStatus(invoice)), cell(money(invoice.total, invoice.currency), "num"));
     body.append(row);
   }
 }

@@ -5,6 +5,13 @@
 const money = (minor, currency) => (minor / 100).toLocaleString("en-US", { style: "currency", currency: (currency || "usd").toUpperCase() });
 const cell = (value, className) => { const td = document.createElement("td"); td.textContent = value; if (className) td.className = className; return td; };
 
+// How collection stands: charges tried, and the next retry or why dunning stopped.
+function dunningText(r) {
+  if (r.dunning === "none") return r.payment_attempts ? `${r.payment_attempts} tried` : "";
+  const next = r.next_attempt_at ? `, next ${r.next_attempt_at.slice(0, 16).replace("T", " ")}` : "";
+  return `${r.dunning.replace("_", " ")} after ${r.payment_attempts}${next}`;
+}
+
 function fill(id, rows, columns) {
   const body = document.querySelector(`#${id} tbody`);
   body.replaceChildren();
@@ -22,7 +29,7 @@ async function refresh() {
   const o = await response.json();
   fill("states", o.tenants_by_state, (r) => [[r.state], [String(r.tenants), "num"]]);
   fill("revenue", o.revenue_by_month, (r) => [[r.month], [String(r.invoices), "num"], [money(r.paid, r.currency), "num"]]);
-  fill("unpaid", o.unpaid_invoices, (r) => [[r.tenant_id], [r.period_start.slice(0, 10)], [r.status], [money(r.total, r.currency), "num"]]);
+  fill("unpaid", o.unpaid_invoices, (r) => [[r.tenant_id], [r.period_start.slice(0, 10)], [r.status], [dunningText(r)], [money(r.total, r.currency), "num"]]);
   fill("transitions", o.recent_transitions, (r) => [[r.created_at.slice(0, 19).replace("T", " ")], [r.tenant_id], [`${r.kind}: ${r.from_state} → ${r.to_state} (${r.from_plan} → ${r.to_plan})`], [r.status]]);
   fill("winback", o.winback_campaigns, (r) => [[r.tenant_id], [r.reason], [r.status], [String(r.steps_sent), "num"]]);
   if (o.readiness) {

@@ -42,6 +42,11 @@ struct UnpaidInvoice {
     status: String,
     total: i64,
     currency: String,
+    /// Charges tried so far.
+    payment_attempts: i32,
+    /// `none`, `retrying`, `exhausted` or `hard_decline`.
+    dunning: String,
+    next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -93,9 +98,10 @@ async fn overview(State(state): State<AppState>, _operator: Operator) -> ApiResu
     .fetch_all(&mut *tx)
     .await?;
     let unpaid_invoices = sqlx::query_as(
-        "SELECT i.id, i.tenant_id, i.period_start, i.status, i.total, i.currency \
+        "SELECT i.id, i.tenant_id, i.period_start, i.status, i.total, i.currency, \
+                i.payment_attempts, i.dunning, i.next_attempt_at \
          FROM invoices i JOIN tenants t ON t.id = i.tenant_id \
-         WHERE i.status IN ('open', 'uncollectible') AND NOT t.synthetic \
+         WHERE i.status IN ('draft', 'open', 'uncollectible') AND NOT t.synthetic \
          ORDER BY i.period_start LIMIT 100",
     )
     .fetch_all(&mut *tx)
