@@ -343,23 +343,23 @@ async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reac
 
     // Another declining card: the unpaid invoice is charged first, and refused.
     let still_declining = app
-        .post("/v1/tenant/reactivation")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"payment_method": declining_card().await}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/reactivation",
+            &json!({"payment_method": declining_card().await}),
+        )
+        .await;
     assert_eq!(still_declining.status(), 402);
     assert_eq!(error_code(still_declining).await, "payment_failed");
 
     // A good card pays the invoice and brings the tenant back.
     let back = app
-        .post("/v1/tenant/reactivation")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/reactivation",
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
     assert_eq!(back.status(), 202, "{}", back.text().await.unwrap());
     let paid = stored_invoices(&app, tenant.id).await.remove(0);
     assert_eq!(paid.status, "paid");

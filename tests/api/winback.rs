@@ -59,12 +59,12 @@ async fn a_campaign_runs_until_the_tenant_pays_and_comes_back() {
 
     // The tenant comes back through the campaign, paying with a new card.
     let response = app
-        .post("/v1/tenant/reactivation")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/reactivation",
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     assert_eq!(
         app.get_json(&tenant.api_key, "/v1/tenant").await["state"],
@@ -84,12 +84,8 @@ async fn only_a_suspended_tenant_reactivates_and_erasure_ends_a_campaign() {
     let app = TestApp::spawn_with(|config| config.winback.steps = "1h,2h".into()).await;
     let tenant = app.create_tenant("pro").await;
     let response = app
-        .post("/v1/tenant/reactivation")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(&tenant.api_key, "/v1/tenant/reactivation", &json!({}))
+        .await;
     assert_eq!(response.status(), 422);
 
     let suspend = app
@@ -102,12 +98,8 @@ async fn only_a_suspended_tenant_reactivates_and_erasure_ends_a_campaign() {
     assert_eq!(campaigns(&app).await[0]["status"], "running");
     // An operator's suspension for abuse is not the tenant's to lift.
     let response = app
-        .post("/v1/tenant/reactivation")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(&tenant.api_key, "/v1/tenant/reactivation", &json!({}))
+        .await;
     assert_eq!(response.status(), 403);
     assert_eq!(
         integration_tests::error_code(response).await,

@@ -301,6 +301,16 @@ impl TestApp {
         self.client.post(self.url(path))
     }
 
+    /// POSTs `body` to `path` as the tenant holding `api_key`.
+    pub async fn post_as(&self, api_key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.post(path)
+            .bearer_auth(api_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// POSTs `body` to an admin `path` with the operator token.
     pub async fn operator_post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.post(path)
