@@ -388,6 +388,120 @@ async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reac
     assert_eq!(accepted.status(), 202);
 }
 
+#[tokio::test]
+async fn a_retry_that_pays_ends_dunning_and_the_tenant_stays_active() {
+    let app = TestApp::spawn_with(short_cycles("2s", "1s,1h")).await;
+    let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
+    let customer = stripe_customer(&app, tenant.id).await;
+    set_default_card(&customer, &declining_card().await).await;
+    let usage = json!([{"id": "u1", "metric": "tokens", "value": 12_000_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.drain_relay().await;
+    billing_run(&app).await;
+    let (app_ref, id) = (&app, tenant.id);
+    wait_for(
+        "the first charge to fail",
+        Duration::from_secs(30),
+        || async move {
+            stored_invoices(app_ref, id)
+                .await
+                .first()
+                .is_some_and(|i| i.payment_attempts == 1)
+        },
+    )
+    .await;
+    // The card is fixed (in Stripe) before the retry, one second after the failure.
+    set_default_card(&customer, "pm_card_visa").await;
+    wait_for("the retry to pay", Duration::from_secs(30), || async move {
+        stored_invoices(app_ref, id).await[0].status == "paid"
+    })
+    .await;
+    let invoice = stored_invoices(&app, tenant.id).await.remove(0);
+    assert_eq!(invoice.payment_attempts, 2);
+    let at_stripe = stripe_get(&format!(
+        "/v1/invoices/{}",
+        invoice.stripe_invoice_id.as_deref().unwrap()
+    ))
+    .await;
+    assert_eq!(at_stripe["status"], "paid");
+    assert_eq!(
+        tenant_record(&app, tenant.id).await.state,
+        saas_core::TenantState::Active
+    );
+    // No retry is queued after the payment.
+    let retries: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE kind = 'billing.retry_payment'")
+            .fetch_all(&app.owner_pool)
+            .await
+            .unwrap();
+    assert_eq!(retries, ["done"], "{retries:?}");
+}
+
+#[tokio::test]
+async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike() {
+    let app = TestApp::spawn_with(short_cycles("4s", "1h")).await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    let usage = json!([{"id": "u1", "metric": "queries", "value": 120_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    let upgrade = app
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/plan-changes",
+            &json!({"plan": "pro"}),
+        )
+        .await;
+    assert_eq!(upgrade.status(), 202);
+    let (app_ref, key) = (&app, tenant.api_key.clone());
+    wait_for("the upgrade", Duration::from_secs(10), || {
+        let key = key.clone();
+        async move {
+            let me = app_ref.get_json(&key, "/v1/tenant").await;
+            me["plan"] == "pro" && me["state"] == "active"
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    app.drain_relay().await;
+    billing_run(&app).await;
+    let id = tenant.id;
+    wait_for("the invoice paid", Duration::from_secs(30), || async move {
+        stored_invoices(app_ref, id)
+            .await
+            .first()
+            .is_some_and(|i| i.status == "paid")
+    })
+    .await;
+    let ours = app.get_json(&tenant.api_key, "/v1/invoices").await["invoices"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let stored = stored_invoices(&app, tenant.id).await.remove(0);
+    let at_stripe = stripe_get(&format!(
+        "/v1/invoices/{}",
+        stored.stripe_invoice_id.as_deref().unwrap()
+    ))
+    .await;
+    assert_eq!(at_stripe["total"], ours["total"], "{at_stripe} vs {ours}");
+    let kinds: Vec<&str> = ours["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"proration"), "{ours}");
+    assert!(kinds.contains(&"base_fee"), "{ours}");
+    let sum: i64 = ours["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["amount"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, ours["total"].as_i64().unwrap());
+}
+
 /// The real provider with a fault it cannot produce itself: the process "dies" (every
 /// call fails) after `budget` calls, or every charge is refused with a hard decline
 /// (localstripe has no test card for one).
@@ -648,5 +762,25 @@ async fn a_hard_decline_is_not_retried_and_suspends_at_once() {
     assert_eq!(
         tenant_record(&app, tenant).await.state,
         saas_core::TenantState::Suspended
+    );
+
+    // An operator lets the tenant back in without payment: dunning does not overrule
+    // that, however often its verdict on this invoice is carried out again.
+    let response = app
+        .operator_post(
+            &format!("/v1/admin/tenants/{tenant}/transitions"),
+            &json!({"to": "active", "reason": "paying by bank transfer"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let whole = collector(&app, Arc::new(real_provider()));
+    whole.uphold_dunning(tenant, invoice).await.unwrap();
+    whole
+        .collect(tenant, invoice, Attempt::Retry)
+        .await
+        .unwrap();
+    assert_eq!(
+        tenant_record(&app, tenant).await.state,
+        saas_core::TenantState::Active
     );
 }

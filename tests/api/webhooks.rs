@@ -252,3 +252,33 @@ async fn events_that_localstripe_signs_and_delivers_are_taken() {
     let at_stripe = stripe_get(&format!("/v1/invoices/{stripe_invoice}")).await;
     assert_eq!(at_stripe["status"], "paid");
 }
+
+#[tokio::test]
+async fn a_payment_made_in_stripe_after_dunning_suspended_the_tenant_brings_it_back() {
+    let app = TestApp::spawn_with(|config| {
+        short_cycles("2s", "1s")(config);
+        config.stripe.webhook_secret = Some(SecretString::from(SECRET));
+    })
+    .await;
+    let (tenant, _, stripe_invoice) = open_invoice(&app).await;
+    let app_ref = &app;
+    wait_for(
+        "dunning to suspend the tenant",
+        Duration::from_secs(30),
+        || async move {
+            crate::collection::tenant_record(app_ref, tenant)
+                .await
+                .state
+                == saas_core::TenantState::Suspended
+        },
+    )
+    .await;
+    pay_at_stripe(&app, tenant, &stripe_invoice).await;
+    let paid = invoice_event("evt_paid_later", "invoice.paid", &stripe_invoice, "paid");
+    assert_eq!(deliver_signed(&app, &paid).await["outcome"], "applied");
+    assert_eq!(stored_invoices(&app, tenant).await[0].status, "paid");
+    assert_eq!(
+        crate::collection::tenant_record(&app, tenant).await.state,
+        saas_core::TenantState::Active
+    );
+}
