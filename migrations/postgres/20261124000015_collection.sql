@@ -18,7 +18,10 @@ ALTER TABLE invoices
         CHECK (dunning IN ('none', 'retrying', 'exhausted', 'hard_decline')),
     -- When dunning suspended the tenant over this invoice: once only, so that an
     -- operator letting the tenant back in without paying is not overruled.
-    ADD COLUMN dunning_suspended_at timestamptz;
+    ADD COLUMN dunning_suspended_at timestamptz,
+    -- Set before the first call to Stripe for the invoice: every later push looks up
+    -- what an earlier, interrupted one may have made instead of making it again.
+    ADD COLUMN push_started_at timestamptz;
 CREATE UNIQUE INDEX invoices_stripe_invoice ON invoices (stripe_invoice_id)
     WHERE stripe_invoice_id IS NOT NULL;
 

@@ -510,6 +510,8 @@ struct Faulty {
     calls: AtomicUsize,
     budget: usize,
     decline_with: Option<&'static str>,
+    /// Charges are refused outright (no usable payment method, say), not declined.
+    refuse: bool,
 }
 
 impl Faulty {
@@ -519,12 +521,20 @@ impl Faulty {
             calls: AtomicUsize::new(0),
             budget,
             decline_with: None,
+            refuse: false,
         }
     }
 
     fn declines_with(code: &'static str) -> Self {
         Self {
             decline_with: Some(code),
+            ..Self::dies_after(usize::MAX)
+        }
+    }
+
+    fn refuses() -> Self {
+        Self {
+            refuse: true,
             ..Self::dies_after(usize::MAX)
         }
     }
@@ -613,6 +623,11 @@ impl PaymentProvider for Faulty {
     }
     async fn charge_invoice(&self, id: &str, key: &str) -> Result<ChargeOutcome, PaymentError> {
         self.tick()?;
+        if self.refuse {
+            return Err(PaymentError::Refused(
+                "402: This customer has no attached payment source".into(),
+            ));
+        }
         match self.decline_with {
             Some(code) => Ok(ChargeOutcome::Declined {
                 code: code.into(),
@@ -709,14 +724,14 @@ async fn a_collection_killed_at_every_step_and_run_again_makes_one_stripe_invoic
         let (tenant, invoice) = tenant_with_a_draft(&app).await;
         let dying = Arc::new(Faulty::dies_after(budget));
         let first = collector(&app, dying.clone())
-            .collect(tenant, invoice, Attempt::First)
+            .collect(tenant, invoice)
             .await;
         let calls = dying.calls.load(Ordering::SeqCst);
         // Then run again, twice at once, as two workers picking up the retried job.
         let whole = collector(&app, Arc::new(real_provider()));
         let (a, b) = tokio::join!(
-            whole.collect(tenant, invoice, Attempt::Retry),
-            whole.collect(tenant, invoice, Attempt::Retry)
+            whole.collect(tenant, invoice),
+            whole.collect(tenant, invoice)
         );
         a.unwrap();
         b.unwrap();
@@ -746,7 +761,7 @@ async fn a_hard_decline_is_not_retried_and_suspends_at_once() {
     let app = spawn_with_collection_held_back().await;
     let (tenant, invoice) = tenant_with_a_draft(&app).await;
     collector(&app, Arc::new(Faulty::declines_with("stolen_card")))
-        .collect(tenant, invoice, Attempt::First)
+        .collect(tenant, invoice)
         .await
         .unwrap();
     let stored = stored_invoices(&app, tenant).await.remove(0);
@@ -775,12 +790,109 @@ async fn a_hard_decline_is_not_retried_and_suspends_at_once() {
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     let whole = collector(&app, Arc::new(real_provider()));
     whole.uphold_dunning(tenant, invoice).await.unwrap();
-    whole
-        .collect(tenant, invoice, Attempt::Retry)
-        .await
-        .unwrap();
+    whole.collect(tenant, invoice).await.unwrap();
     assert_eq!(
         tenant_record(&app, tenant).await.state,
         saas_core::TenantState::Active
     );
+}
+
+#[tokio::test]
+async fn a_charge_refused_without_a_decline_goes_through_dunning_too() {
+    let app = spawn_with_collection_held_back().await;
+    let (tenant, invoice) = tenant_with_a_draft(&app).await;
+    collector(&app, Arc::new(Faulty::refuses()))
+        .collect(tenant, invoice)
+        .await
+        .unwrap();
+    let stored = stored_invoices(&app, tenant).await.remove(0);
+    assert_eq!(stored.status, "open");
+    assert_eq!(stored.payment_attempts, 1);
+    assert_eq!(stored.dunning, "retrying", "a retry is scheduled");
+    let retries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'billing.retry_payment'")
+            .fetch_one(&app.owner_pool)
+            .await
+            .unwrap();
+    assert_eq!(retries, 1);
+}
+
+#[tokio::test]
+async fn an_invoice_voided_at_stripe_does_not_stand_between_the_tenant_and_reactivation() {
+    let app = TestApp::spawn_with(short_cycles("2s", "1s")).await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    let customer = stripe_customer(&app, tenant.id).await;
+    set_default_card(&customer, &declining_card().await).await;
+    let usage = json!([{"id": "u1", "metric": "tokens", "value": 3_000_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.drain_relay().await;
+    billing_run(&app).await;
+    let (app_ref, id) = (&app, tenant.id);
+    wait_for("dunning to suspend the tenant", Duration::from_secs(30), || async move {
+        tenant_record(app_ref, id).await.state == saas_core::TenantState::Suspended
+    })
+    .await;
+    let invoice = stored_invoices(&app, tenant.id).await.remove(0);
+    let stripe_id = invoice.stripe_invoice_id.unwrap();
+    let voided = stripe_post(&format!("/v1/invoices/{stripe_id}/void"), &[]).await;
+    assert_eq!(voided["status"], "void", "{voided}");
+    let back = app
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/reactivation",
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(back.status(), 202, "{}", back.text().await.unwrap());
+    assert_eq!(stored_invoices(&app, tenant.id).await[0].status, "void");
+    assert_eq!(
+        tenant_record(&app, tenant.id).await.state,
+        saas_core::TenantState::Active
+    );
+}
+
+#[tokio::test]
+async fn collections_whose_jobs_gave_up_are_queued_again() {
+    let app = spawn_with_collection_held_back().await;
+    let (tenant, invoice) = tenant_with_a_draft(&app).await;
+    let now = chrono::Utc::now();
+    let stalled_after = Duration::from_secs(3600);
+    // Its job is still pending: nothing to do.
+    let requeued = billing::collection::requeue_stalled(&app.db, now, stalled_after)
+        .await
+        .unwrap();
+    assert_eq!(requeued, 0);
+    // The job ran out of attempts (a long outage), and the invoice is old by now.
+    sqlx::query("UPDATE jobs SET status = 'dead' WHERE kind = 'billing.collect'")
+        .execute(&app.owner_pool)
+        .await
+        .unwrap();
+    let later = now + chrono::TimeDelta::hours(2);
+    let requeued = billing::collection::requeue_stalled(&app.db, later, stalled_after)
+        .await
+        .unwrap();
+    assert_eq!(requeued, 1);
+    // Again within the hour: not queued twice.
+    sqlx::query("UPDATE jobs SET status = 'dead' WHERE kind = 'billing.collect'")
+        .execute(&app.owner_pool)
+        .await
+        .unwrap();
+    let again = billing::collection::requeue_stalled(&app.db, later, stalled_after)
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "once an hour at most");
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'billing.collect' AND payload->>'invoice_id' = $1",
+    )
+    .bind(invoice.to_string())
+    .fetch_one(&app.owner_pool)
+    .await
+    .unwrap();
+    assert_eq!(jobs, 2, "the first job and one requeued in this hour");
+    collector(&app, Arc::new(real_provider()))
+        .collect(tenant, invoice)
+        .await
+        .unwrap();
+    assert_eq!(stored_invoices(&app, tenant).await[0].status, "paid");
 }

@@ -137,6 +137,86 @@ pub async fn enqueue_collection(
     Ok(())
 }
 
+/// Queues one more collection of `invoice` (say, to carry out what a payment means for
+/// the tenant when doing it at once failed); `why` keeps it apart from the first job.
+pub async fn enqueue_follow_up(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    invoice: Uuid,
+    why: &str,
+) -> Result<(), StoreError> {
+    let payload = Payload {
+        tenant_id: tenant,
+        invoice_id: invoice,
+        attempt: None,
+    };
+    let payload = serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    jobs::enqueue(
+        conn,
+        NewJob::new(COLLECT_JOB, payload).dedup_key(format!("{invoice}:{why}")),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues collection again for invoices whose jobs ran out of attempts (a long Stripe
+/// outage, say): drafts and pushed invoices never charged, made over `stalled_after`
+/// ago, and dunning retries overdue by as long. At most once an hour per invoice.
+pub async fn requeue_stalled(
+    db: &Db,
+    now: DateTime<Utc>,
+    stalled_after: Duration,
+) -> Result<usize, StoreError> {
+    let before = now - chrono::TimeDelta::from_std(stalled_after).unwrap_or_default();
+    let hour = now.format("%Y%m%d%H").to_string();
+    let mut tx = db.system_tx("requeue stalled collections").await?;
+    let stalled: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
+        "SELECT i.tenant_id, i.id, i.status, i.payment_attempts FROM invoices i \
+         WHERE i.created_at < $1 AND ( \
+               i.status = 'draft' \
+            OR (i.status = 'open' AND i.stripe_invoice_id IS NOT NULL AND i.payment_attempts = 0) \
+            OR (i.status = 'open' AND i.dunning = 'retrying' AND i.next_attempt_at < $1)) \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'pending' \
+                           AND j.kind IN ('billing.collect', 'billing.retry_payment') \
+                           AND j.payload->>'invoice_id' = i.id::text) \
+         ORDER BY i.created_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut requeued = 0;
+    for (tenant, invoice, status, attempts) in &stalled {
+        let retrying = status == "open" && *attempts > 0;
+        let payload = Payload {
+            tenant_id: TenantId::from_uuid(*tenant),
+            invoice_id: *invoice,
+            attempt: retrying.then_some(attempts + 1),
+        };
+        let payload =
+            serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let kind = if retrying {
+            RETRY_PAYMENT_JOB
+        } else {
+            COLLECT_JOB
+        };
+        let queued = jobs::enqueue(
+            &mut tx,
+            NewJob::new(kind, payload).dedup_key(format!("{invoice}:requeued:{hour}")),
+        )
+        .await?;
+        requeued += usize::from(queued.is_some());
+    }
+    tx.commit().await?;
+    if requeued > 0 {
+        metrics::counter!("collections_requeued_total").increment(requeued as u64);
+        tracing::warn!(
+            count = requeued,
+            "collections queued again after their jobs gave up"
+        );
+    }
+    Ok(requeued)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error(transparent)]
@@ -223,44 +303,53 @@ impl Collector {
         (CollectJob(self.clone()), RetryPaymentJob(self.clone()))
     }
 
-    /// Pushes every draft of the tenant to Stripe, oldest first, then charges `invoice`
-    /// if that has not been tried yet, then makes sure dunning's verdict stands.
-    pub async fn collect(
-        &self,
-        tenant: TenantId,
-        invoice: Uuid,
-        attempt: Attempt,
-    ) -> Result<(), CollectError> {
+    /// Pushes every draft of the tenant to Stripe, oldest first, then charges every
+    /// pushed invoice not charged yet, then makes sure dunning's verdict on `invoice`
+    /// stands. Another invoice that cannot be pushed is left for its own job (and
+    /// logged); only `invoice`'s own failure fails this job.
+    pub async fn collect(&self, tenant: TenantId, invoice: Uuid) -> Result<(), CollectError> {
         let (customer, subscription) = self.stripe_ids(tenant).await?;
         let lock = self.lock(tenant).await?;
-        let drafts: Vec<Uuid> = {
-            let mut tx = self.db.tenant_tx(tenant).await?;
-            let drafts = sqlx::query_scalar(
-                "SELECT id FROM invoices WHERE tenant_id = $1 AND status = 'draft' \
-                 ORDER BY period_start",
-            )
-            .bind(tenant.as_uuid())
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            drafts
-        };
+        let (drafts, _) = self.pending_work(tenant).await?;
         for draft in drafts {
-            // Another invoice's earlier job may have died half-way: look before creating.
-            let attempt = if draft == invoice {
-                attempt
-            } else {
-                Attempt::Retry
-            };
-            self.push(tenant, draft, &customer, subscription.as_deref(), attempt)
-                .await?;
+            let pushed = self
+                .push(tenant, draft, &customer, subscription.as_deref())
+                .await;
+            match pushed {
+                Ok(()) => {}
+                Err(error) if draft == invoice => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%tenant, invoice = %draft, %error, "could not push another draft");
+                }
+            }
         }
-        let state = self.invoice_state(tenant, invoice).await?;
-        if state.status == "open" && state.payment_attempts == 0 {
+        let (_, uncharged) = self.pending_work(tenant).await?;
+        for state in uncharged {
             self.charge(tenant, &state, "collect").await?;
         }
         lock.commit().await?;
         self.uphold_dunning(tenant, invoice).await
+    }
+
+    /// The tenant's drafts, and its pushed invoices never charged, oldest first.
+    async fn pending_work(
+        &self,
+        tenant: TenantId,
+    ) -> Result<(Vec<Uuid>, Vec<InvoiceState>), CollectError> {
+        let mut tx = self.db.tenant_tx(tenant).await?;
+        let drafts = sqlx::query_scalar(
+            "SELECT id FROM invoices WHERE tenant_id = $1 AND status = 'draft' \
+             ORDER BY period_start",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+        let uncharged = sqlx::query_as(UNCHARGED)
+            .bind(tenant.as_uuid())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((drafts, uncharged))
     }
 
     /// Charge number `attempt` of a dunning invoice; a no-op when it was made already.
@@ -296,6 +385,7 @@ impl Collector {
         for state in open {
             match self.charge(tenant, &state, "settle").await? {
                 ChargeOutcome::Paid => paid += 1,
+                ChargeOutcome::Closed { .. } => {}
                 ChargeOutcome::Declined { code, .. } => {
                     lock.commit().await?;
                     return Ok(Settlement::Declined {
@@ -351,9 +441,8 @@ impl Collector {
         invoice: Uuid,
         customer: &str,
         subscription: Option<&str>,
-        attempt: Attempt,
     ) -> Result<(), CollectError> {
-        let (state, lines) = {
+        let (state, lines, attempt) = {
             let mut tx = self.db.tenant_tx(tenant).await?;
             let state: InvoiceState = sqlx::query_as(INVOICE_STATE)
                 .bind(tenant.as_uuid())
@@ -367,8 +456,25 @@ impl Collector {
             .bind(invoice)
             .fetch_all(&mut *tx)
             .await?;
+            // Recorded before the first call to Stripe: any later push of this invoice
+            // (by whichever job) looks for what an earlier one may have made.
+            let first = sqlx::query(
+                "UPDATE invoices SET push_started_at = now() \
+                 WHERE tenant_id = $1 AND id = $2 AND push_started_at IS NULL",
+            )
+            .bind(tenant.as_uuid())
+            .bind(invoice)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
             tx.commit().await?;
-            (state, lines)
+            let attempt = if first {
+                Attempt::First
+            } else {
+                Attempt::Retry
+            };
+            (state, lines, attempt)
         };
         if state.status != "draft" {
             return Ok(());
@@ -443,7 +549,16 @@ impl Collector {
         };
         let number = state.payment_attempts + 1;
         let key = format!("charge-{}-{number}-{why}", state.id);
-        let outcome = self.payments.charge_invoice(stripe_id, &key).await?;
+        let outcome = match self.payments.charge_invoice(stripe_id, &key).await {
+            Ok(outcome) => outcome,
+            // Refused without a decline (no payment method, authentication needed, ...):
+            // for dunning that is a failed charge like any other.
+            Err(PaymentError::Refused(message)) => ChargeOutcome::Declined {
+                code: "payment_refused".into(),
+                message,
+            },
+            Err(other) => return Err(other.into()),
+        };
         match &outcome {
             ChargeOutcome::Paid => {
                 self.mark_paid(tenant, state.id, number).await?;
@@ -464,6 +579,12 @@ impl Collector {
                     &next,
                 )
                 .await?;
+            }
+            ChargeOutcome::Closed { status } => {
+                // Voided or written off at Stripe: ours follows, and dunning ends.
+                let mut tx = self.db.tenant_tx(tenant).await?;
+                crate::webhooks::close(&mut tx, tenant, state.id, status).await?;
+                tx.commit().await?;
             }
         }
         Ok(outcome)
@@ -631,12 +752,17 @@ impl Collector {
 
 const INVOICE_STATE: &str = "SELECT id, status, currency, stripe_invoice_id, \
      payment_attempts, first_failed_at FROM invoices WHERE tenant_id = $1 AND id = $2";
+const UNCHARGED: &str = "SELECT id, status, currency, stripe_invoice_id, \
+     payment_attempts, first_failed_at FROM invoices WHERE tenant_id = $1 \
+     AND status = 'open' AND stripe_invoice_id IS NOT NULL AND payment_attempts = 0 \
+     ORDER BY period_start";
 const OPEN_IN_STRIPE: &str = "SELECT id, status, currency, stripe_invoice_id, \
      payment_attempts, first_failed_at FROM invoices WHERE tenant_id = $1 \
      AND status = 'open' AND stripe_invoice_id IS NOT NULL ORDER BY period_start";
 
-/// Marks an invoice paid unless it is paid, void or uncollectible already; true when it
-/// moved. `attempts` records the charge that paid it, when it was ours.
+/// Marks an invoice paid unless it is paid or void already (an uncollectible one may
+/// still be paid, as at Stripe); true when it moved. `attempts` records the charge that
+/// paid it, when it was ours.
 pub async fn mark_paid(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -646,7 +772,7 @@ pub async fn mark_paid(
     let moved = sqlx::query(
         "UPDATE invoices SET status = 'paid', paid_at = now(), next_attempt_at = NULL, \
              payment_attempts = COALESCE($3, payment_attempts) \
-         WHERE tenant_id = $1 AND id = $2 AND status IN ('draft', 'open')",
+         WHERE tenant_id = $1 AND id = $2 AND status IN ('draft', 'open', 'uncollectible')",
     )
     .bind(tenant.as_uuid())
     .bind(invoice)
@@ -724,10 +850,13 @@ async fn replace_provider_lines(
     adopted: &[(String, i64, String)],
 ) -> Result<(), CollectError> {
     if !adopted.is_empty() {
-        sqlx::query("DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'base_fee'")
-            .bind(invoice)
-            .execute(&mut *conn)
-            .await?;
+        // Stripe's subscription line replaces ours; without one, ours was pushed as is.
+        if adopted.iter().any(|(kind, _, _)| kind == "base_fee") {
+            sqlx::query("DELETE FROM invoice_lines WHERE invoice_id = $1 AND kind = 'base_fee'")
+                .bind(invoice)
+                .execute(&mut *conn)
+                .await?;
+        }
         let mut position = lines.iter().map(|l| l.position).max().unwrap_or(0);
         for (kind, amount, description) in adopted {
             position += 1;
@@ -775,11 +904,7 @@ impl JobHandler for CollectJob {
         let payload: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
         self.0
-            .collect(
-                payload.tenant_id,
-                payload.invoice_id,
-                Attempt::of_run(job.attempts),
-            )
+            .collect(payload.tenant_id, payload.invoice_id)
             .await
             .map_err(JobError::from)
     }

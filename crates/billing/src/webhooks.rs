@@ -228,21 +228,18 @@ async fn confirm_invoice(
         Err(other) => return Err(other.into()),
     };
     let mut tx = db.system_tx("stripe webhook invoice").await?;
-    let ours: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, tenant_id FROM invoices WHERE stripe_invoice_id = $1 \
-            OR ($2::uuid IS NOT NULL AND id = $2::uuid AND stripe_invoice_id IS NULL)",
-    )
-    .bind(stripe_id)
-    .bind(
-        invoice
-            .reference
-            .as_deref()
-            .and_then(|r| Uuid::parse_str(r).ok()),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let ours: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, tenant_id FROM invoices WHERE stripe_invoice_id = $1")
+            .bind(stripe_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     tx.commit().await?;
     let Some((id, tenant)) = ours else {
+        // Made for one of ours whose push has not recorded it yet: the push adopts its
+        // lines and total, and its charge finds it paid if it is.
+        if invoice.reference.is_some() {
+            return Ok((Outcome::NoChange, None, None));
+        }
         return Ok((Outcome::NotOurs, None, None));
     };
     let tenant = TenantId::from_uuid(tenant);
@@ -262,22 +259,36 @@ async fn apply(
 ) -> Result<bool, StoreError> {
     match status {
         "paid" => crate::collection::mark_paid(conn, tenant, invoice, None).await,
-        "void" | "uncollectible" => {
-            // Only an invoice that Stripe holds (pushed, open) can end this way.
-            let moved = sqlx::query(
-                "UPDATE invoices SET status = $3, next_attempt_at = NULL \
-                 WHERE tenant_id = $1 AND id = $2 AND status = 'open'",
-            )
-            .bind(tenant.as_uuid())
-            .bind(invoice)
-            .bind(status)
-            .execute(conn)
-            .await?
-            .rows_affected();
-            Ok(moved == 1)
-        }
+        "void" | "uncollectible" => close(conn, tenant, invoice, status).await,
         _ => Ok(false),
     }
+}
+
+/// Closes an invoice without payment as Stripe did (`void` is final; an
+/// `uncollectible` one may still be paid later); true when it moved.
+pub async fn close(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    invoice: Uuid,
+    status: &str,
+) -> Result<bool, StoreError> {
+    let from: Vec<String> = match status {
+        "void" => vec!["open".into(), "uncollectible".into()],
+        "uncollectible" => vec!["open".into()],
+        _ => return Ok(false),
+    };
+    let moved = sqlx::query(
+        "UPDATE invoices SET status = $3, next_attempt_at = NULL \
+         WHERE tenant_id = $1 AND id = $2 AND status = ANY($4)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(invoice)
+    .bind(status)
+    .bind(&from)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
 }
 
 #[cfg(test)]

@@ -237,6 +237,14 @@ impl Config {
         if let Err(problem) = saas_core::schedule::parse_offsets(&self.billing.dunning_retries) {
             return invalid(format!("billing.dunning_retries: {problem}"));
         }
+        if self
+            .stripe
+            .webhook_secret
+            .as_ref()
+            .is_some_and(|secret| secret.expose_secret().trim().is_empty())
+        {
+            return invalid("stripe.webhook_secret must not be empty".into());
+        }
         if self.stripe.webhook_tolerance_secs <= 0 {
             return invalid("stripe.webhook_tolerance_secs must be positive".into());
         }

@@ -67,6 +67,10 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     workers
 }
 
+/// A collection still not done this long after its invoice was made has lost its job
+/// (attempts used up in an outage): the invoice run queues it again.
+const STALLED_COLLECTION: Duration = Duration::from_secs(3600);
+
 /// Invoices ended periods every `billing.run_interval_ms`. Several instances may do this
 /// at once: the invoices' unique key keeps it to one invoice per tenant and period.
 async fn invoice_runs(state: AppState, mut stop: watch::Receiver<bool>) {
@@ -87,6 +91,16 @@ async fn invoice_runs(state: AppState, mut stop: watch::Receiver<bool>) {
         {
             metrics::counter!("invoice_run_errors_total").increment(1);
             tracing::warn!(%error, "invoice run failed; retrying at the next interval");
+        }
+        if state.payments.is_some()
+            && let Err(error) = billing::collection::requeue_stalled(
+                &state.db,
+                state.clock.now(),
+                STALLED_COLLECTION,
+            )
+            .await
+        {
+            tracing::warn!(%error, "could not look for stalled collections");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

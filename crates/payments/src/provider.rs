@@ -86,6 +86,11 @@ pub enum ChargeOutcome {
         code: String,
         message: String,
     },
+    /// The provider's invoice is closed without payment (`void`, `uncollectible`): there
+    /// is nothing to charge.
+    Closed {
+        status: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

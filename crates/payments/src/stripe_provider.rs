@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use stripe::{Client, ClientBuilder, StripeError};
@@ -11,13 +12,14 @@ use stripe_billing::invoice::{
     PayInvoice, RetrieveInvoice,
 };
 use stripe_billing::invoice_item::{CreateInvoiceItem, ListInvoiceItem};
+use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::plan::{CreatePlan, CreatePlanProduct, RetrievePlan};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription,
     ListSubscriptionStatus, UpdateSubscription, UpdateSubscriptionItems,
     UpdateSubscriptionProrationBehavior,
 };
-use stripe_billing::{Invoice, InvoiceStatus};
+use stripe_billing::{Invoice, InvoiceLineItem, InvoiceStatus};
 use stripe_billing::{PlanInterval, PlanUsageType, Subscription, SubscriptionStatus};
 use stripe_core::customer::{
     CreateCustomer, DeleteCustomer, ListCustomer, RetrieveCustomer, RetrieveCustomerReturned,
@@ -46,6 +48,9 @@ pub struct StripeProvider {
     /// Stripe plans known to exist. A plan id carries its price and is never changed, so
     /// once seen it need not be looked up again by this process.
     known_plans: Mutex<HashSet<String>>,
+    /// Set once the server turned out to have no finalize call (some Stripe-compatible
+    /// servers finalize on payment instead): saves a round trip per charge after that.
+    finalize_unsupported: AtomicBool,
 }
 
 impl StripeProvider {
@@ -72,6 +77,7 @@ impl StripeProvider {
         Ok(Self {
             client,
             known_plans: Mutex::default(),
+            finalize_unsupported: AtomicBool::new(false),
         })
     }
 
@@ -185,6 +191,30 @@ impl StripeProvider {
             Err(error) if is_already_exists(&error) => Ok(()),
             Err(error) => Err(classify(error)),
         }
+    }
+
+    /// The invoice with all of its lines: Stripe embeds only the first page of them.
+    async fn complete(&self, invoice: &Invoice) -> Result<ProviderInvoice, PaymentError> {
+        let mut lines = invoice.lines.data.clone();
+        if invoice.lines.has_more
+            && let Some(id) = &invoice.id
+        {
+            lines.clear();
+            let mut after: Option<String> = None;
+            loop {
+                let mut request = ListInvoiceInvoiceLineItem::new(id.clone()).limit(100);
+                if let Some(last) = &after {
+                    request = request.starting_after(last.as_str());
+                }
+                let page = request.send(&self.client).await.map_err(classify)?;
+                after = page.data.last().map(|line| line.id.to_string());
+                lines.extend(page.data);
+                if !page.has_more || after.is_none() {
+                    break;
+                }
+            }
+        }
+        provider_invoice(invoice, &lines)
     }
 
     async fn find_customer(
@@ -339,7 +369,7 @@ impl PaymentProvider for StripeProvider {
             .send(&self.client)
             .await
             .map_err(classify)?;
-        provider_invoice(&created)
+        self.complete(&created).await
     }
 
     async fn find_invoice(
@@ -347,24 +377,23 @@ impl PaymentProvider for StripeProvider {
         customer: &str,
         reference: &str,
     ) -> Result<Option<ProviderInvoice>, PaymentError> {
-        let invoices = ListInvoice::new()
+        let listed = ListInvoice::new()
             .customer(customer)
             .limit(100)
             .send(&self.client)
             .await
             .map_err(classify)?;
-        invoices
-            .data
-            .iter()
-            .find(|invoice| {
-                invoice
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.get(INVOICE_KEY))
-                    .is_some_and(|r| r == reference)
-            })
-            .map(provider_invoice)
-            .transpose()
+        let invoices = listed.data.iter().find(|invoice| {
+            invoice
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get(INVOICE_KEY))
+                .is_some_and(|r| r == reference)
+        });
+        match invoices {
+            Some(found) => self.complete(found).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn get_invoice(&self, id: &str) -> Result<ProviderInvoice, PaymentError> {
@@ -372,7 +401,7 @@ impl PaymentProvider for StripeProvider {
             .send(&self.client)
             .await
             .map_err(classify)?;
-        provider_invoice(&invoice)
+        self.complete(&invoice).await
     }
 
     async fn charge_invoice(
@@ -383,28 +412,33 @@ impl PaymentProvider for StripeProvider {
         let current = self.get_invoice(id).await?;
         match current.status.as_str() {
             "paid" => return Ok(ChargeOutcome::Paid),
-            "draft" => {
+            "draft" if !self.finalize_unsupported.load(Ordering::Relaxed) => {
                 // Stripe charges finalized invoices only. Stripe-compatible servers
                 // without the finalize call finalize on payment instead.
                 if let Err(error) = FinalizeInvoiceInvoice::new(id).send(&self.client).await {
                     match classify(error) {
-                        // Unavailable: worth retrying. Anything else (a 404 with a
-                        // plain-text body from a server without the route): pay says.
                         PaymentError::Unavailable(message) => {
                             return Err(PaymentError::Unavailable(message));
                         }
-                        other => {
-                            tracing::debug!(invoice = id, error = %other,
-                                "finalize not available; paying the draft")
+                        // No such route (a 404, or a plain-text body where Stripe
+                        // answers JSON): this server pays drafts directly.
+                        PaymentError::NotFound(_) | PaymentError::Unexpected(_) => {
+                            tracing::info!(
+                                invoice = id,
+                                "finalize not available; paying drafts directly from now on"
+                            );
+                            self.finalize_unsupported.store(true, Ordering::Relaxed);
                         }
+                        // Finalized meanwhile, say: the payment below tells.
+                        other => tracing::warn!(invoice = id, error = %other, "finalize refused"),
                     }
                 }
             }
-            "open" => {}
+            "draft" | "open" => {}
             other => {
-                return Err(PaymentError::Refused(format!(
-                    "invoice {id} is {other} and cannot be charged"
-                )));
+                return Ok(ChargeOutcome::Closed {
+                    status: other.to_owned(),
+                });
             }
         }
         let paid = PayInvoice::new(id)
@@ -556,15 +590,16 @@ impl PaymentProvider for StripeProvider {
     }
 }
 
-fn provider_invoice(invoice: &Invoice) -> Result<ProviderInvoice, PaymentError> {
+fn provider_invoice(
+    invoice: &Invoice,
+    lines: &[InvoiceLineItem],
+) -> Result<ProviderInvoice, PaymentError> {
     let id = invoice
         .id
         .as_ref()
         .ok_or_else(|| PaymentError::Unexpected("an invoice without an id".into()))?
         .to_string();
-    let lines = invoice
-        .lines
-        .data
+    let lines = lines
         .iter()
         .map(|line| ProviderLine {
             amount: line.amount,

@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let outcomes: Vec<_> = futures_util::stream::iter(drafts.iter().map(|(tenant, invoice)| {
         let collector = collector.clone();
-        async move { collector.collect(*tenant, *invoice, Attempt::First).await }
+        async move { collector.collect(*tenant, *invoice).await }
     }))
     .buffer_unordered(args.concurrency)
     .collect()

@@ -71,12 +71,15 @@ async fn stripe_webhook(
                 ApiError::unavailable("payment_provider_unavailable", payment)
             }
         })?;
-    // Paid outside our own charges: lift a suspension dunning made, if any. The event
-    // is taken already; a failure here is retried by the next event or charge.
+    // Paid outside our own charges: lift a suspension dunning made, if any.
     if let (Some(paid), Some(collector)) = (paid, state.collector())
         && let Err(error) = collector.uphold_dunning(paid.tenant, paid.invoice).await
     {
-        tracing::warn!(tenant = %paid.tenant, %error, "could not update the tenant after a payment");
+        // A job does it later (a collection of a paid invoice only upholds dunning).
+        tracing::warn!(tenant = %paid.tenant, %error, "could not update the tenant after a payment; queued");
+        let mut tx = state.db.tenant_tx(paid.tenant).await?;
+        billing::collection::enqueue_follow_up(&mut tx, paid.tenant, paid.invoice, "paid").await?;
+        tx.commit().await?;
     }
     Ok(Json(Received {
         received: true,
