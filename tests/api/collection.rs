@@ -238,23 +238,37 @@ async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_an
     assert_eq!(reconciliation["mismatches"], json!([]), "{reconciliation}");
 }
 
-#[tokio::test]
-async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reactivates() {
-    let app = TestApp::spawn_with(short_cycles("3s", "1s,2s,3s")).await;
-    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
-    let customer = stripe_customer(&app, tenant.id).await;
+/// A tenant signed up with a good card that is then swapped (in Stripe) for one whose
+/// charges are declined, with usage in its first period of `cycle`, and that period
+/// invoiced: the first charge fails as soon as collection runs.
+pub async fn invoiced_with_a_declining_card(
+    app: &TestApp,
+    plan: &str,
+    cycle: Duration,
+) -> integration_tests::SignedUpTenant {
+    let tenant = app.sign_up_tenant(plan, Some("pm_card_visa")).await;
+    let customer = stripe_customer(app, tenant.id).await;
     set_default_card(&customer, &declining_card().await).await;
     let usage = json!([{"id": "u1", "metric": "tokens", "value": 3_000_000}]);
     assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    tokio::time::sleep(cycle + Duration::from_millis(500)).await;
     app.drain_relay().await;
-    billing_run(&app).await;
+    billing_run(app).await;
+    tenant
+}
 
-    let (app_ref, id) = (&app, tenant.id);
+pub async fn wait_until_suspended(app: &TestApp, tenant: TenantId) {
     wait_for("dunning to suspend the tenant", Duration::from_secs(30), || async move {
-        tenant_record(app_ref, id).await.state == saas_core::TenantState::Suspended
+        tenant_record(app, tenant).await.state == saas_core::TenantState::Suspended
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reactivates() {
+    let app = TestApp::spawn_with(short_cycles("3s", "1s,2s,3s")).await;
+    let tenant = invoiced_with_a_declining_card(&app, "starter", Duration::from_secs(3)).await;
+    wait_until_suspended(&app, tenant.id).await;
     let invoice = stored_invoices(&app, tenant.id).await.remove(0);
     assert_eq!(invoice.status, "open");
     assert_eq!(
@@ -391,14 +405,8 @@ async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reac
 #[tokio::test]
 async fn a_retry_that_pays_ends_dunning_and_the_tenant_stays_active() {
     let app = TestApp::spawn_with(short_cycles("2s", "1s,1h")).await;
-    let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
+    let tenant = invoiced_with_a_declining_card(&app, "pro", Duration::from_secs(2)).await;
     let customer = stripe_customer(&app, tenant.id).await;
-    set_default_card(&customer, &declining_card().await).await;
-    let usage = json!([{"id": "u1", "metric": "tokens", "value": 12_000_000}]);
-    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    app.drain_relay().await;
-    billing_run(&app).await;
     let (app_ref, id) = (&app, tenant.id);
     wait_for(
         "the first charge to fail",
@@ -820,19 +828,8 @@ async fn a_charge_refused_without_a_decline_goes_through_dunning_too() {
 #[tokio::test]
 async fn an_invoice_voided_at_stripe_does_not_stand_between_the_tenant_and_reactivation() {
     let app = TestApp::spawn_with(short_cycles("2s", "1s")).await;
-    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
-    let customer = stripe_customer(&app, tenant.id).await;
-    set_default_card(&customer, &declining_card().await).await;
-    let usage = json!([{"id": "u1", "metric": "tokens", "value": 3_000_000}]);
-    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    app.drain_relay().await;
-    billing_run(&app).await;
-    let (app_ref, id) = (&app, tenant.id);
-    wait_for("dunning to suspend the tenant", Duration::from_secs(30), || async move {
-        tenant_record(app_ref, id).await.state == saas_core::TenantState::Suspended
-    })
-    .await;
+    let tenant = invoiced_with_a_declining_card(&app, "starter", Duration::from_secs(2)).await;
+    wait_until_suspended(&app, tenant.id).await;
     let invoice = stored_invoices(&app, tenant.id).await.remove(0);
     let stripe_id = invoice.stripe_invoice_id.unwrap();
     let voided = stripe_post(&format!("/v1/invoices/{stripe_id}/void"), &[]).await;

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use integration_tests::{TestApp, declining_card, error_code, stripe_get, stripe_post};
+use integration_tests::{TestApp, error_code, stripe_get, stripe_post};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::collection::{
-    set_default_card, short_cycles, stored_invoices, stripe_customer, wait_for,
+    invoiced_with_a_declining_card, set_default_card, short_cycles, stored_invoices,
+    stripe_customer, wait_for, wait_until_suspended,
 };
 
 const SECRET: &str = "whsec_test_endpoint_secret";
@@ -61,17 +62,7 @@ fn invoice_event(id: &str, kind: &str, stripe_invoice: &str, status: &str) -> Va
 /// A signed-up tenant whose first invoice is open at Stripe after a declined charge,
 /// with its next retry an hour away; our invoice id and Stripe's.
 async fn open_invoice(app: &TestApp) -> (saas_core::TenantId, String, String) {
-    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
-    let customer = stripe_customer(app, tenant.id).await;
-    set_default_card(&customer, &declining_card().await).await;
-    let usage = json!([{"id": "u", "metric": "tokens", "value": 2_500_000}]);
-    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    app.drain_relay().await;
-    let run = app
-        .operator_post("/v1/admin/billing/runs", &json!({}))
-        .await;
-    assert_eq!(run.status(), 200);
+    let tenant = invoiced_with_a_declining_card(app, "starter", Duration::from_secs(2)).await;
     let id = tenant.id;
     wait_for(
         "the first charge to fail",
@@ -261,18 +252,7 @@ async fn a_payment_made_in_stripe_after_dunning_suspended_the_tenant_brings_it_b
     })
     .await;
     let (tenant, _, stripe_invoice) = open_invoice(&app).await;
-    let app_ref = &app;
-    wait_for(
-        "dunning to suspend the tenant",
-        Duration::from_secs(30),
-        || async move {
-            crate::collection::tenant_record(app_ref, tenant)
-                .await
-                .state
-                == saas_core::TenantState::Suspended
-        },
-    )
-    .await;
+    wait_until_suspended(&app, tenant).await;
     pay_at_stripe(&app, tenant, &stripe_invoice).await;
     let paid = invoice_event("evt_paid_later", "invoice.paid", &stripe_invoice, "paid");
     assert_eq!(deliver_signed(&app, &paid).await["outcome"], "applied");

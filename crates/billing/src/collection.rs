@@ -35,6 +35,7 @@ use payments::{
 };
 use saas_core::{TenantId, TenantState};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgConnection;
 use tenancy::audit::Actor;
 use tenancy::{Db, StoreError};
@@ -117,18 +118,29 @@ struct Payload {
     attempt: Option<i32>,
 }
 
+impl Payload {
+    fn json(tenant: TenantId, invoice: Uuid, attempt: Option<i32>) -> Result<Value, StoreError> {
+        let payload = Payload {
+            tenant_id: tenant,
+            invoice_id: invoice,
+            attempt,
+        };
+        serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    fn of(job: &Job) -> Result<Payload, JobError> {
+        serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))
+    }
+}
+
 /// Queues the collection of a new draft invoice (in the run's transaction).
 pub async fn enqueue_collection(
     conn: &mut PgConnection,
     tenant: TenantId,
     invoice: Uuid,
 ) -> Result<(), StoreError> {
-    let payload = Payload {
-        tenant_id: tenant,
-        invoice_id: invoice,
-        attempt: None,
-    };
-    let payload = serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload = Payload::json(tenant, invoice, None)?;
     jobs::enqueue(
         conn,
         NewJob::new(COLLECT_JOB, payload).dedup_key(invoice.to_string()),
@@ -145,12 +157,7 @@ pub async fn enqueue_follow_up(
     invoice: Uuid,
     why: &str,
 ) -> Result<(), StoreError> {
-    let payload = Payload {
-        tenant_id: tenant,
-        invoice_id: invoice,
-        attempt: None,
-    };
-    let payload = serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload = Payload::json(tenant, invoice, None)?;
     jobs::enqueue(
         conn,
         NewJob::new(COLLECT_JOB, payload).dedup_key(format!("{invoice}:{why}")),
@@ -187,13 +194,11 @@ pub async fn requeue_stalled(
     let mut requeued = 0;
     for (tenant, invoice, status, attempts) in &stalled {
         let retrying = status == "open" && *attempts > 0;
-        let payload = Payload {
-            tenant_id: TenantId::from_uuid(*tenant),
-            invoice_id: *invoice,
-            attempt: retrying.then_some(attempts + 1),
-        };
-        let payload =
-            serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let payload = Payload::json(
+            TenantId::from_uuid(*tenant),
+            *invoice,
+            retrying.then_some(attempts + 1),
+        )?;
         let kind = if retrying {
             RETRY_PAYMENT_JOB
         } else {
@@ -623,13 +628,7 @@ impl Collector {
         if recorded == 1
             && let Some(at) = next_at
         {
-            let payload = Payload {
-                tenant_id: tenant,
-                invoice_id: invoice,
-                attempt: Some(number + 1),
-            };
-            let payload =
-                serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload = Payload::json(tenant, invoice, Some(number + 1))?;
             jobs::enqueue(
                 &mut tx,
                 NewJob::new(RETRY_PAYMENT_JOB, payload)
@@ -901,8 +900,7 @@ impl JobHandler for CollectJob {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let payload = Payload::of(job)?;
         self.0
             .collect(payload.tenant_id, payload.invoice_id)
             .await
@@ -920,8 +918,7 @@ impl JobHandler for RetryPaymentJob {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let payload = Payload::of(job)?;
         let attempt = payload
             .attempt
             .ok_or_else(|| JobError::Permanent("a payment retry without its number".into()))?;
