@@ -493,6 +493,7 @@ impl Collector {
                 amount: line.amount,
                 // Metric and unit price are in the rated description; the quantity too here.
                 description: format!("{}: quantity {}", line.description, line.quantity),
+                subscription: subscription.map(str::to_owned),
             })
             .collect();
         let existing = if attempt == Attempt::Retry {

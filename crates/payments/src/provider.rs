@@ -43,6 +43,9 @@ pub struct ChargeLine {
     pub amount: i64,
     /// Metric, quantity and unit price, readable on the customer's invoice.
     pub description: String,
+    /// The subscription the line belongs with: Stripe puts an item on an invoice made for
+    /// a subscription only when the item names it.
+    pub subscription: Option<String>,
 }
 
 /// Where a line of the provider's invoice came from.

@@ -329,12 +329,16 @@ impl PaymentProvider for StripeProvider {
             .parse()
             .map_err(|_| PaymentError::Unexpected(format!("currency {currency}")))?;
         let metadata = HashMap::from([(LINE_KEY.to_owned(), line.reference.clone())]);
-        CreateInvoiceItem::new()
+        let mut create = CreateInvoiceItem::new()
             .customer(customer)
             .currency(currency)
             .amount(line.amount)
             .description(line.description.as_str())
-            .metadata(metadata)
+            .metadata(metadata);
+        if let Some(subscription) = &line.subscription {
+            create = create.subscription(subscription.as_str());
+        }
+        create
             .customize()
             .request_strategy(idempotent(&format!("invoice-item-{}", line.reference))?)
             .send(&self.client)
