@@ -19,9 +19,10 @@
 //! tenant is suspended through the lifecycle, free to reactivate itself by paying; a
 //! payment at any point marks the invoice paid and lifts a suspension that dunning made.
 //!
-//! Only one collection, retry or settlement per tenant talks to Stripe at a time (a
-//! transaction-scoped advisory lock): Stripe sweeps *all* of a customer's pending items
-//! into the next invoice it creates, and an invoice must not be charged twice at once.
+//! Only one collection, retry or settlement per tenant talks to Stripe at a time (the
+//! tenant's payment lock, which a plan change creating a subscription takes too): Stripe
+//! sweeps *all* of a customer's pending items into the next invoice it creates, and an
+//! invoice must not be charged twice at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -404,16 +405,10 @@ impl Collector {
         Ok(Settlement::Settled { paid })
     }
 
-    /// The tenant's collection lock: held (as an open transaction) while its invoices are
-    /// pushed or charged, so that only one of these talks to Stripe for it at a time.
-    /// Ends with the transaction, also when the process dies.
+    /// The tenant's payment lock (see `tenancy::payment_lock`): also keeps two
+    /// collections, retries or settlements of one tenant from charging at once.
     async fn lock(&self, tenant: TenantId) -> Result<tenancy::DbTx, CollectError> {
-        let mut lock = self.db.tenant_tx(tenant).await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('billing.collect'), hashtext($1))")
-            .bind(tenant.to_string())
-            .execute(&mut *lock)
-            .await?;
-        Ok(lock)
+        Ok(tenancy::payment_lock::acquire(&self.db, tenant).await?)
     }
 
     async fn stripe_ids(&self, tenant: TenantId) -> Result<(String, Option<String>), CollectError> {

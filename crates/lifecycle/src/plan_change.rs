@@ -113,13 +113,19 @@ impl PlanChangeWorkflow {
         let customer = tenant.stripe_customer_id.as_deref().ok_or_else(|| {
             PaymentError::Refused("the tenant has no customer at the payment provider".into())
         })?;
+        // The new subscription's first invoice takes every pending item of the customer:
+        // not while an invoice push has some pending.
+        let lock = tenancy::payment_lock::acquire(&self.db, tenant.id)
+            .await
+            .map_err(|error| PaymentError::Unavailable(error.to_string()))?;
         // Always a look-up first: this customer has had subscriptions before (from its
         // signup, or one it left), and the idempotency key counts them, so a key of an
         // earlier subscription is never sent again (Stripe would replay its answer).
         let created = payments
             .ensure_subscription(customer, &recurring, Attempt::Retry)
-            .await?;
-        Ok(Some(created.id))
+            .await;
+        drop(lock);
+        Ok(Some(created?.id))
     }
 
     async fn change_now(

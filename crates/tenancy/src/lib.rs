@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 mod db;
 mod error;
+pub mod payment_lock;
 pub mod plans;
 pub mod sessions;
 pub mod tenants;
