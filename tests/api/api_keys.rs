@@ -20,12 +20,12 @@ async fn a_new_key_shows_its_secret_once_and_works_at_once() {
     let tenant = app.create_tenant("starter").await;
 
     let response = app
-        .post("/v1/api-keys")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"name": "ci deploys"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/api-keys",
+            &json!({"name": "ci deploys"}),
+        )
+        .await;
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.unwrap();
     let secret = created["secret"].as_str().unwrap();
@@ -66,22 +66,18 @@ async fn invalid_names_are_refused_and_nothing_is_created() {
         json!("bell\u{7}"),
     ] {
         let response = app
-            .post("/v1/api-keys")
-            .bearer_auth(&tenant.api_key)
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .unwrap();
+            .post_as(&tenant.api_key, "/v1/api-keys", &json!({ "name": name }))
+            .await;
         assert_eq!(response.status(), 422, "{name}");
         assert_eq!(error_code(response).await, "invalid_name");
     }
     let response = app
-        .post("/v1/api-keys")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({ "name": "ok", "tenant_id": "ten_00000000000000000000000000000000" }))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/api-keys",
+            &json!({ "name": "ok", "tenant_id": "ten_00000000000000000000000000000000" }),
+        )
+        .await;
     assert_eq!(
         response.status(),
         400,
@@ -119,12 +115,8 @@ async fn revoking_is_idempotent_and_audited() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant("starter").await;
     let second: Value = app
-        .post("/v1/api-keys")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({}))
-        .send()
+        .post_as(&tenant.api_key, "/v1/api-keys", &json!({}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

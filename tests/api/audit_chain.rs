@@ -99,12 +99,12 @@ async fn a_changed_entry_or_a_removed_tail_is_detected() {
     let tenant = app.create_tenant("pro").await;
     for i in 0..5 {
         let response = app
-            .post("/v1/api-keys")
-            .bearer_auth(&tenant.api_key)
-            .json(&json!({"name": format!("k{i}")}))
-            .send()
-            .await
-            .unwrap();
+            .post_as(
+                &tenant.api_key,
+                "/v1/api-keys",
+                &json!({"name": format!("k{i}")}),
+            )
+            .await;
         assert_eq!(response.status(), 201);
     }
     assert_eq!(verify(&app).await["valid"], true);

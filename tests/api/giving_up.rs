@@ -41,12 +41,12 @@ async fn a_plan_change_out_of_attempts_returns_the_tenant_to_active() {
         .unwrap();
     tx.commit().await.unwrap();
     let response = app
-        .post("/v1/tenant/plan-changes")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"plan": "pro"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/plan-changes",
+            &json!({"plan": "pro"}),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     last_attempt(&app).await;
@@ -68,12 +68,12 @@ async fn a_plan_change_out_of_attempts_returns_the_tenant_to_active() {
     assert_eq!(transition["state"], "failed", "{transition}");
     // And the next change is taken, not refused as in progress.
     let again = app
-        .post("/v1/tenant/plan-changes")
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"plan": "pro"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            "/v1/tenant/plan-changes",
+            &json!({"plan": "pro"}),
+        )
+        .await;
     assert_eq!(again.status(), 202);
 }
 

@@ -416,12 +416,12 @@ async fn bad_transitions_get_4xx_and_change_nothing() {
     assert_eq!(unknown.status(), 404);
     // A tenant key is not an operator.
     let response = app
-        .post(&format!("/v1/admin/tenants/{}/transitions", tenant.id))
-        .bearer_auth(&tenant.api_key)
-        .json(&json!({"to": "suspended", "reason": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &tenant.api_key,
+            &format!("/v1/admin/tenants/{}/transitions", tenant.id),
+            &json!({"to": "suspended", "reason": "x"}),
+        )
+        .await;
     assert_eq!(response.status(), 403);
 
     let mut tx = app.db.system_tx("test read").await.unwrap();

@@ -205,12 +205,12 @@ async fn one_tenant_never_sees_or_affects_another_tenants_usage() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["total"], 10);
     let response = app
-        .post("/v1/usage/events")
-        .bearer_auth(&bob.api_key)
-        .json(&json!({"tenant_id": alice.id.to_string(), "events": events("z", 1, "queries", 1)}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &bob.api_key,
+            "/v1/usage/events",
+            &json!({"tenant_id": alice.id.to_string(), "events": events("z", 1, "queries", 1)}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
     assert_eq!(used(&app, &alice.api_key, "queries").await, 10_000);
 }

@@ -316,7 +316,7 @@ impl Collector {
     pub async fn collect(&self, tenant: TenantId, invoice: Uuid) -> Result<(), CollectError> {
         let (customer, subscription) = self.stripe_ids(tenant).await?;
         let lock = self.lock(tenant).await?;
-        let (drafts, _) = self.pending_work(tenant).await?;
+        let drafts = self.drafts(tenant).await?;
         for draft in drafts {
             let pushed = self
                 .push(tenant, draft, &customer, subscription.as_deref())
@@ -329,19 +329,15 @@ impl Collector {
                 }
             }
         }
-        let (_, uncharged) = self.pending_work(tenant).await?;
-        for state in uncharged {
+        for state in self.uncharged(tenant).await? {
             self.charge(tenant, &state, "collect").await?;
         }
         lock.commit().await?;
         self.uphold_dunning(tenant, invoice).await
     }
 
-    /// The tenant's drafts, and its pushed invoices never charged, oldest first.
-    async fn pending_work(
-        &self,
-        tenant: TenantId,
-    ) -> Result<(Vec<Uuid>, Vec<InvoiceState>), CollectError> {
+    /// The tenant's drafts, oldest first.
+    async fn drafts(&self, tenant: TenantId) -> Result<Vec<Uuid>, CollectError> {
         let mut tx = self.db.tenant_tx(tenant).await?;
         let drafts = sqlx::query_scalar(
             "SELECT id FROM invoices WHERE tenant_id = $1 AND status = 'draft' \
@@ -350,12 +346,19 @@ impl Collector {
         .bind(tenant.as_uuid())
         .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(drafts)
+    }
+
+    /// The tenant's pushed invoices never charged, oldest first.
+    async fn uncharged(&self, tenant: TenantId) -> Result<Vec<InvoiceState>, CollectError> {
+        let mut tx = self.db.tenant_tx(tenant).await?;
         let uncharged = sqlx::query_as(UNCHARGED)
             .bind(tenant.as_uuid())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok((drafts, uncharged))
+        Ok(uncharged)
     }
 
     /// Charge number `attempt` of a dunning invoice; a no-op when it was made already.
@@ -584,7 +587,7 @@ impl Collector {
             ChargeOutcome::Closed { status } => {
                 // Voided or written off at Stripe: ours follows, and dunning ends.
                 let mut tx = self.db.tenant_tx(tenant).await?;
-                crate::webhooks::close(&mut tx, tenant, state.id, status).await?;
+                close(&mut tx, tenant, state.id, status).await?;
                 tx.commit().await?;
             }
         }
@@ -778,6 +781,33 @@ pub async fn mark_paid(
     if moved == 1 {
         metrics::counter!("invoices_paid_total").increment(1);
     }
+    Ok(moved == 1)
+}
+
+/// Closes an invoice without payment as Stripe did (`void` is final; an
+/// `uncollectible` one may still be paid later); true when it moved.
+pub async fn close(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    invoice: Uuid,
+    status: &str,
+) -> Result<bool, StoreError> {
+    let from: Vec<String> = match status {
+        "void" => vec!["open".into(), "uncollectible".into()],
+        "uncollectible" => vec!["open".into()],
+        _ => return Ok(false),
+    };
+    let moved = sqlx::query(
+        "UPDATE invoices SET status = $3, next_attempt_at = NULL \
+         WHERE tenant_id = $1 AND id = $2 AND status = ANY($4)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(invoice)
+    .bind(status)
+    .bind(&from)
+    .execute(conn)
+    .await?
+    .rows_affected();
     Ok(moved == 1)
 }
 

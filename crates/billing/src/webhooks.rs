@@ -169,11 +169,30 @@ pub async fn handle(
 ) -> Result<(Outcome, Option<Paid>), WebhookError> {
     let is_invoice = event.kind.starts_with("invoice.")
         && event.data.object.object.as_deref() == Some("invoice");
-    let (outcome, target, paid) = match (&event.data.object.id, is_invoice) {
+    let confirmed = match (&event.data.object.id, is_invoice) {
         (Some(stripe_id), true) => confirm_invoice(db, payments, stripe_id).await?,
-        _ => (Outcome::Ignored, None, None),
+        _ => Confirmed::Nothing(Outcome::Ignored),
     };
     let mut tx = db.system_tx("stripe webhook").await?;
+    // Acted on first, recorded in the same transaction: a twin delivered meanwhile
+    // fails to record and rolls its action back.
+    let (outcome, paid) = match confirmed {
+        Confirmed::Nothing(outcome) => (outcome, None),
+        Confirmed::Ours {
+            tenant,
+            invoice,
+            status,
+        } => {
+            let moved = apply(&mut tx, tenant, invoice, &status).await?;
+            let paid = (moved && status == "paid").then_some(Paid { tenant, invoice });
+            let outcome = if moved {
+                Outcome::Applied
+            } else {
+                Outcome::NoChange
+            };
+            (outcome, paid)
+        }
+    };
     let first = sqlx::query(
         "INSERT INTO stripe_events (id, type, object_id, outcome) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING",
@@ -189,42 +208,34 @@ pub async fn handle(
     if !first {
         return Ok((Outcome::Duplicate, None));
     }
-    let mut outcome = outcome;
-    if let Some((tenant, invoice, status)) = target {
-        outcome = if apply(&mut tx, tenant, invoice, &status).await? {
-            Outcome::Applied
-        } else {
-            Outcome::NoChange
-        };
-        sqlx::query("UPDATE stripe_events SET outcome = $2 WHERE id = $1")
-            .bind(&event.id)
-            .bind(outcome.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
     metrics::counter!("stripe_webhooks_total", "outcome" => outcome.as_str()).increment(1);
     tracing::info!(event = %event.id, kind = %event.kind, outcome = outcome.as_str(),
         "stripe webhook");
-    let paid = if outcome == Outcome::Applied {
-        paid
-    } else {
-        None
-    };
     Ok((outcome, paid))
 }
 
-type Target = Option<(TenantId, Uuid, String)>;
+/// What an event's object turned out to be, asked of Stripe.
+enum Confirmed {
+    /// Nothing of ours to act on, and why.
+    Nothing(Outcome),
+    /// Our invoice, and its status at Stripe.
+    Ours {
+        tenant: TenantId,
+        invoice: Uuid,
+        status: String,
+    },
+}
 
 /// Fetches the invoice from Stripe and finds ours for it.
 async fn confirm_invoice(
     db: &Db,
     payments: &Arc<dyn PaymentProvider>,
     stripe_id: &str,
-) -> Result<(Outcome, Target, Option<Paid>), WebhookError> {
+) -> Result<Confirmed, WebhookError> {
     let invoice = match payments.get_invoice(stripe_id).await {
         Ok(invoice) => invoice,
-        Err(PaymentError::NotFound(_)) => return Ok((Outcome::UnknownObject, None, None)),
+        Err(PaymentError::NotFound(_)) => return Ok(Confirmed::Nothing(Outcome::UnknownObject)),
         Err(other) => return Err(other.into()),
     };
     let mut tx = db.system_tx("stripe webhook invoice").await?;
@@ -234,20 +245,17 @@ async fn confirm_invoice(
             .fetch_optional(&mut *tx)
             .await?;
     tx.commit().await?;
-    let Some((id, tenant)) = ours else {
+    Ok(match ours {
+        Some((invoice_id, tenant)) => Confirmed::Ours {
+            tenant: TenantId::from_uuid(tenant),
+            invoice: invoice_id,
+            status: invoice.status,
+        },
         // Made for one of ours whose push has not recorded it yet: the push adopts its
         // lines and total, and its charge finds it paid if it is.
-        if invoice.reference.is_some() {
-            return Ok((Outcome::NoChange, None, None));
-        }
-        return Ok((Outcome::NotOurs, None, None));
-    };
-    let tenant = TenantId::from_uuid(tenant);
-    let paid = (invoice.status == "paid").then_some(Paid {
-        tenant,
-        invoice: id,
-    });
-    Ok((Outcome::NoChange, Some((tenant, id, invoice.status)), paid))
+        None if invoice.reference.is_some() => Confirmed::Nothing(Outcome::NoChange),
+        None => Confirmed::Nothing(Outcome::NotOurs),
+    })
 }
 
 /// Moves our invoice forward to Stripe's `status`; true when it moved.
@@ -259,36 +267,9 @@ async fn apply(
 ) -> Result<bool, StoreError> {
     match status {
         "paid" => crate::collection::mark_paid(conn, tenant, invoice, None).await,
-        "void" | "uncollectible" => close(conn, tenant, invoice, status).await,
+        "void" | "uncollectible" => crate::collection::close(conn, tenant, invoice, status).await,
         _ => Ok(false),
     }
-}
-
-/// Closes an invoice without payment as Stripe did (`void` is final; an
-/// `uncollectible` one may still be paid later); true when it moved.
-pub async fn close(
-    conn: &mut sqlx::PgConnection,
-    tenant: TenantId,
-    invoice: Uuid,
-    status: &str,
-) -> Result<bool, StoreError> {
-    let from: Vec<String> = match status {
-        "void" => vec!["open".into(), "uncollectible".into()],
-        "uncollectible" => vec!["open".into()],
-        _ => return Ok(false),
-    };
-    let moved = sqlx::query(
-        "UPDATE invoices SET status = $3, next_attempt_at = NULL \
-         WHERE tenant_id = $1 AND id = $2 AND status = ANY($4)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(invoice)
-    .bind(status)
-    .bind(&from)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
 }
 
 #[cfg(test)]
