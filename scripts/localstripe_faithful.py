@@ -25,6 +25,19 @@ subscription updates accept ``proration_behavior``, paying an invoice with a
 declining card emits the failure events Stripe sends, and created invoices
 keep their metadata.
 
+Invoices that the caller composes itself, without a subscription, follow the
+API reference (see "Invoices composed by the caller"): a draft created with
+``currency``, ``collection_method``, ``auto_advance`` and
+``pending_invoice_items_behavior``; invoice items added to it with
+``invoice=``; ``/finalize`` (missing from stock localstripe); ``/pay``
+answering a decline with Stripe's 402 ``card_error``; ``/void`` of open
+invoices only; ``/lines`` paginated with ``starting_after``. Each rule cites
+the reference page it comes from.
+
+With env ``LOCALSTRIPE_REQUEST_LOG`` naming a file, every request under
+``/v1/`` is appended to it as one JSON line (method, path, parameters), for
+checking what a client sent against Stripe's published parameters.
+
 It also makes two deployment details configurable that stock localstripe
 hard-codes:
 
@@ -44,11 +57,15 @@ Requires ``pip install localstripe==1.15.10``.
 
 import argparse
 import copy
+import hashlib
+import json
 import logging
 import os
 import pickle
+import re
 import socket
 import sys
+import time
 
 try:
     import localstripe
@@ -751,6 +768,548 @@ def _invoice_create_keeps_metadata(original):
 
 
 # --------------------------------------------------------------------------
+# Invoices composed by the caller (no subscription)
+#
+# A billing service that composes each Stripe invoice itself makes a draft
+# without a subscription, adds its lines with `invoice=`, then finalizes,
+# pays or voids it when it decides to. Stock localstripe only knows the
+# invoices a subscription generates. Each rule below follows the API
+# reference and cites it; nothing the reference leaves open is invented.
+# --------------------------------------------------------------------------
+
+# https://docs.stripe.com/api/errors : every error is `{"error": {...}}` with
+# `type` ("card_error", "invalid_request_error", ...), `message` and, "for
+# some errors that could be handled programmatically", a `code`. The
+# reference gives no error messages: those below are this fake's, and a
+# `code` is sent only where a documented one applies.
+def _error(status, message, type='invalid_request_error', **fields):
+    error = resources.UserError(status, message, dict(fields))
+    # UserError always stamps invalid_request_error.
+    error.body['error']['type'] = type
+    return error
+
+
+def _unexpected(params):
+    # Stock localstripe's answer to a parameter it does not implement.
+    return resources.UserError(400, 'Unexpected ' + ', '.join(sorted(params)))
+
+
+def _bool_param(name, value, default):
+    if value is None:
+        return default
+    value = resources.try_convert_to_bool(value)
+    if not isinstance(value, bool):
+        raise _error(400, 'Invalid boolean: %s' % value, param=name)
+    return value
+
+
+def _invoice_create_without_subscription(original):
+    """POST /v1/invoices without ``subscription``. Stock localstripe only
+    builds the next invoice of a subscription (400 or 404 otherwise), sweeps
+    every pending invoice item of the customer into it, and ignores
+    ``currency``, ``collection_method`` and ``auto_advance``. Invoices with a
+    ``subscription`` still take localstripe's own path.
+    """
+    def _api_create(cls, **data):
+        if data.get('subscription') is not None:
+            return original.__func__(cls, **data)
+        return _create_standalone_invoice(cls, **data)
+    return classmethod(_api_create)
+
+
+def _create_standalone_invoice(cls, customer=None, currency=None,
+                               collection_method=None, auto_advance=None,
+                               pending_invoice_items_behavior=None,
+                               description=None, metadata=None,
+                               default_tax_rates=None, tax_percent=None,
+                               subscription=None, **unexpected):
+    if unexpected:
+        raise _unexpected(unexpected)
+    # https://docs.stripe.com/api/invoices/create#create_invoice-pending_invoice_items_behavior
+    # "How to handle pending invoice items on invoice creation. Defaults to
+    # `exclude` if the parameter is omitted." Values: exclude, include
+    # (include_and_require was removed in 2022-08-01:
+    # https://docs.stripe.com/changelog/2022-08-01/removes-include-require-value-invoices).
+    behavior = pending_invoice_items_behavior or 'exclude'
+    if behavior not in ('exclude', 'include'):
+        raise _error(400, 'Invalid pending_invoice_items_behavior: must be '
+                     'one of exclude or include',
+                     param='pending_invoice_items_behavior')
+    # https://docs.stripe.com/api/invoices/create#create_invoice-collection_method
+    # "Either `charge_automatically`, or `send_invoice`. [...] Defaults to
+    # `charge_automatically`." send_invoice (emails, due dates) is not faked.
+    collection_method = collection_method or 'charge_automatically'
+    if collection_method != 'charge_automatically':
+        raise _error(400, 'collection_method=%s is not supported by '
+                     'localstripe' % collection_method,
+                     param='collection_method')
+    # https://docs.stripe.com/api/invoices/create#create_invoice-auto_advance
+    # "Controls whether Stripe performs automatic collection of the invoice.
+    # If `false`, the invoice's state doesn't automatically advance without
+    # an explicit action. Defaults to false." This fake never advances an
+    # invoice by itself either way; the flag is stored and returned.
+    auto_advance = _bool_param('auto_advance', auto_advance, False)
+    if currency is not None:
+        if not (isinstance(currency, str)
+                and re.fullmatch('[A-Za-z]{3}', currency)):
+            raise _error(400, 'Invalid currency: %s' % currency,
+                         param='currency')
+        currency = currency.lower()
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _error(400, 'Invalid metadata', param='metadata')
+
+    # Invoice() sweeps every pending item of the customer; with `exclude`
+    # they are hidden from it for the time of the call.
+    hidden = []
+    if behavior == 'exclude':
+        hidden = [item for item in _pending_invoice_items()
+                  if item.customer == customer]
+    for item in hidden:
+        item.invoice = _EXCLUDED
+    try:
+        # upcoming=True only keeps Invoice() from sending invoice.created
+        # before the fields below are set; it is sent at the end.
+        invoice = cls(customer=customer, description=description,
+                      metadata=metadata, default_tax_rates=default_tax_rates,
+                      tax_percent=tax_percent, upcoming=True)
+    finally:
+        for item in hidden:
+            item.invoice = None
+
+    invoice._standalone = True
+    # https://docs.stripe.com/api/invoices/create#create_invoice-currency
+    # "The currency to create this invoice in. Defaults to that of
+    # `customer` if not specified."
+    if currency is None:
+        currency = (invoice.lines._list[0].currency if invoice.lines._list
+                    else resources.Customer._api_retrieve(customer).currency)
+    invoice.currency = currency
+    invoice.collection_method = collection_method
+    invoice.auto_advance = auto_advance
+    # https://docs.stripe.com/api/invoices/object#invoice_object-attempt_count
+    # counts payment attempts: none yet (localstripe starts at 1).
+    invoice.attempt_count = 0
+    invoice.attempted = False
+    # https://docs.stripe.com/api/invoices/create (example response):
+    # "billing_reason": "manual" for an invoice created through the API.
+    invoice.billing_reason = 'manual'
+    # https://docs.stripe.com/api/invoices/create#create_invoice-number
+    # "If no number is present then a number will be assigned automatically
+    # when the invoice is finalized."
+    invoice.number = None
+    resources.schedule_webhook(resources.Event('invoice.created', invoice))
+    return invoice
+
+
+# Marks a pending invoice item as taken while a draft is being built.
+_EXCLUDED = 'in_excluded_by_pending_invoice_items_behavior'
+
+
+def _standalone_total(original):
+    """``total`` of an invoice composed by the caller.
+
+    https://docs.stripe.com/api/invoices/object#invoice_object-total "Total
+    after discounts and taxes." Credits (negative invoice items) may make it
+    negative. localstripe's own total (clamped at 0, less the customer's
+    balance) is kept for its subscription invoices.
+    """
+    def total(self):
+        if getattr(self, '_standalone', False):
+            return self.subtotal + self.tax
+        return original.fget(self)
+    return property(total)
+
+
+def _standalone_amount_due(original):
+    """``amount_due`` of an invoice composed by the caller: never negative.
+
+    https://docs.stripe.com/api/invoices/object#invoice_object-amount_due
+    "Final amount due at this time for this invoice. If the invoice's total
+    is smaller than the minimum charge amount, for example, or if there is
+    account credit that can be applied to the invoice, the `amount_due` may
+    be 0." (Customer balances and minimum charge amounts are not faked.)
+    """
+    def amount_due(self):
+        if getattr(self, '_standalone', False):
+            return max(0, self.total)
+        return original.fget(self)
+    return property(amount_due)
+
+
+def _standalone_next_payment_attempt(original):
+    """``next_payment_attempt`` is null when nothing will attempt payment.
+
+    https://docs.stripe.com/invoicing/integration/automatic-advancement-collection
+    "When you set `auto_advance` to `false`, you're responsible for
+    transitioning the invoice between states." localstripe reports the
+    creation date as the next attempt of every draft or open invoice.
+    """
+    def next_payment_attempt(self):
+        if getattr(self, '_standalone', False) and not self.auto_advance:
+            return None
+        return original.fget(self)
+    return property(next_payment_attempt)
+
+
+def _invoice_item_added_to_invoice(original):
+    """POST /v1/invoiceitems with ``invoice``: stock localstripe records the
+    id on the item but never adds the item to that invoice's lines or
+    totals, whatever the invoice's status.
+    """
+    def _api_create(cls, invoice=None, **data):
+        if invoice is None:
+            return original.__func__(cls, **data)
+        if not (isinstance(invoice, str) and invoice.startswith('in_')):
+            raise resources.UserError(400, 'Bad request')
+        target = resources.Invoice._api_retrieve(invoice)  # 404 if missing
+        # https://docs.stripe.com/api/invoiceitems/create#create_invoiceitem-invoice
+        # "The ID of an existing invoice to add this invoice item to. [...]
+        # You can only add invoice items to draft invoices and there is a
+        # maximum of 250 items per invoice." The code is invoice_not_editable
+        # from Stripe's list of error codes
+        # (https://docs.stripe.com/error-codes, the `code` enum of
+        # https://docs.stripe.com/api/errors).
+        if target.status != 'draft':
+            raise _error(400, 'You can only add invoice items to draft '
+                         'invoices; invoice %s is %s.'
+                         % (invoice, target.status),
+                         code='invoice_not_editable', param='invoice')
+        if len(target.lines._list) >= 250:
+            raise _error(400, 'An invoice can have at most 250 invoice '
+                         'items.', param='invoice')
+        # An invoice has a single `currency`
+        # (https://docs.stripe.com/api/invoices/object#invoice_object-currency);
+        # the reference does not spell out the error for an item in another
+        # one, so message and absence of a code here are localstripe's.
+        currency = data.get('currency')
+        if isinstance(currency, str) and currency.lower() != target.currency:
+            raise _error(400, 'The currency of the invoice item (%s) must '
+                         'match the currency of invoice %s (%s).'
+                         % (currency, invoice, target.currency),
+                         param='currency')
+        # https://docs.stripe.com/api/invoiceitems/create#create_invoiceitem-amount
+        # "Passing in a negative `amount` will reduce the `amount_due` on the
+        # invoice." localstripe accepts any integer; subtotal, total and
+        # amount_due are computed from the lines.
+        item = original.__func__(cls, invoice=invoice, **data)
+        # https://docs.stripe.com/api/invoice-line-item "Each line item is
+        # backed by either an invoice item or a subscription item." The line
+        # has the item's metadata (InvoiceLineItem shares the dict).
+        target.lines._list.append(resources.InvoiceLineItem(item))
+        return item
+    return classmethod(_api_create)
+
+
+def _next_invoice_number(customer_id):
+    """https://docs.stripe.com/api/invoices/object#invoice_object-number
+    "A unique, identifying string that appears on emails sent to the
+    customer for this invoice. This starts with the customer's unique
+    invoice_prefix if it is specified." Here PREFIX-0001, PREFIX-0002, ...
+    per customer, the prefix derived from the customer id.
+    """
+    prefix = hashlib.sha1(customer_id.encode('utf-8')).hexdigest()[:8]
+    customer = resources.store.get('customer:' + customer_id)
+    sequence = getattr(customer, '_faithful_invoice_sequence', 0) + 1
+    if customer is not None:
+        customer._faithful_invoice_sequence = sequence
+    return '%s-%04d' % (prefix.upper(), sequence)
+
+
+def _finalize_draft(invoice, auto_advance=None):
+    # https://docs.stripe.com/invoicing/integration/workflow-transitions
+    # draft -> POST /v1/invoices/:id/finalize -> invoice.finalized -> open.
+    invoice._finalize()  # localstripe: open, status_transitions.finalized_at
+    if getattr(invoice, 'number', None) is None:
+        invoice.number = _next_invoice_number(invoice.customer)
+    # https://docs.stripe.com/api/invoices/finalize#finalize_invoice-auto_advance
+    # "Controls whether Stripe performs automatic collection of the
+    # invoice. If `false`, the invoice's state doesn't automatically advance
+    # without an explicit action."
+    if auto_advance is not None:
+        invoice.auto_advance = auto_advance
+    resources.schedule_webhook(resources.Event('invoice.finalized', invoice))
+    # https://docs.stripe.com/api/invoices "If the amount due for the invoice
+    # is less than Stripe's minimum allowed charge per currency, the invoice
+    # is automatically marked paid" -- here when nothing is due (minimum
+    # charge amounts are not faked). localstripe already reports it paid;
+    # this records paid_at and sends the payment events.
+    if invoice.amount_due == 0:
+        invoice._on_payment_success()
+
+
+def _finalize_invoice(id, auto_advance=None, **unexpected):
+    """POST /v1/invoices/{id}/finalize, which stock localstripe lacks (404).
+
+    https://docs.stripe.com/api/invoices/finalize "Stripe automatically
+    finalizes drafts before sending and attempting payment on invoices.
+    However, if you'd like to finalize a draft invoice manually, you can do
+    so using this method."
+    """
+    if unexpected:
+        raise _unexpected(unexpected)
+    auto_advance = _bool_param('auto_advance', auto_advance, None)
+    invoice = resources.Invoice._api_retrieve(id)
+    # Only drafts are finalized (workflow-transitions, above).
+    # https://docs.stripe.com/changelog/2018-11-08/renames-invoice-error-code-invoice-already-finalized
+    # "You now encounter the `invoice_already_finalized` error code when
+    # attempting to modify an invoice that has been finalized."
+    if invoice.status != 'draft':
+        raise _error(400, "This invoice is already finalized, you can't "
+                     're-finalize a non-draft invoice.',
+                     code='invoice_already_finalized')
+    _finalize_draft(invoice, auto_advance)
+    return invoice
+
+
+def _invoice_paid_event(original):
+    """A successful invoice payment also sends ``invoice.paid`` (localstripe
+    sends only invoice.payment_succeeded) and stops automatic advancement.
+
+    https://docs.stripe.com/invoicing/integration/workflow-transitions
+    open -> POST /v1/invoices/:id/pay -> invoice.paid -> paid.
+    https://docs.stripe.com/invoicing/integration/automatic-advancement-collection
+    "Automatic advancement and collection never occur on invoices that are
+    marked uncollectible, void, or paid. For these invoices, auto_advance is
+    always set to false".
+    """
+    def _on_payment_success(self):
+        original(self)
+        if hasattr(self, 'auto_advance'):
+            self.auto_advance = False
+        resources.schedule_webhook(resources.Event('invoice.paid', self))
+    return _on_payment_success
+
+
+# https://docs.stripe.com/error-codes/card-declined
+CARD_DECLINED_DOC = 'https://docs.stripe.com/error-codes/card-declined'
+
+
+def _pay_invoice(id, off_session=None, **unexpected):
+    """POST /v1/invoices/{id}/pay. Stock localstripe answers 200 with the
+    invoice still open when the card is declined, 500 on ``off_session``,
+    and counts no attempts.
+    """
+    # https://docs.stripe.com/api/invoices/pay lists forgive, mandate,
+    # off_session, paid_out_of_band, payment_method and source; only
+    # off_session is implemented.
+    if unexpected:
+        raise _unexpected(unexpected)
+    # https://docs.stripe.com/api/invoices/pay#pay_invoice-off_session
+    # "Indicates if a customer is on or off-session while an invoice payment
+    # is attempted. Defaults to `true` (off-session)." No payment method
+    # here ever asks for the customer, so both are charged alike.
+    _bool_param('off_session', off_session, True)
+    invoice = resources.Invoice._api_retrieve(id)
+    # https://docs.stripe.com/invoicing/integration/workflow-transitions
+    # /pay is a transition of `open` (and `uncollectible`) invoices only.
+    if invoice.status == 'paid':
+        raise _error(400, 'Invoice is already paid')
+    if invoice.status not in ('draft', 'open'):
+        raise _error(400, 'You cannot pay an invoice whose status is %s.'
+                     % invoice.status)
+    # https://docs.stripe.com/api/invoices/finalize "Stripe automatically
+    # finalizes drafts before sending and attempting payment on invoices."
+    if invoice.status == 'draft':
+        _finalize_draft(invoice)
+        if invoice.status == 'paid':  # nothing was due
+            return invoice
+    # https://docs.stripe.com/api/invoices/object#invoice_object-collection_method
+    # "When charging automatically, Stripe will attempt to pay this invoice
+    # using the default source attached to the customer" -- here the
+    # customer's invoice_settings.default_payment_method (else its default
+    # source), as localstripe does.
+    customer = resources.Customer._api_retrieve(invoice.customer)
+    if customer._get_default_payment_method_or_source() is None:
+        raise _error(400, 'This customer has no attached payment source or '
+                     'default payment method.')
+    # https://docs.stripe.com/api/invoices/object#invoice_object-attempt_count
+    # "Any payment attempt counts as the first attempt, and subsequently
+    # only automatic retries increment the attempt count. In other words,
+    # manual payment attempts after the first attempt do not affect the
+    # retry schedule." This fake never retries by itself.
+    invoice.attempted = True
+    invoice.attempt_count = max(1, invoice.attempt_count or 0)
+    # localstripe charges the default payment method through a
+    # PaymentIntent; _invoice_payment_failure_events sends the failure
+    # events of a decline.
+    resources.Invoice._api_pay_invoice(id)
+    charge = invoice.charge
+    if charge is not None and charge.status == 'failed':
+        # https://docs.stripe.com/api/errors "card_error: Card errors are the
+        # most common type of error you should expect to handle. They result
+        # when the user enters a card that can't be charged for some
+        # reason." HTTP 402: "The parameters were valid but the request
+        # failed." `decline_code`: "For card errors resulting from a card
+        # issuer decline, a short string indicating the card issuer's reason
+        # for the decline"; `charge`: "For card errors, the ID of the failed
+        # charge." The invoice stays open (workflow-transitions:
+        # open -> /pay -> invoice.payment_failed -> open).
+        raise _error(402, charge.failure_message or 'Your card was declined.',
+                     type='card_error',
+                     code=charge.failure_code or 'card_declined',
+                     decline_code='generic_decline', charge=charge.id,
+                     doc_url=CARD_DECLINED_DOC)
+    return invoice
+
+
+def _void_invoice(id, **unexpected):
+    """POST /v1/invoices/{id}/void. Stock localstripe also voids drafts,
+    answers 400 for an open invoice that was never charged (it cancels a
+    PaymentIntent that does not exist) and sends no event.
+    """
+    if unexpected:
+        raise _unexpected(unexpected)
+    invoice = resources.Invoice._api_retrieve(id)
+    # https://docs.stripe.com/api/invoices/void "Mark a finalized invoice as
+    # void. This cannot be undone. Voiding an invoice is similar to
+    # deletion, however it only applies to finalized invoices".
+    # https://docs.stripe.com/invoicing/integration/workflow-transitions
+    # lists /void for `open` and `uncollectible` invoices only (drafts are
+    # deleted); localstripe has no uncollectible status.
+    if invoice.status != 'open':
+        raise _error(400, 'You can only void an open invoice; invoice %s is '
+                     '%s.' % (id, invoice.status))
+    if invoice.payment_intent:
+        intent = resources.PaymentIntent._api_retrieve(invoice.payment_intent)
+        if intent.status in ('requires_payment_method', 'requires_capture',
+                             'requires_confirmation', 'requires_action'):
+            resources.PaymentIntent._api_cancel(intent.id)
+    invoice._voided = True
+    invoice.status_transitions['voided_at'] = int(time.time())
+    # automatic-advancement-collection: "auto_advance is always set to
+    # false" for void invoices.
+    invoice.auto_advance = False
+    if invoice.subscription:  # as stock localstripe
+        subscription = resources.Subscription._api_retrieve(
+            invoice.subscription)
+        subscription._on_initial_payment_voided(invoice)
+    # workflow-transitions: open -> /void -> invoice.voided -> void.
+    resources.schedule_webhook(resources.Event('invoice.voided', invoice))
+    return invoice
+
+
+def _list_invoice_lines(id, limit=None, starting_after=None, **unexpected):
+    """GET /v1/invoices/{id}/lines. Stock localstripe rejects
+    ``starting_after`` (400).
+
+    https://docs.stripe.com/api/invoices/invoice_lines "When retrieving an
+    invoice, you'll get a lines property containing the total count of line
+    items and the first handful of those items. There is also a URL where
+    you can retrieve the full (paginated) list of line items."
+    https://docs.stripe.com/api/pagination "starting_after: A cursor for use
+    in pagination. starting_after is an object ID that defines your place in
+    the list."
+    """
+    if unexpected:
+        raise _unexpected(unexpected)
+    invoice = resources.Invoice._api_retrieve(id)
+    lines = resources.List('/v1/invoices/' + id + '/lines', limit=limit,
+                           starting_after=starting_after)
+    lines._list = invoice.lines._list
+    return lines
+
+
+# Routes served here instead of by localstripe: (method, route template) ->
+# function called with the request's parameters, as localstripe's own
+# extra routes are (server.api_extra).
+ROUTES = {
+    ('POST', '/v1/invoices/{id}/finalize'): _finalize_invoice,
+    ('POST', '/v1/invoices/{id}/pay'): _pay_invoice,
+    ('POST', '/v1/invoices/{id}/void'): _void_invoice,
+    ('GET', '/v1/invoices/{id}/lines'): _list_invoice_lines,
+}
+
+
+def _install_routes(app):
+    """Adds the routes localstripe lacks and takes over the ones it has.
+
+    localstripe's handlers capture their functions when its server module
+    is imported, so an existing route is taken over by a middleware that
+    answers for its template instead.
+    """
+    existing = {(route.method, route.resource.canonical)
+                for route in app.router.routes()
+                if route.resource is not None}
+    handlers = {}
+    for (method, url), func in ROUTES.items():
+        handler = server.api_extra(func, url)
+        if (method, url) in existing:
+            handlers[(method, url)] = handler
+        else:
+            app.router.add_route(method, url, handler)
+
+    @web.middleware
+    async def faithful_routes(request, handler):
+        resource = getattr(request.match_info.route, 'resource', None)
+        if resource is not None:
+            own = handlers.get((request.method, resource.canonical))
+            if own is not None:
+                return await own(request)
+        return await handler(request)
+
+    # Innermost: after localstripe's error, auth and save-state middlewares.
+    app.middlewares.append(faithful_routes)
+
+
+# --------------------------------------------------------------------------
+# Request log (env LOCALSTRIPE_REQUEST_LOG)
+# --------------------------------------------------------------------------
+
+def _flat_params(multidict):
+    params = {}
+    for key in multidict.keys():
+        if key in params:
+            continue
+        values = [str(v) for v in multidict.getall(key)]
+        params[key] = values[0] if len(values) == 1 else values
+    return params
+
+
+def _flatten_json(value, prefix, out):
+    # A JSON body, in the form-encoding's `a[b][0]` key notation.
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten_json(item, '%s[%s]' % (prefix, key) if prefix else key,
+                          out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _flatten_json(item, '%s[%d]' % (prefix, index), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _request_log_middleware(path):
+    """Appends one JSON line per request under /v1/ to `path`:
+    ``{"method": ..., "path": ..., "params": {"metadata[k]": "v", ...}}``,
+    query and body parameters together, before the request is handled (so
+    the line is there by the time its response is).
+    """
+    @web.middleware
+    async def request_log(request, handler):
+        if request.path.startswith('/v1/'):
+            params = _flat_params(request.query)
+            if request.can_read_body:
+                if request.content_type == 'application/json':
+                    try:
+                        _flatten_json(await request.json(), '', params)
+                    except ValueError:
+                        pass
+                else:
+                    params.update(_flat_params(await request.post()))
+            line = json.dumps({'method': request.method,
+                               'path': request.path,
+                               'params': params}, sort_keys=True)
+            try:
+                with open(path, 'a', encoding='utf-8') as f:
+                    f.write(line + '\n')
+            except OSError as e:
+                logging.warning('request log %s: %s', path, e)
+        return await handler(request)
+    return request_log
+
+
+# --------------------------------------------------------------------------
 # State file
 # --------------------------------------------------------------------------
 
@@ -794,6 +1353,23 @@ def patch():
         resources.Invoice._api_create)
     resources.PaymentIntent._confirm = _invoice_payment_failure_events(
         resources.PaymentIntent._confirm)
+    resources.Invoice._api_create = _invoice_create_without_subscription(
+        resources.Invoice._api_create)
+    resources.Invoice.total = _standalone_total(resources.Invoice.total)
+    resources.Invoice.amount_due = _standalone_amount_due(
+        resources.Invoice.amount_due)
+    resources.Invoice.next_payment_attempt = \
+        _standalone_next_payment_attempt(
+            resources.Invoice.next_payment_attempt)
+    resources.Invoice._on_payment_success = _invoice_paid_event(
+        resources.Invoice._on_payment_success)
+    resources.InvoiceItem._api_create = _invoice_item_added_to_invoice(
+        resources.InvoiceItem._api_create)
+    _install_routes(server.app)
+    request_log = os.environ.get('LOCALSTRIPE_REQUEST_LOG')
+    if request_log:
+        # Outermost: every request is logged, whatever answers it.
+        server.app.middlewares.insert(0, _request_log_middleware(request_log))
     resources.Store.try_load_from_disk = _try_load_from_disk
     resources.Store.dump_to_disk = _dump_to_disk
     resources._faithful_patched = True

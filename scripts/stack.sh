@@ -19,7 +19,11 @@ CH_HTTP_PORT="${SAAS_STACK_CH_HTTP_PORT:-8123}"
 CH_TCP_PORT="${SAAS_STACK_CH_TCP_PORT:-9000}"
 STRIPE_PORT="${SAAS_STACK_STRIPE_PORT:-8420}"
 LOCALSTRIPE_VERSION=1.15.10
+# Stripe's Python library for the API version async-stripe pins (2026-09-30.endive): the
+# reference the request conformance check reads its operations and parameters from.
+STRIPE_PYTHON_VERSION=16.0.1
 STRIPE_TEST_KEY=sk_test_local_stack
+STRIPE_WEBHOOK_SECRET=whsec_local_stack
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -118,6 +122,7 @@ stripe_up() {
     mkdir -p "$STATE/localstripe"
     log "starting localstripe"
     LOCALSTRIPE_STATE_FILE="$STATE/localstripe/state.pickle" \
+    LOCALSTRIPE_REQUEST_LOG="$STATE/localstripe/requests.jsonl" \
         start_detached localstripe python3 "$ROOT/scripts/localstripe_faithful.py" \
         --host 127.0.0.1 --port "$STRIPE_PORT" --from-scratch --in-memory
     wait_for stripe_ready 30 || { tail -n 20 "$STATE/localstripe.log" >&2 || true; die "localstripe did not start"; }
@@ -176,9 +181,22 @@ export_stack_env() {
     export SAAS_STRIPE__SECRET_KEY="${SAAS_STRIPE__SECRET_KEY:-$STRIPE_TEST_KEY}"
 }
 
+# Points the fake's webhooks at the service, signed with the service's secret (kept in
+# localstripe's memory only, so registered on every run).
+register_webhook() {
+    local listen="${SAAS_LISTEN:-127.0.0.1:8080}"
+    export SAAS_STRIPE__WEBHOOK_SECRET="${SAAS_STRIPE__WEBHOOK_SECRET:-$STRIPE_WEBHOOK_SECRET}"
+    curl -fsS -u "$STRIPE_TEST_KEY:" "http://127.0.0.1:$STRIPE_PORT/_config/webhooks/saas" \
+        --data-urlencode "url=http://$listen/webhooks/stripe" \
+        --data-urlencode "secret=$SAAS_STRIPE__WEBHOOK_SECRET" >/dev/null \
+        || die "could not register the webhook endpoint with localstripe"
+    log "localstripe delivers webhooks to http://$listen/webhooks/stripe"
+}
+
 run() {
     up
     export_stack_env
+    register_webhook
     export SAAS_LOG__FORMAT="${SAAS_LOG__FORMAT:-pretty}"
     if [ -z "${SAAS_OPERATOR_TOKEN:-}" ]; then
         export SAAS_OPERATOR_TOKEN="local-operator-token-change-me"
@@ -195,9 +213,17 @@ browser_up() {
     fi
 }
 
+stripe_reference_up() {
+    if [ "$(python3 -c 'import stripe; print(stripe.VERSION)' 2>/dev/null)" != "$STRIPE_PYTHON_VERSION" ]; then
+        log "pip install stripe==$STRIPE_PYTHON_VERSION"
+        python3 -m pip install -q --disable-pip-version-check "stripe==$STRIPE_PYTHON_VERSION"
+    fi
+}
+
 test_all() {
     up
     browser_up
+    stripe_reference_up
     export_stack_env
     # Databases left behind by earlier runs (a killed test cannot drop its own).
     psql_superuser -tAc "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
@@ -206,11 +232,23 @@ test_all() {
     cd "$ROOT"
     # The crash tests run the real binary as a child process.
     cargo build --quiet --bin saas
+    # Every request the tests make the service (and themselves) send to Stripe is
+    # checked afterwards against Stripe's published API.
+    local requests="$STATE/localstripe/requests.jsonl" status=0
+    # The fake itself first: each behaviour the service relies on, as Stripe documents it
+    # (its deliberately wrong requests are left out of the log checked below).
+    python3 "$ROOT/scripts/test_localstripe_faithful.py" --port "$STRIPE_PORT" || status=$?
+    : >"$requests"
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-fail-fast "$@"
+        cargo nextest run --workspace --no-fail-fast "$@" || status=$?
     else
-        cargo test --workspace --no-fail-fast "$@"
+        cargo test --workspace --no-fail-fast "$@" || status=$?
     fi
+    # A whole run makes thousands; a filtered one may make none.
+    local least=0
+    [ "$#" -eq 0 ] && least=100
+    python3 "$ROOT/scripts/stripe_conformance.py" "$requests" --min-requests "$least" || status=$?
+    return "$status"
 }
 
 case "${1:-}" in
