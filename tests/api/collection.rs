@@ -1,19 +1,21 @@
-//! Collection through Stripe (localstripe): every invoice reaches Stripe once with the
-//! same lines and total and is charged; a declining card goes through dunning to
-//! suspension and comes back by paying; a collection killed anywhere and run again, or
-//! run twice at once, makes one Stripe invoice.
+//! Collection through Stripe (localstripe, made to follow Stripe's API reference): every
+//! invoice is composed at Stripe once with the same lines and total, finalized and
+//! charged, and Stripe never advances one on its own; a declining card goes through
+//! dunning to suspension and comes back by paying; a collection killed after any Stripe
+//! call and run again, or run twice at once, makes one Stripe invoice and one charge.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use billing::collection::{Collector, DunningSchedule};
-use integration_tests::{TestApp, declining_card, error_code, stripe_get, stripe_post};
+use integration_tests::{
+    DyingCaller, TestApp, declining_card, error_code, stripe_get, stripe_post,
+};
 use payments::{
-    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, PaymentError, PaymentProvider,
-    ProviderInvoice, RecurringPlan, StripeProvider, SubscriptionRef,
+    Attempt, ChargeOutcome, CustomerDetails, InvoiceDraft, PaymentError, PaymentProvider,
+    ProviderInvoice, StripeProvider,
 };
 use saas_core::TenantId;
 use serde_json::{Value, json};
@@ -34,7 +36,7 @@ pub async fn stored_invoices(app: &TestApp, tenant: TenantId) -> Vec<StoredInvoi
     let mut tx = app.db.tenant_tx(tenant).await.unwrap();
     sqlx::query_as(
         "SELECT id, status, total, stripe_invoice_id, payment_attempts, dunning FROM invoices \
-         WHERE tenant_id = $1 ORDER BY period_start",
+         WHERE tenant_id = $1 AND kind = 'period' ORDER BY period_start",
     )
     .bind(tenant.as_uuid())
     .fetch_all(&mut *tx)
@@ -68,11 +70,14 @@ pub async fn set_default_card(customer: &str, payment_method: &str) {
 }
 
 /// The customer's Stripe invoices that were made for one of ours, by our invoice id.
+/// Each is checked to be one Stripe never advances on its own.
 async fn stripe_invoices_by_reference(customer: &str) -> BTreeMap<String, Vec<Value>> {
     let list = stripe_get(&format!("/v1/invoices?customer={customer}&limit=100")).await;
     let mut by_reference: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for invoice in list["data"].as_array().unwrap() {
         if let Some(reference) = invoice["metadata"]["saas_invoice"].as_str() {
+            assert_eq!(invoice["auto_advance"], false, "{invoice}");
+            assert_eq!(invoice["collection_method"], "charge_automatically");
             by_reference
                 .entry(reference.to_owned())
                 .or_default()
@@ -118,10 +123,11 @@ pub fn short_cycles(
 
 #[tokio::test]
 async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_and_is_paid() {
-    let app = TestApp::spawn_with(short_cycles("12s", "1h")).await;
+    // Hour-long periods, closed by running the invoice run as of an hour from now: the
+    // set-up may take as long as the machine needs.
+    let app = TestApp::spawn_with(short_cycles("3600s", "1h")).await;
     let plans = ["starter", "pro", "enterprise"];
     let mut tenants = Vec::new();
-    let started = Instant::now();
     for chunk in (0..110).collect::<Vec<_>>().chunks(10) {
         let signed = futures_util::future::join_all(
             chunk
@@ -158,28 +164,25 @@ async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_an
             202
         );
     }
-    let set_up = started.elapsed();
-    assert!(
-        set_up < Duration::from_secs(11),
-        "set-up took {set_up:?}: periods ended early"
-    );
-    // The last tenant's first period ends 12 s after its signup.
-    tokio::time::sleep(Duration::from_millis(12_800)).await;
     app.drain_relay().await;
-    let report = billing_run(&app).await;
-    assert_eq!(report["failed"], 0, "{report}");
-    assert!(
-        report["invoices_created"].as_u64().unwrap() >= 110,
-        "{report}"
-    );
+    let an_hour_on = chrono::Utc::now() + chrono::TimeDelta::seconds(3_601);
+    let run = || {
+        billing::invoices::run(
+            &app.db,
+            &app.clickhouse,
+            an_hour_on,
+            Duration::from_millis(300),
+            billing::invoices::Collection::Stripe,
+        )
+    };
+    let report = run().await.unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.invoices_created, 110, "{report:?}");
 
-    // A second run finds every first period invoiced (and may invoice second periods
-    // that ended meanwhile); then everything is paid.
-    let again = billing_run(&app).await;
-    assert!(
-        again["already_invoiced"].as_u64().unwrap() >= 110,
-        "{again}"
-    );
+    // A second run finds every first period invoiced; then everything is paid.
+    let again = run().await.unwrap();
+    assert_eq!(again.already_invoiced, 110, "{again:?}");
+    assert_eq!(again.invoices_created, 0, "{again:?}");
     for tenant in &tenants {
         let (app, id) = (&app, tenant.id);
         wait_for(
@@ -205,20 +208,28 @@ async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_an
             assert_eq!(stripe["total"], invoice["total"], "{stripe} vs {invoice}");
             assert_eq!(stripe["status"], "paid");
             assert_eq!(invoice["status"], "paid");
-            // Line for line: the same amounts at Stripe as here.
-            let mut ours: Vec<i64> = invoice["lines"]
+            assert!(
+                stripe["status_transitions"]["finalized_at"].is_i64(),
+                "finalized: {stripe}"
+            );
+            assert_eq!(stripe["currency"], invoice["currency"]);
+            // Line for line: each of ours with an amount, by its id, and nothing else.
+            let mut ours: Vec<(String, i64)> = invoice["lines"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|l| l["amount"].as_i64().unwrap())
-                .filter(|a| *a != 0)
+                .enumerate()
+                .filter(|(_, l)| l["amount"].as_i64() != Some(0))
+                .map(|(i, l)| (format!("{reference}:{i}"), l["amount"].as_i64().unwrap()))
                 .collect();
-            let mut theirs: Vec<i64> = stripe["lines"]["data"]
+            let mut theirs: Vec<(String, i64)> = stripe["lines"]["data"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|l| l["amount"].as_i64().unwrap())
-                .filter(|a| *a != 0)
+                .map(|l| {
+                    let id = l["metadata"]["saas_line"].as_str().unwrap_or("not ours");
+                    (id.to_owned(), l["amount"].as_i64().unwrap())
+                })
                 .collect();
             ours.sort();
             theirs.sort();
@@ -230,7 +241,19 @@ async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_an
                 .map(|l| l["amount"].as_i64().unwrap())
                 .sum();
             assert_eq!(sum, invoice["total"].as_i64().unwrap());
+            // Charged once, by us.
+            assert_eq!(stripe["attempt_count"], 1, "{stripe}");
         }
+        // The signup invoice and the first period's: nothing else at Stripe.
+        assert_eq!(at_stripe.len(), ours["invoices"].as_array().unwrap().len());
+        let pending = stripe_get(&format!("/v1/invoiceitems?customer={customer}")).await;
+        let left: Vec<&Value> = pending["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| item["invoice"].is_null())
+            .collect();
+        assert!(left.is_empty(), "nothing left pending: {left:?}");
     }
     // And the quantities are the period's usage.
     let reconciliation = app.operator_get("/v1/admin/billing/reconciliation").await;
@@ -280,6 +303,9 @@ async fn a_declining_card_goes_through_every_retry_then_a_new_card_pays_and_reac
     let at_stripe = stripe_get(&format!("/v1/invoices/{stripe_id}")).await;
     assert_eq!(at_stripe["status"], "open");
     assert_eq!(at_stripe["total"].as_i64(), Some(invoice.total));
+    // Dunning is ours alone: Stripe has no retry of its own scheduled.
+    assert_eq!(at_stripe["auto_advance"], false, "{at_stripe}");
+    assert!(at_stripe["next_payment_attempt"].is_null(), "{at_stripe}");
     // The tenant sees where payment stands; the operator sees the invoice in dunning.
     let listed = app.get_json(&tenant.api_key, "/v1/invoices").await;
     let payment = &listed["invoices"][0]["payment"];
@@ -447,8 +473,8 @@ async fn a_retry_that_pays_ends_dunning_and_the_tenant_stays_active() {
 }
 
 #[tokio::test]
-async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike() {
-    let app = TestApp::spawn_with(short_cycles("4s", "1h")).await;
+async fn an_upgrade_in_the_period_is_prorated_by_us_and_identical_at_stripe() {
+    let app = TestApp::spawn_with(short_cycles("6s", "1h")).await;
     let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
     let usage = json!([{"id": "u1", "metric": "queries", "value": 120_000}]);
     assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
@@ -469,7 +495,10 @@ async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike(
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // Nothing moved at Stripe: no invoice beside the signup's, nothing pending.
+    let customer = stripe_customer(&app, tenant.id).await;
+    assert_eq!(stripe_invoices_by_reference(&customer).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
     app.drain_relay().await;
     billing_run(&app).await;
     let id = tenant.id;
@@ -480,12 +509,48 @@ async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike(
             .is_some_and(|i| i.status == "paid")
     })
     .await;
-    let ours = app.get_json(&tenant.api_key, "/v1/invoices").await["invoices"]
+    let listed = app.get_json(&tenant.api_key, "/v1/invoices").await;
+    let ours = listed["invoices"]
         .as_array()
         .unwrap()
-        .last()
+        .iter()
+        .find(|i| i["kind"] == "period")
         .unwrap()
         .clone();
+    // Our prorations, recomputed here from the plan prices (starter 2,900, pro 19,900)
+    // and when the upgrade took effect: fee x remaining / length, half up.
+    let effective_at: chrono::DateTime<chrono::Utc> = {
+        let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT effective_at FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'plan_change'",
+        )
+        .bind(tenant.id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+    };
+    let end: chrono::DateTime<chrono::Utc> = ours["period_end"].as_str().unwrap().parse().unwrap();
+    let start: chrono::DateTime<chrono::Utc> =
+        ours["period_start"].as_str().unwrap().parse().unwrap();
+    let remaining = (end - effective_at).num_seconds();
+    let length = (end - start).num_seconds();
+    let part = |fee: i64| (fee * remaining * 2 + length) / (2 * length);
+    let prorations: Vec<i64> = ours["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "proration")
+        .map(|l| l["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(prorations, [-part(2_900), part(19_900)], "{ours}");
+    let base_fees: Vec<i64> = ours["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "base_fee")
+        .map(|l| l["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(base_fees, [19_900], "the next period's, in advance, on pro");
     let stored = stored_invoices(&app, tenant.id).await.remove(0);
     let at_stripe = stripe_get(&format!(
         "/v1/invoices/{}",
@@ -493,14 +558,22 @@ async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike(
     ))
     .await;
     assert_eq!(at_stripe["total"], ours["total"], "{at_stripe} vs {ours}");
-    let kinds: Vec<&str> = ours["lines"]
+    let mut theirs: Vec<i64> = at_stripe["lines"]["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["kind"].as_str().unwrap())
+        .map(|l| l["amount"].as_i64().unwrap())
         .collect();
-    assert!(kinds.contains(&"proration"), "{ours}");
-    assert!(kinds.contains(&"base_fee"), "{ours}");
+    let mut mine: Vec<i64> = ours["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["amount"].as_i64().unwrap())
+        .filter(|a| *a != 0)
+        .collect();
+    theirs.sort();
+    mine.sort();
+    assert_eq!(theirs, mine);
     let sum: i64 = ours["lines"]
         .as_array()
         .unwrap()
@@ -510,48 +583,29 @@ async fn an_upgrade_in_the_period_puts_stripes_proration_on_both_invoices_alike(
     assert_eq!(sum, ours["total"].as_i64().unwrap());
 }
 
-/// The real provider with a fault it cannot produce itself: the process "dies" (every
-/// call fails) after `budget` calls, or every charge is refused with a hard decline
-/// (localstripe has no test card for one).
+/// The real provider with a fault it cannot produce itself: every charge is refused
+/// with a hard decline (localstripe has no test card for one), or refused outright.
 struct Faulty {
     inner: StripeProvider,
-    calls: AtomicUsize,
-    budget: usize,
     decline_with: Option<&'static str>,
     /// Charges are refused outright (no usable payment method, say), not declined.
     refuse: bool,
 }
 
 impl Faulty {
-    fn dies_after(budget: usize) -> Self {
-        Self {
-            inner: real_provider(),
-            calls: AtomicUsize::new(0),
-            budget,
-            decline_with: None,
-            refuse: false,
-        }
-    }
-
     fn declines_with(code: &'static str) -> Self {
         Self {
+            inner: real_provider(),
             decline_with: Some(code),
-            ..Self::dies_after(usize::MAX)
+            refuse: false,
         }
     }
 
     fn refuses() -> Self {
         Self {
+            inner: real_provider(),
+            decline_with: None,
             refuse: true,
-            ..Self::dies_after(usize::MAX)
-        }
-    }
-
-    fn tick(&self) -> Result<(), PaymentError> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.budget {
-            Err(PaymentError::Unavailable("killed".into()))
-        } else {
-            Ok(())
         }
     }
 }
@@ -563,7 +617,6 @@ impl PaymentProvider for Faulty {
         d: &CustomerDetails,
         a: Attempt,
     ) -> Result<String, PaymentError> {
-        self.tick()?;
         self.inner.ensure_customer(d, a).await
     }
     async fn ensure_default_payment_method(
@@ -572,65 +625,30 @@ impl PaymentProvider for Faulty {
         p: &str,
         a: Attempt,
     ) -> Result<String, PaymentError> {
-        self.tick()?;
         self.inner.ensure_default_payment_method(c, p, a).await
     }
-    async fn ensure_subscription(
+    async fn has_default_payment_method(&self, c: &str) -> Result<bool, PaymentError> {
+        self.inner.has_default_payment_method(c).await
+    }
+    async fn push_invoice(
         &self,
         c: &str,
-        p: &RecurringPlan,
-        a: Attempt,
-    ) -> Result<SubscriptionRef, PaymentError> {
-        self.tick()?;
-        self.inner.ensure_subscription(c, p, a).await
-    }
-    async fn change_plan(
-        &self,
-        s: &str,
-        p: &RecurringPlan,
-        prorate: bool,
-    ) -> Result<SubscriptionRef, PaymentError> {
-        self.tick()?;
-        self.inner.change_plan(s, p, prorate).await
-    }
-    async fn cancel_subscription(&self, s: &str) -> Result<(), PaymentError> {
-        self.tick()?;
-        self.inner.cancel_subscription(s).await
-    }
-    async fn ensure_invoice_item(
-        &self,
-        c: &str,
-        currency: &str,
-        line: &ChargeLine,
-        a: Attempt,
-    ) -> Result<(), PaymentError> {
-        self.tick()?;
-        self.inner.ensure_invoice_item(c, currency, line, a).await
-    }
-    async fn ensure_invoice(
-        &self,
-        c: &str,
-        s: Option<&str>,
-        r: &str,
+        d: &InvoiceDraft,
         a: Attempt,
     ) -> Result<ProviderInvoice, PaymentError> {
-        self.tick()?;
-        self.inner.ensure_invoice(c, s, r, a).await
+        self.inner.push_invoice(c, d, a).await
     }
     async fn find_invoice(
         &self,
         c: &str,
         r: &str,
     ) -> Result<Option<ProviderInvoice>, PaymentError> {
-        self.tick()?;
         self.inner.find_invoice(c, r).await
     }
     async fn get_invoice(&self, id: &str) -> Result<ProviderInvoice, PaymentError> {
-        self.tick()?;
         self.inner.get_invoice(id).await
     }
     async fn charge_invoice(&self, id: &str, key: &str) -> Result<ChargeOutcome, PaymentError> {
-        self.tick()?;
         if self.refuse {
             return Err(PaymentError::Refused(
                 "402: This customer has no attached payment source".into(),
@@ -640,20 +658,22 @@ impl PaymentProvider for Faulty {
             Some(code) => Ok(ChargeOutcome::Declined {
                 code: code.into(),
                 message: "Your card was declined.".into(),
+                retryable: payments::declines::is_retryable(code),
             }),
             None => self.inner.charge_invoice(id, key).await,
         }
+    }
+    async fn void_invoice(&self, id: &str) -> Result<(), PaymentError> {
+        self.inner.void_invoice(id).await
     }
     async fn replace_default_payment_method(
         &self,
         c: &str,
         p: &str,
     ) -> Result<String, PaymentError> {
-        self.tick()?;
         self.inner.replace_default_payment_method(c, p).await
     }
     async fn delete_customer(&self, c: &str) -> Result<(), PaymentError> {
-        self.tick()?;
         self.inner.delete_customer(c).await
     }
     async fn ping(&self) -> Result<(), PaymentError> {
@@ -662,8 +682,16 @@ impl PaymentProvider for Faulty {
 }
 
 fn real_provider() -> StripeProvider {
-    let stack = integration_tests::Stack::from_env();
-    StripeProvider::new(integration_tests::STRIPE_TEST_KEY, &stack.stripe_url).unwrap()
+    provider_at(&integration_tests::Stack::from_env().stripe_url)
+}
+
+fn provider_at(url: &str) -> StripeProvider {
+    StripeProvider::new(
+        integration_tests::STRIPE_TEST_KEY,
+        url,
+        Duration::from_secs(10),
+    )
+    .unwrap()
 }
 
 fn collector(app: &TestApp, provider: Arc<dyn PaymentProvider>) -> Collector {
@@ -725,16 +753,19 @@ async fn spawn_with_collection_held_back() -> TestApp {
 }
 
 #[tokio::test]
-async fn a_collection_killed_at_every_step_and_run_again_makes_one_stripe_invoice() {
+async fn a_collection_killed_after_each_stripe_call_and_run_again_makes_one_stripe_invoice() {
     let app = spawn_with_collection_held_back().await;
-
-    for budget in 0..8 {
+    let stripe = integration_tests::Stack::from_env().stripe_url;
+    let target = stripe.trim_start_matches("http://").to_owned();
+    let mut budget = 0;
+    loop {
         let (tenant, invoice) = tenant_with_a_draft(&app).await;
-        let dying = Arc::new(Faulty::dies_after(budget));
-        let first = collector(&app, dying.clone())
+        // The collection dies right after its request number `budget` reached Stripe.
+        let dying = DyingCaller::start(target.clone(), budget).await;
+        let first = collector(&app, Arc::new(provider_at(&dying.url())))
             .collect(tenant, invoice)
             .await;
-        let calls = dying.calls.load(Ordering::SeqCst);
+        let completed = first.is_ok();
         // Then run again, twice at once, as two workers picking up the retried job.
         let whole = collector(&app, Arc::new(real_provider()));
         let (a, b) = tokio::join!(
@@ -750,17 +781,52 @@ async fn a_collection_killed_at_every_step_and_run_again_makes_one_stripe_invoic
         );
         let customer = stripe_customer(&app, tenant).await;
         let at_stripe = stripe_invoices_by_reference(&customer).await;
-        assert_eq!(at_stripe.len(), 1, "killed after {budget} of {calls} calls");
         let twins = &at_stripe[&invoice.to_string()];
         assert_eq!(twins.len(), 1, "killed after {budget} calls");
-        assert_eq!(twins[0]["total"].as_i64(), Some(stored.total));
-        assert_eq!(twins[0]["status"], "paid");
-        assert_eq!(stored.stripe_invoice_id.as_deref(), twins[0]["id"].as_str());
-        // Nothing of ours left pending for a later invoice to sweep up.
+        let stripe_invoice = stripe_get(&format!(
+            "/v1/invoices/{}",
+            twins[0]["id"].as_str().unwrap()
+        ))
+        .await;
+        assert_eq!(stripe_invoice["total"].as_i64(), Some(stored.total));
+        assert_eq!(stripe_invoice["status"], "paid");
+        assert_eq!(
+            stripe_invoice["attempt_count"], 1,
+            "charged once: {stripe_invoice}"
+        );
+        assert_eq!(
+            stored.stripe_invoice_id.as_deref(),
+            stripe_invoice["id"].as_str()
+        );
+        let lines = stripe_invoice["lines"]["data"].as_array().unwrap().len();
+        let mut references: Vec<&str> = stripe_invoice["lines"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["metadata"]["saas_line"].as_str().unwrap())
+            .collect();
+        references.dedup();
+        assert_eq!(references.len(), lines, "no line twice: {stripe_invoice}");
+        // Nothing of ours left pending for a later invoice.
         let pending = stripe_get(&format!("/v1/invoiceitems?customer={customer}")).await;
-        assert_eq!(pending["data"], json!([]), "killed after {budget} calls");
-        // Exactly one charge went through.
+        assert!(
+            pending["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|item| !item["invoice"].is_null()),
+            "killed after {budget} calls: {pending}"
+        );
         assert_eq!(stored.payment_attempts, 1);
+        if completed {
+            // Every request of a whole collection has been cut once: create, each
+            // line, finalize, pay.
+            assert!(budget >= lines + 3, "{budget} calls for {lines} lines");
+            break;
+        }
+        assert!(budget < 40, "a collection that never completes");
+        budget += 1;
+        drop(dying);
     }
 }
 
@@ -892,4 +958,58 @@ async fn collections_whose_jobs_gave_up_are_queued_again() {
         .await
         .unwrap();
     assert_eq!(stored_invoices(&app, tenant).await[0].status, "paid");
+}
+
+#[tokio::test]
+async fn an_invoice_stripe_cannot_charge_is_flagged_for_an_operator_not_retried() {
+    let app = spawn_with_collection_held_back().await;
+    let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
+    // A trillion tokens: about $10 million of overage, above Stripe's largest charge.
+    let usage = json!([{"id": "huge", "metric": "tokens", "value": 1_000_000_000_000_u64}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.drain_relay().await;
+    billing_run(&app).await;
+    let invoice = stored_invoices(&app, tenant.id).await.remove(0);
+    assert!(
+        invoice.total > billing::collection::MAX_CHARGE,
+        "{invoice:?}"
+    );
+    let outcome = collector(&app, Arc::new(real_provider()))
+        .collect(tenant.id, invoice.id)
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(billing::collection::CollectError::TooLarge { .. })
+        ),
+        "{outcome:?}"
+    );
+    // Nothing went to Stripe beside the signup invoice.
+    let customer = stripe_customer(&app, tenant.id).await;
+    assert_eq!(stripe_invoices_by_reference(&customer).await.len(), 1);
+    // Flagged once for an operator, and left alone by the sweep of stalled collections.
+    let overview = app.operator_get("/v1/admin/overview").await;
+    let flagged = overview["unpaid_invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == json!(invoice.id.to_string()))
+        .cloned()
+        .unwrap_or_else(|| panic!("{overview}"));
+    assert!(
+        flagged["collection_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("above")),
+        "{flagged}"
+    );
+    sqlx::query("UPDATE jobs SET status = 'dead' WHERE kind = 'billing.collect'")
+        .execute(&app.owner_pool)
+        .await
+        .unwrap();
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+    let requeued = billing::collection::requeue_stalled(&app.db, later, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(requeued, 0, "not retried on its own");
 }

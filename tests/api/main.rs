@@ -18,6 +18,7 @@ mod lifecycle;
 mod onboarding;
 mod outbox;
 mod payments;
+mod plan_change_billing;
 mod readiness;
 mod row_level_security;
 mod usage_ingest;

@@ -177,13 +177,29 @@ async fn a_declined_card_fails_the_signup_and_leaves_nothing_behind() {
         0,
         "the customer is deleted"
     );
+    // The signup invoice was charged once, declined, and voided: nothing left to collect.
+    let invoice: String = sqlx::query_scalar("SELECT stripe_invoice_id FROM signups WHERE id = $1")
+        .bind(id.parse::<saas_core::SignupId>().unwrap().as_uuid())
+        .fetch_one(&app.owner_pool)
+        .await
+        .unwrap();
+    let at_stripe = integration_tests::stripe_get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(at_stripe["status"], "void", "{at_stripe}");
+    assert_eq!(at_stripe["auto_advance"], false, "Stripe never retries it");
+    assert_eq!(at_stripe["amount_paid"], 0);
 }
 
 #[tokio::test]
 async fn a_worker_killed_after_any_step_resumes_and_finishes_exactly_once() {
     let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
-    let stripe: Arc<dyn PaymentProvider> =
-        Arc::new(StripeProvider::new(STRIPE_TEST_KEY, &Stack::from_env().stripe_url).unwrap());
+    let stripe: Arc<dyn PaymentProvider> = Arc::new(
+        StripeProvider::new(
+            STRIPE_TEST_KEY,
+            &Stack::from_env().stripe_url,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
     let settings = || WorkerSettings {
         lease: Duration::from_millis(300),
         poll_interval: Duration::from_millis(20),

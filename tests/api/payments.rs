@@ -1,12 +1,22 @@
 //! The Stripe payment provider against the stack's localstripe. Every operation is
 //! retried to show that a retry changes nothing.
 
-use integration_tests::{STRIPE_TEST_KEY, Stack, declining_card};
+use std::time::Duration;
+
+use integration_tests::{STRIPE_TEST_KEY, Stack, declining_card, stripe_get, stripe_post};
 use payments::stripe_provider::StripeProvider;
-use payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
+use payments::{
+    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, InvoiceDraft, PaymentError,
+    PaymentProvider,
+};
 
 fn provider() -> StripeProvider {
-    StripeProvider::new(STRIPE_TEST_KEY, &Stack::from_env().stripe_url).unwrap()
+    StripeProvider::new(
+        STRIPE_TEST_KEY,
+        &Stack::from_env().stripe_url,
+        Duration::from_secs(10),
+    )
+    .unwrap()
 }
 
 fn details() -> CustomerDetails {
@@ -18,16 +28,44 @@ fn details() -> CustomerDetails {
     }
 }
 
-fn plan(code: &str, base_fee: i64) -> RecurringPlan {
-    RecurringPlan {
-        code: code.into(),
+/// An invoice of ours: a base fee, a usage line and a credit.
+fn draft() -> InvoiceDraft {
+    let reference = uuid::Uuid::new_v4().to_string();
+    let line = |position: usize, amount: i64, description: &str| ChargeLine {
+        reference: format!("{reference}:{position}"),
+        amount,
+        description: description.into(),
+    };
+    InvoiceDraft {
+        lines: vec![
+            line(0, 19_900, "Pro plan, next period (in advance)"),
+            line(
+                2,
+                4_321,
+                "tokens past the included 1000000, tier 1: quantity 4321",
+            ),
+            line(5, -1_450, "Unused time on Starter plan"),
+        ],
         currency: "usd".into(),
-        base_fee,
+        description: format!("Invoice {reference}"),
+        reference,
     }
 }
 
+async fn customer_with(stripe: &StripeProvider, card: &str) -> String {
+    let customer = stripe
+        .ensure_customer(&details(), Attempt::First)
+        .await
+        .unwrap();
+    stripe
+        .ensure_default_payment_method(&customer, card, Attempt::First)
+        .await
+        .unwrap();
+    customer
+}
+
 #[tokio::test]
-async fn customers_payment_methods_and_subscriptions_are_created_once() {
+async fn customers_and_payment_methods_are_created_once() {
     let stripe = provider();
     let who = details();
     let customer = stripe.ensure_customer(&who, Attempt::First).await.unwrap();
@@ -36,7 +74,7 @@ async fn customers_payment_methods_and_subscriptions_are_created_once() {
         customer,
         "a retry finds the customer"
     );
-
+    assert!(!stripe.has_default_payment_method(&customer).await.unwrap());
     let card = stripe
         .ensure_default_payment_method(&customer, "pm_card_visa", Attempt::First)
         .await
@@ -46,108 +84,91 @@ async fn customers_payment_methods_and_subscriptions_are_created_once() {
         .await
         .unwrap();
     assert_eq!(card, again, "a retry keeps the default card");
-
-    let pro = plan("pro", 19_900);
-    let subscription = stripe
-        .ensure_subscription(&customer, &pro, Attempt::First)
-        .await
-        .unwrap();
-    assert_eq!(subscription.status, "active");
-    assert_eq!(subscription.plan_id, "saas_pro_usd_19900");
-    let retried = stripe
-        .ensure_subscription(&customer, &pro, Attempt::Retry)
-        .await
-        .unwrap();
-    assert_eq!(
-        retried.id, subscription.id,
-        "a retry finds the subscription"
-    );
-
-    let upgraded = stripe
-        .change_plan(&subscription.id, &plan("enterprise", 99_900), true)
-        .await
-        .unwrap();
-    assert_eq!(upgraded.plan_id, "saas_enterprise_usd_99900");
-    let unchanged = stripe
-        .change_plan(&subscription.id, &plan("enterprise", 99_900), true)
-        .await
-        .unwrap();
-    assert_eq!(unchanged, upgraded, "a retried plan change changes nothing");
-
+    assert!(stripe.has_default_payment_method(&customer).await.unwrap());
     stripe.delete_customer(&customer).await.unwrap();
     stripe.delete_customer(&customer).await.unwrap();
 }
 
 #[tokio::test]
-async fn a_declining_card_is_reported_as_declined() {
+async fn an_invoice_is_composed_of_our_lines_only_once_and_charged_once() {
     let stripe = provider();
-    let customer = stripe
-        .ensure_customer(&details(), Attempt::First)
+    let customer = customer_with(&stripe, "pm_card_visa").await;
+    // A pending item of the customer's made elsewhere must not be swept onto ours.
+    stripe_post(
+        "/v1/invoiceitems",
+        &[
+            ("customer", customer.as_str()),
+            ("currency", "usd"),
+            ("amount", "777"),
+        ],
+    )
+    .await;
+    let draft = draft();
+    let pushed = stripe
+        .push_invoice(&customer, &draft, Attempt::First)
         .await
         .unwrap();
-    let card = declining_card().await;
-    stripe
-        .ensure_default_payment_method(&customer, &card, Attempt::First)
+    assert_eq!(pushed.differs_from(&draft), None, "{pushed:?}");
+    assert_eq!(pushed.status, "open");
+    assert_eq!(pushed.total, 19_900 + 4_321 - 1_450);
+    assert!(!pushed.auto_advance, "Stripe never advances it on its own");
+    assert_eq!(pushed.attempt_count, 0);
+    let again = stripe
+        .push_invoice(&customer, &draft, Attempt::Retry)
         .await
         .unwrap();
-    let starter = plan("starter", 2_900);
-    for attempt in 0..2 {
-        match stripe
-            .ensure_subscription(&customer, &starter, Attempt::Retry)
+    assert_eq!(again, pushed, "a retry finds it and adds nothing");
+    let listed = stripe_get(&format!("/v1/invoices?customer={customer}")).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+
+    for _ in 0..2 {
+        let charged = stripe
+            .charge_invoice(&pushed.id, &format!("charge-{}", draft.reference))
             .await
-        {
-            Err(PaymentError::Declined { code, .. }) => assert_eq!(code, "first_payment_failed"),
-            other => panic!("attempt {attempt}: expected a decline, got {other:?}"),
-        }
+            .unwrap();
+        assert_eq!(charged, ChargeOutcome::Paid);
     }
-    // A good card then succeeds, on a fresh subscription; the declined ones were canceled.
-    let card = stripe_card(&customer).await;
-    set_default(&customer, &card).await;
-    let subscription = stripe
-        .ensure_subscription(&customer, &starter, Attempt::Retry)
+    let paid = stripe.get_invoice(&pushed.id).await.unwrap();
+    assert_eq!(paid.status, "paid");
+    assert_eq!(paid.attempt_count, 1, "charged once");
+}
+
+#[tokio::test]
+async fn a_declining_card_is_reported_as_declined_and_the_invoice_can_be_voided() {
+    let stripe = provider();
+    let customer = customer_with(&stripe, &declining_card().await).await;
+    let draft = draft();
+    let pushed = stripe
+        .push_invoice(&customer, &draft, Attempt::First)
         .await
         .unwrap();
-    assert_eq!(subscription.status, "active");
-    assert_eq!(
-        stripe
-            .ensure_subscription(&customer, &starter, Attempt::Retry)
+    for attempt in 1..=2 {
+        let outcome = stripe
+            .charge_invoice(&pushed.id, &format!("charge-{attempt}"))
             .await
-            .unwrap()
-            .id,
-        subscription.id
+            .unwrap();
+        assert!(
+            matches!(&outcome, ChargeOutcome::Declined { .. }),
+            "{outcome:?}"
+        );
+        let open = stripe.get_invoice(&pushed.id).await.unwrap();
+        assert_eq!(open.status, "open");
+        // Stripe counts the first attempt only (attempts made by hand after it are not
+        // counted: https://docs.stripe.com/api/invoices/object#invoice_object-attempt_count).
+        assert_eq!(open.attempt_count, 1, "attempt {attempt}");
+    }
+    stripe.void_invoice(&pushed.id).await.unwrap();
+    stripe.void_invoice(&pushed.id).await.unwrap();
+    let closed = stripe
+        .charge_invoice(&pushed.id, "charge-after-void")
+        .await
+        .unwrap();
+    assert_eq!(
+        closed,
+        ChargeOutcome::Closed {
+            status: "void".into()
+        }
     );
-}
-
-/// Attaches a good test card to the customer and returns its id.
-async fn stripe_card(customer: &str) -> String {
-    let response: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/payment_methods/pm_card_visa/attach",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .form(&[("customer", customer)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["id"].as_str().unwrap().to_owned()
-}
-
-async fn set_default(customer: &str, card: &str) {
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/customers/{customer}",
-            Stack::from_env().stripe_url
-        ))
-        .basic_auth(STRIPE_TEST_KEY, Some(""))
-        .form(&[("invoice_settings[default_payment_method]", card)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
@@ -167,42 +188,12 @@ async fn unknown_payment_methods_are_refused_and_an_unreachable_server_is_unavai
     );
     stripe.ping().await.unwrap();
 
-    let unreachable = StripeProvider::new(STRIPE_TEST_KEY, "http://127.0.0.1:9").unwrap();
+    let unreachable = StripeProvider::new(
+        STRIPE_TEST_KEY,
+        "http://127.0.0.1:9",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let error = unreachable.ping().await.unwrap_err();
     assert!(error.is_retryable(), "{error:?}");
-}
-
-#[tokio::test]
-async fn concurrent_first_subscriptions_to_a_new_plan_all_succeed() {
-    // A price never used before makes a Stripe plan that does not exist yet; eight
-    // processes (providers with their own caches) race to create it.
-    let fee = 10_000 + i64::from(rand_suffix() % 80_000);
-    let new_plan = plan("starter", fee);
-    let results = futures_util::future::join_all((0..8).map(|_| {
-        let new_plan = new_plan.clone();
-        async move {
-            let stripe = provider();
-            let customer = stripe
-                .ensure_customer(&details(), Attempt::First)
-                .await
-                .unwrap();
-            stripe
-                .ensure_default_payment_method(&customer, "pm_card_visa", Attempt::First)
-                .await
-                .unwrap();
-            stripe
-                .ensure_subscription(&customer, &new_plan, Attempt::First)
-                .await
-        }
-    }))
-    .await;
-    for result in results {
-        let subscription = result.expect("losing the race to create the plan is not an error");
-        assert_eq!(subscription.plan_id, format!("saas_starter_usd_{fee}"));
-        assert_eq!(subscription.status, "active");
-    }
-}
-
-fn rand_suffix() -> u32 {
-    uuid::Uuid::new_v4().as_u128() as u32
 }

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 pub use browser::Browser;
 pub use child_process::{ServiceProcess, saas_binary};
-pub use fault_proxy::FaultProxy;
+pub use fault_proxy::{DyingCaller, FaultProxy};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use stack::{STRIPE_TEST_KEY, Stack};
 pub use stripe_api::{declining_card, stripe_get, stripe_post};
@@ -172,7 +172,6 @@ impl TestApp {
                 billing_cycle: cycle,
                 synthetic,
                 stripe_customer_id: None,
-                stripe_subscription_id: None,
             },
         )
         .await

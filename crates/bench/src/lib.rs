@@ -125,6 +125,8 @@ impl Service {
 /// filled would not give comparable figures.
 pub struct OwnLocalstripe {
     pub url: String,
+    /// One JSON line per Stripe API request the fake received.
+    pub request_log: PathBuf,
     _child: Child,
 }
 
@@ -136,11 +138,14 @@ impl OwnLocalstripe {
             .local_addr()?
             .port();
         let state = std::env::temp_dir().join(format!("bench-localstripe-{port}.pickle"));
+        let request_log = std::env::temp_dir().join(format!("bench-localstripe-{port}.requests"));
+        let _ = std::fs::remove_file(&request_log);
         let child = Command::new("python3")
             .arg(&launcher)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--from-scratch", "--in-memory"])
             .env("LOCALSTRIPE_STATE_FILE", state)
+            .env("LOCALSTRIPE_REQUEST_LOG", &request_log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -157,11 +162,24 @@ impl OwnLocalstripe {
                 .await
                 .is_ok_and(|r| r.status() == 200);
             if ready {
-                return Ok(OwnLocalstripe { url, _child: child });
+                return Ok(OwnLocalstripe {
+                    url,
+                    request_log,
+                    _child: child,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("localstripe did not start")
+    }
+}
+
+impl OwnLocalstripe {
+    /// How many Stripe API requests the fake has received so far.
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.request_log)
+            .map(|log| log.lines().count())
+            .unwrap_or(0)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Invoice runs: every tenant whose billing period has ended gets exactly one invoice for
-//! it, rated from the period's usage in ClickHouse.
+//! Invoice runs: every tenant whose billing period has ended gets exactly one invoice
+//! closing it, composed (see [`crate::period_invoice`]) from the period's usage in
+//! ClickHouse.
 //!
 //! A period is invoiced only once the relay has copied all of its events to ClickHouse
 //! (checked against the ledger, per tenant) and a grace time after its end has passed,
@@ -20,7 +21,9 @@ use tenancy::tenants::{Tenant, TenantQuery};
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
-use crate::rating::{self, LineKind, RatedInvoice, RatingError};
+use crate::invoice_status::InvoiceStatus;
+use crate::period_invoice::{ComposeError, compose};
+use crate::rating::{LineKind, RatedInvoice, RatingError};
 
 /// How far back a run looks for periods that were never invoiced.
 const MAX_PERIODS_BACK: usize = 12;
@@ -185,7 +188,8 @@ async fn invoice_period(
     let clock = Instant::now();
     let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
     let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND period_start = $2)",
+        "SELECT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND kind = 'period' \
+                        AND period_start = $2)",
     )
     .bind(tenant.id.as_uuid())
     .bind(period.start)
@@ -207,10 +211,6 @@ async fn invoice_period(
     .bind(position.seq)
     .fetch_one(&mut *tx)
     .await?;
-    let plan_code = plan_in_effect(&mut tx, tenant, period.end).await?;
-    let plan = tenancy::plans::get(&mut tx, &plan_code)
-        .await
-        .map_err(RunError::from)?;
     tx.commit().await?;
     timings.postgres += clock.elapsed();
     if unrelayed {
@@ -230,12 +230,23 @@ async fn invoice_period(
             u64::try_from(total).map_err(|_| InvoiceError::Rating(RatingError::AmountOverflow))?;
         usage.insert(metric, total);
     }
-    let rated = rating::rate(&plan, &usage).map_err(InvoiceError::Rating)?;
+    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
+    let composed = compose(&mut tx, tenant, period, &usage)
+        .await
+        .map_err(|error| match error {
+            ComposeError::Store(store) => InvoiceError::Run(store.into()),
+            ComposeError::Rating(rating) => InvoiceError::Rating(rating),
+        })?;
     timings.rating += clock.elapsed();
 
     let clock = Instant::now();
-    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let created = store(&mut tx, tenant, period, &plan_code, &rated, collection).await?;
+    let new = NewInvoice {
+        kind: InvoiceKind::Period,
+        period,
+        plan_code: &composed.plan.code,
+        rated: &composed.invoice,
+    };
+    let created = store(&mut tx, tenant, &new, collection).await?;
     tx.commit().await?;
     timings.postgres += clock.elapsed();
     Ok(if created {
@@ -245,44 +256,102 @@ async fn invoice_period(
     })
 }
 
-/// The plan the tenant was on when the period ended: the last plan change completed
-/// before then, else the plan the first later change moved away from, else today's.
-async fn plan_in_effect(
-    conn: &mut PgConnection,
-    tenant: &Tenant,
-    end: DateTime<Utc>,
-) -> Result<String, RunError> {
-    let before: Option<String> = sqlx::query_scalar(
-        "SELECT to_plan FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'plan_change' \
-           AND status = 'completed' AND completed_at < $2 ORDER BY completed_at DESC LIMIT 1",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(end)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(plan) = before {
-        return Ok(plan);
-    }
-    let later: Option<String> = sqlx::query_scalar(
-        "SELECT from_plan FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'plan_change' \
-           AND status = 'completed' AND completed_at >= $2 ORDER BY completed_at LIMIT 1",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(end)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(later.unwrap_or_else(|| tenant.plan_code.clone()))
+/// Which invoice of a tenant's an invoice is (see [`crate::period_invoice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceKind {
+    /// The first period's base fee, paid at signup.
+    Signup,
+    /// Closes a period: its usage and prorations, and the next period's base fee.
+    Period,
 }
 
-/// Writes the invoice and its lines; false when the period was invoiced meanwhile.
+impl InvoiceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            InvoiceKind::Signup => "signup",
+            InvoiceKind::Period => "period",
+        }
+    }
+}
+
+/// An invoice to write.
+pub struct NewInvoice<'a> {
+    pub kind: InvoiceKind,
+    pub period: BillingPeriod,
+    pub plan_code: &'a str,
+    pub rated: &'a RatedInvoice,
+}
+
+/// Records the signup invoice, paid at `stripe_invoice` before the tenant was
+/// provisioned (in the provisioning transaction). Its id is the tenant's, which is also
+/// the reference the Stripe invoice carries.
+pub async fn record_signup_invoice(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    rated: &RatedInvoice,
+    stripe_invoice: &str,
+) -> Result<(), StoreError> {
+    let new = NewInvoice {
+        kind: InvoiceKind::Signup,
+        period: tenant.period_at(tenant.billing_anchor),
+        plan_code: &tenant.plan_code,
+        rated,
+    };
+    let id = signup_invoice_id(tenant.id);
+    if insert(conn, tenant, id, &new, "paid").await? {
+        sqlx::query(
+            "UPDATE invoices SET stripe_invoice_id = $3, payment_attempts = 1 \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.id.as_uuid())
+        .bind(id)
+        .bind(stripe_invoice)
+        .execute(&mut *conn)
+        .await?;
+        metrics::counter!("invoices_paid_total").increment(1);
+    }
+    Ok(())
+}
+
+/// The id of a tenant's signup invoice: the tenant's own (a signup's id becomes its
+/// tenant's), known before the tenant exists.
+pub fn signup_invoice_id(tenant: TenantId) -> Uuid {
+    tenant.as_uuid()
+}
+
+/// Writes a period invoice and queues its collection; false when the period was
+/// invoiced meanwhile.
 async fn store(
     conn: &mut PgConnection,
     tenant: &Tenant,
-    period: BillingPeriod,
-    plan_code: &str,
-    rated: &RatedInvoice,
+    new: &NewInvoice<'_>,
     collection: Collection,
 ) -> Result<bool, RunError> {
+    let id = Uuid::now_v7();
+    let through_stripe = collection == Collection::Stripe && tenant.stripe_customer_id.is_some();
+    let status = match (new.rated.total, through_stripe) {
+        // Nothing to collect: settled as it is made.
+        (0, _) => "paid",
+        (_, true) => "draft",
+        (_, false) => "open",
+    };
+    let created = insert(conn, tenant, id, new, status).await?;
+    if created && status == "draft" {
+        crate::collection::enqueue_collection(conn, tenant.id, id).await?;
+    }
+    Ok(created)
+}
+
+/// Writes an invoice and its lines; false when the tenant has one of this kind for the
+/// period already, or was erased meanwhile.
+async fn insert(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    id: Uuid,
+    new: &NewInvoice<'_>,
+    status: &str,
+) -> Result<bool, StoreError> {
     // Read again under a share lock: an erasure taken meanwhile waits for this commit
     // (and then strips this invoice too), or has happened and there is nothing to bill.
     let (state, name, email): (String, String, Option<String>) =
@@ -293,27 +362,20 @@ async fn store(
     if state == TenantState::Deleted.as_str() {
         return Ok(false);
     }
-    let id = Uuid::now_v7();
-    let through_stripe = collection == Collection::Stripe && tenant.stripe_customer_id.is_some();
-    let status = match (rated.total, through_stripe) {
-        // Nothing to collect: settled as it is made.
-        (0, _) => "paid",
-        (_, true) => "draft",
-        (_, false) => "open",
-    };
     let inserted = sqlx::query(
-        "INSERT INTO invoices (id, tenant_id, period_start, period_end, plan_code, currency, total, \
-                               status, billed_name, billed_email, paid_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $8 = 'paid' THEN now() END) \
-         ON CONFLICT (tenant_id, period_start) DO NOTHING",
+        "INSERT INTO invoices (id, tenant_id, kind, period_start, period_end, plan_code, currency, \
+                               total, status, billed_name, billed_email, paid_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $9 = 'paid' THEN now() END) \
+         ON CONFLICT (tenant_id, kind, period_start) DO NOTHING",
     )
     .bind(id)
     .bind(tenant.id.as_uuid())
-    .bind(period.start)
-    .bind(period.end)
-    .bind(plan_code)
-    .bind(rated.currency.to_string())
-    .bind(rated.total)
+    .bind(new.kind.as_str())
+    .bind(new.period.start)
+    .bind(new.period.end)
+    .bind(new.plan_code)
+    .bind(new.rated.currency.to_string())
+    .bind(new.rated.total)
     .bind(status)
     .bind(&name)
     .bind(&email)
@@ -323,7 +385,7 @@ async fn store(
     if inserted == 0 {
         return Ok(false);
     }
-    for (position, line) in rated.lines.iter().enumerate() {
+    for (position, line) in new.rated.lines.iter().enumerate() {
         sqlx::query(
             "INSERT INTO invoice_lines (invoice_id, tenant_id, position, kind, metric, tier, \
                                         quantity, unit_amount, unit_size, amount, description) \
@@ -343,9 +405,6 @@ async fn store(
         .execute(&mut *conn)
         .await?;
     }
-    if status == "draft" {
-        crate::collection::enqueue_collection(conn, tenant.id, id).await?;
-    }
     Ok(true)
 }
 
@@ -354,6 +413,7 @@ fn kind_text(kind: LineKind) -> &'static str {
         LineKind::BaseFee => "base_fee",
         LineKind::Included => "included",
         LineKind::Overage => "overage",
+        LineKind::Proration => "proration",
     }
 }
 
@@ -366,13 +426,15 @@ fn millis(duration: Duration) -> u64 {
 pub struct Invoice {
     #[schema(value_type = String)]
     pub id: Uuid,
+    /// `signup` (the first period's base fee, paid at signup) or `period` (closes the
+    /// period: its usage and prorations, and the next period's base fee in advance).
+    pub kind: String,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub plan: String,
     pub currency: String,
     pub total: i64,
-    /// `draft` (being sent to Stripe), `open`, `paid`, `uncollectible` or `void`.
-    pub status: String,
+    pub status: InvoiceStatus,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
     pub payment: PaymentState,
@@ -428,6 +490,7 @@ impl Serialize for QuantityText {
 #[derive(sqlx::FromRow)]
 struct InvoiceRow {
     id: Uuid,
+    kind: String,
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
     plan_code: String,
@@ -445,9 +508,9 @@ struct InvoiceRow {
 /// The tenant's invoices, newest first, with their lines.
 pub async fn list(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<Invoice>, StoreError> {
     let rows: Vec<InvoiceRow> = sqlx::query_as(
-        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at, \
-                payment_attempts, dunning, next_attempt_at, last_payment_error \
-         FROM invoices WHERE tenant_id = $1 ORDER BY period_start DESC LIMIT 500",
+        "SELECT id, kind, period_start, period_end, plan_code, currency, total, status, created_at, \
+                paid_at, payment_attempts, dunning, next_attempt_at, last_payment_error \
+         FROM invoices WHERE tenant_id = $1 ORDER BY period_start DESC, created_at DESC LIMIT 500",
     )
     .bind(tenant.as_uuid())
     .fetch_all(&mut *conn)
@@ -466,8 +529,8 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Invoice, StoreError> {
     let row: InvoiceRow = sqlx::query_as(
-        "SELECT id, period_start, period_end, plan_code, currency, total, status, created_at, paid_at, \
-                payment_attempts, dunning, next_attempt_at, last_payment_error \
+        "SELECT id, kind, period_start, period_end, plan_code, currency, total, status, created_at, \
+                paid_at, payment_attempts, dunning, next_attempt_at, last_payment_error \
          FROM invoices WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.as_uuid())
@@ -487,12 +550,14 @@ async fn with_lines(conn: &mut PgConnection, row: InvoiceRow) -> Result<Invoice,
     .await?;
     Ok(Invoice {
         id: row.id,
+        kind: row.kind,
         period_start: row.period_start,
         period_end: row.period_end,
         plan: row.plan_code,
         currency: row.currency,
         total: row.total,
-        status: row.status,
+        status: InvoiceStatus::parse(&row.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("invoice status {}", row.status)))?,
         created_at: row.created_at,
         paid_at: row.paid_at,
         payment: PaymentState {
@@ -523,8 +588,8 @@ pub struct Reconciliation {
     pub mismatches: Vec<Mismatch>,
 }
 
-/// Compares, per invoice (of `tenant`, or all), the billed quantity of every metric with
-/// the period's usage in ClickHouse.
+/// Compares, per period invoice (of `tenant`, or all), the billed quantity of every
+/// metric with the period's usage in ClickHouse.
 pub async fn reconcile(
     db: &Db,
     sink: &ClickHouseSink,
@@ -534,7 +599,8 @@ pub async fn reconcile(
         let mut tx = db.system_tx("reconciliation").await?;
         let rows = sqlx::query_as(
             "SELECT id, tenant_id, period_start FROM invoices \
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY tenant_id, period_start",
+             WHERE kind = 'period' AND ($1::uuid IS NULL OR tenant_id = $1) \
+             ORDER BY tenant_id, period_start",
         )
         .bind(tenant.map(|t| t.as_uuid()))
         .fetch_all(&mut *tx)

@@ -23,6 +23,9 @@ pub enum LineKind {
     Included,
     /// Usage past the included units, priced by one tier.
     Overage,
+    /// Part of a base fee paid in advance, credited (negative) or charged again under
+    /// another plan, for the rest of a period in which an upgrade took effect.
+    Proration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -76,9 +79,30 @@ pub fn line_amount(quantity: u64, unit_amount: i64, unit_size: u64) -> Result<i6
     i64::try_from(rounded).map_err(|_| RatingError::AmountOverflow)
 }
 
-/// Rates `usage` (per metric, for one billing period) under `plan`.
+/// Rates `usage` (per metric, for one billing period) under `plan`, with the plan's base
+/// fee: one plan, one period.
 pub fn rate(plan: &Plan, usage: &BTreeMap<Metric, u64>) -> Result<RatedInvoice, RatingError> {
-    let mut lines = vec![InvoiceLine {
+    let mut lines = vec![base_fee(plan, format!("{} plan", plan.name))];
+    lines.extend(rate_usage(plan, usage)?);
+    total(plan.currency.clone(), lines)
+}
+
+/// An invoice of `lines`, its total their sum.
+pub fn total(currency: Currency, lines: Vec<InvoiceLine>) -> Result<RatedInvoice, RatingError> {
+    let total = lines
+        .iter()
+        .try_fold(0i64, |sum, line| sum.checked_add(line.amount))
+        .ok_or(RatingError::AmountOverflow)?;
+    Ok(RatedInvoice {
+        currency,
+        lines,
+        total,
+    })
+}
+
+/// The plan's base fee for one period, as one line.
+pub fn base_fee(plan: &Plan, description: String) -> InvoiceLine {
+    InvoiceLine {
         kind: LineKind::BaseFee,
         metric: None,
         tier: None,
@@ -86,68 +110,139 @@ pub fn rate(plan: &Plan, usage: &BTreeMap<Metric, u64>) -> Result<RatedInvoice, 
         unit_amount: plan.base_fee,
         unit_size: 1,
         amount: plan.base_fee,
-        description: format!("{} plan", plan.name),
-    }];
-    for (metric, terms) in &plan.metrics {
-        let used = usage.get(metric).copied().unwrap_or(0);
-        rate_metric(plan, *metric, terms, used, &mut lines)?;
+        description,
     }
-    let total = lines
-        .iter()
-        .try_fold(0i64, |sum, line| sum.checked_add(line.amount))
-        .ok_or(RatingError::AmountOverflow)?;
-    Ok(RatedInvoice {
-        currency: plan.currency.clone(),
-        lines,
-        total,
-    })
 }
 
+/// The usage lines of one period under `plan`: per metric, the included part, then one
+/// line per overage tier used.
+pub fn rate_usage(
+    plan: &Plan,
+    usage: &BTreeMap<Metric, u64>,
+) -> Result<Vec<InvoiceLine>, RatingError> {
+    let mut lines = Vec::new();
+    for (metric, terms) in &plan.metrics {
+        let used = usage.get(metric).copied().unwrap_or(0);
+        rate_metric(plan, *metric, terms, (0, used), "", &mut lines)?;
+    }
+    Ok(lines)
+}
+
+/// One part of a period's usage, used under one plan: per metric, the period's usage
+/// before the part began (`from`) and at its end (`to`).
+pub struct UsageSegment<'a> {
+    pub plan: &'a Plan,
+    pub from: &'a BTreeMap<Metric, u64>,
+    pub to: &'a BTreeMap<Metric, u64>,
+    /// Tells the segment apart on its lines (" on Starter plan until ..."), or empty.
+    pub label: String,
+}
+
+/// The usage lines of a period used under several plans in turn: each segment's units
+/// priced by its own plan at their place in the period (see `rate_metric`).
+pub fn rate_segments(segments: &[UsageSegment<'_>]) -> Result<Vec<InvoiceLine>, RatingError> {
+    let mut lines = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        for (metric, terms) in &segment.plan.metrics {
+            let from = segment.from.get(metric).copied().unwrap_or(0);
+            let to = segment.to.get(metric).copied().unwrap_or(0).max(from);
+            if from == to && index > 0 {
+                continue; // nothing used under this plan
+            }
+            rate_metric(
+                segment.plan,
+                *metric,
+                terms,
+                (from, to),
+                &segment.label,
+                &mut lines,
+            )?;
+        }
+    }
+    Ok(lines)
+}
+
+/// An upgrade from `from` to `to` with `remaining` of a period of `length` left (both in
+/// seconds): the unused part of the old base fee credited, the new one charged for the
+/// same time. Each is `fee × remaining ÷ length`, rounded half up like every line.
+pub fn proration(
+    from: &Plan,
+    to: &Plan,
+    remaining: u64,
+    length: u64,
+    when: &str,
+) -> Result<[InvoiceLine; 2], RatingError> {
+    let part = |plan: &Plan, sign: i64, what: &str| -> Result<InvoiceLine, RatingError> {
+        let amount = line_amount(remaining, plan.base_fee, length)?;
+        Ok(InvoiceLine {
+            kind: LineKind::Proration,
+            metric: None,
+            tier: None,
+            quantity: remaining,
+            unit_amount: sign * plan.base_fee,
+            unit_size: length.max(1),
+            amount: sign * amount,
+            description: format!("{what} time on {} plan after {when}", plan.name),
+        })
+    };
+    Ok([part(from, -1, "Unused")?, part(to, 1, "Remaining")?])
+}
+
+/// The lines of the units from `from` to `to` (counted from the period's start) of one
+/// metric under `plan`: the part of them within the included units, then the part within
+/// each overage tier. Rating a period's usage in ranges, one per plan it was used under,
+/// gives each unit the price of its place in the period, so that the included units are
+/// used once however often the plan changes.
 fn rate_metric(
     plan: &Plan,
     metric: Metric,
     terms: &MetricTerms,
-    used: u64,
+    (from, to): (u64, u64),
+    label: &str,
     lines: &mut Vec<InvoiceLine>,
 ) -> Result<(), RatingError> {
     validate_tiers(plan, metric, terms)?;
-    lines.push(InvoiceLine {
-        kind: LineKind::Included,
-        metric: Some(metric),
-        tier: None,
-        quantity: used.min(terms.included),
-        unit_amount: 0,
-        unit_size: terms.unit_size,
-        amount: 0,
-        description: format!("{metric}, included"),
-    });
-    let overage = used.saturating_sub(terms.included);
-    let mut priced = 0u64; // overage units already given to a lower tier
-    for (index, tier) in terms.tiers.iter().enumerate() {
-        if priced == overage {
-            break;
-        }
-        let upper = tier.up_to.unwrap_or(u64::MAX).min(overage);
-        let quantity = upper - priced;
+    let overlap = |lower: u64, upper: u64| to.min(upper).saturating_sub(from.max(lower));
+    let included = overlap(0, terms.included);
+    if from == 0 || included > 0 {
         lines.push(InvoiceLine {
-            kind: LineKind::Overage,
+            kind: LineKind::Included,
             metric: Some(metric),
-            tier: Some(index),
-            quantity,
-            unit_amount: tier.unit_amount,
+            tier: None,
+            quantity: included,
+            unit_amount: 0,
             unit_size: terms.unit_size,
-            amount: line_amount(quantity, tier.unit_amount, terms.unit_size)?,
-            description: format!(
-                "{metric} past the included {}, tier {} ({} per {})",
-                terms.included,
-                index + 1,
-                tier.unit_amount,
-                terms.unit_size
-            ),
+            amount: 0,
+            description: format!("{metric}, included{label}"),
         });
-        priced = upper;
     }
-    if priced < overage {
+    let mut lower = terms.included; // where the tier starts, in units of the period
+    for (index, tier) in terms.tiers.iter().enumerate() {
+        let upper = tier
+            .up_to
+            .map_or(u64::MAX, |up_to| terms.included.saturating_add(up_to));
+        let quantity = overlap(lower, upper);
+        if quantity > 0 {
+            lines.push(InvoiceLine {
+                kind: LineKind::Overage,
+                metric: Some(metric),
+                tier: Some(index),
+                quantity,
+                unit_amount: tier.unit_amount,
+                unit_size: terms.unit_size,
+                amount: line_amount(quantity, tier.unit_amount, terms.unit_size)?,
+                description: format!(
+                    "{metric} past the included {}, tier {} ({} per {}){label}",
+                    terms.included,
+                    index + 1,
+                    tier.unit_amount,
+                    terms.unit_size
+                ),
+            });
+        }
+        lower = upper;
+    }
+    if to > lower {
         return Err(RatingError::NoOveragePrice {
             plan: plan.code.clone(),
             metric,
@@ -281,6 +376,70 @@ mod tests {
 
     /// An independent reference: hands out overage one unit at a time to the first tier
     /// whose bound it is within, then rounds with a remainder test instead of a bias.
+    #[test]
+    fn usage_in_segments_is_priced_by_each_plan_and_uses_the_included_units_once() {
+        let cheap = plan(0, vec![(Metric::Tokens, terms(100, 1, &[(None, 10)]))]);
+        let dear = plan(0, vec![(Metric::Tokens, terms(1_000, 1, &[(None, 1)]))]);
+        let at = |n: u64| BTreeMap::from([(Metric::Tokens, n)]);
+        let (zero, mid, end) = (at(0), at(150), at(1_200));
+        let lines = rate_segments(&[
+            UsageSegment {
+                plan: &cheap,
+                from: &zero,
+                to: &mid,
+                label: String::new(),
+            },
+            UsageSegment {
+                plan: &dear,
+                from: &mid,
+                to: &end,
+                label: " later".into(),
+            },
+        ])
+        .unwrap();
+        let quantities: u64 = lines.iter().map(|l| l.quantity).sum();
+        assert_eq!(quantities, 1_200, "every unit once");
+        // 50 past the cheap plan's 100 at 10; then units 150..1000 within the dear
+        // plan's included 1000, and 200 past it at 1.
+        let amounts: Vec<(u64, i64)> = lines.iter().map(|l| (l.quantity, l.amount)).collect();
+        assert_eq!(amounts, [(100, 0), (50, 500), (850, 0), (200, 200)]);
+    }
+
+    #[test]
+    fn a_plan_without_overage_prices_after_a_change_rates_what_was_used_before() {
+        let starter = plan(0, vec![(Metric::Tokens, terms(100, 1, &[(None, 10)]))]);
+        let free = plan(0, vec![(Metric::Tokens, terms(50, 1, &[]))]);
+        let at = |n: u64| BTreeMap::from([(Metric::Tokens, n)]);
+        let (zero, used) = (at(0), at(400));
+        let lines = rate_segments(&[
+            UsageSegment {
+                plan: &starter,
+                from: &zero,
+                to: &used,
+                label: String::new(),
+            },
+            UsageSegment {
+                plan: &free,
+                from: &used,
+                to: &used,
+                label: String::new(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(lines.iter().map(|l| l.amount).sum::<i64>(), 3_000);
+        // More usage under the plan without a price is an error, not a free ride.
+        let more = at(401);
+        assert!(
+            rate_segments(&[UsageSegment {
+                plan: &free,
+                from: &used,
+                to: &more,
+                label: String::new()
+            }])
+            .is_err()
+        );
+    }
+
     fn oracle(plan: &Plan, usage: &BTreeMap<Metric, u64>) -> Option<(i64, BTreeMap<Metric, u64>)> {
         let mut total = plan.base_fee;
         let mut quantities = BTreeMap::new();

@@ -13,81 +13,13 @@
 
 use std::sync::Arc;
 
-use hmac::{Hmac, KeyInit, Mac};
 use payments::{PaymentError, PaymentProvider};
 use saas_core::TenantId;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
-/// Stripe's own default: events signed more than five minutes ago are refused.
-pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("the Stripe-Signature header is missing or malformed")]
-    Malformed,
-    #[error("no signature matches the body")]
-    Mismatch,
-    #[error("the signature's timestamp is outside the tolerance")]
-    Expired,
-}
-
-/// Checks `header` (the `Stripe-Signature` value) against the raw `body`. Any of several
-/// `v1` signatures may match (Stripe sends one per active secret while one is rolled).
-pub fn verify(
-    header: &str,
-    body: &[u8],
-    secret: &str,
-    now: i64,
-    tolerance_secs: i64,
-) -> Result<(), SignatureError> {
-    let mut timestamp: Option<i64> = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        let (key, value) = part
-            .trim()
-            .split_once('=')
-            .ok_or(SignatureError::Malformed)?;
-        match key {
-            "t" => timestamp = Some(value.parse().map_err(|_| SignatureError::Malformed)?),
-            "v1" => signatures.push(hex::decode(value).map_err(|_| SignatureError::Malformed)?),
-            _ => {} // v0 (test-mode legacy) and future schemes
-        }
-    }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if signatures.is_empty() {
-        return Err(SignatureError::Malformed);
-    }
-    let matches = signatures.iter().any(|signature| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        // Constant-time comparison.
-        mac.verify_slice(signature).is_ok()
-    });
-    if !matches {
-        return Err(SignatureError::Mismatch);
-    }
-    if (now - timestamp).abs() > tolerance_secs {
-        return Err(SignatureError::Expired);
-    }
-    Ok(())
-}
-
-/// The signature header Stripe would send for `body` at `timestamp` (for tests and tools).
-pub fn sign(body: &[u8], secret: &str, timestamp: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
-}
+pub use payments::webhook_signature::{DEFAULT_TOLERANCE_SECS, SignatureError, sign, verify};
 
 /// The parts of an event we read; everything else is ignored.
 #[derive(Debug, Deserialize)]
@@ -269,64 +201,5 @@ async fn apply(
         "paid" => crate::collection::mark_paid(conn, tenant, invoice, None).await,
         "void" | "uncollectible" => crate::collection::close(conn, tenant, invoice, status).await,
         _ => Ok(false),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECRET: &str = "whsec_test";
-
-    #[test]
-    fn a_signature_made_with_the_secret_verifies() {
-        let body = br#"{"id":"evt_1"}"#;
-        let header = sign(body, SECRET, 1_700_000_000);
-        assert_eq!(verify(&header, body, SECRET, 1_700_000_100, 300), Ok(()));
-    }
-
-    #[test]
-    fn a_changed_body_or_another_secret_fails() {
-        let header = sign(b"{}", SECRET, 1_700_000_000);
-        assert_eq!(
-            verify(&header, b"{ }", SECRET, 1_700_000_000, 300),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(&header, b"{}", "whsec_other", 1_700_000_000, 300),
-            Err(SignatureError::Mismatch)
-        );
-    }
-
-    #[test]
-    fn old_or_future_timestamps_fail_even_when_signed() {
-        let header = sign(b"{}", SECRET, 1_700_000_000);
-        assert_eq!(
-            verify(&header, b"{}", SECRET, 1_700_000_301, 300),
-            Err(SignatureError::Expired)
-        );
-        assert_eq!(
-            verify(&header, b"{}", SECRET, 1_699_999_699, 300),
-            Err(SignatureError::Expired)
-        );
-    }
-
-    #[test]
-    fn any_of_several_v1_signatures_may_match() {
-        let good = sign(b"{}", SECRET, 1_700_000_000);
-        let v1 = good.split_once("v1=").unwrap().1;
-        let header = format!("t=1700000000,v1={},v1={v1},v0=abc", "00".repeat(32));
-        assert_eq!(verify(&header, b"{}", SECRET, 1_700_000_000, 300), Ok(()));
-    }
-
-    #[test]
-    fn malformed_headers_are_refused() {
-        for header in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,v1=zz", "garbage"] {
-            assert_eq!(
-                verify(header, b"{}", SECRET, 1, 300),
-                Err(SignatureError::Malformed),
-                "{header:?}"
-            );
-        }
     }
 }

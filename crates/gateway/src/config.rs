@@ -61,6 +61,9 @@ pub struct StripeConfig {
     /// The signing secret of the webhook endpoint (`whsec_...`); unset: webhooks refused.
     pub webhook_secret: Option<SecretString>,
     pub webhook_tolerance_secs: i64,
+    /// Each Stripe request (one attempt) gives up after this long; its outcome is then
+    /// unknown, and the retry looks up by our ids before creating anything.
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +250,9 @@ impl Config {
         }
         if self.stripe.webhook_tolerance_secs <= 0 {
             return invalid("stripe.webhook_tolerance_secs must be positive".into());
+        }
+        if !(1_000..=300_000).contains(&self.stripe.timeout_ms) {
+            return invalid("stripe.timeout_ms must be between 1000 and 300000".into());
         }
         if self.billing.run_interval_ms == 0 {
             return invalid("billing.run_interval_ms must be positive".into());

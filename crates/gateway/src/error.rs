@@ -167,6 +167,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(source) => {
                 ApiError::unavailable("database_unavailable", source)
             }
+            StoreError::Busy(why) => ApiError::unavailable("busy", anyhow::anyhow!(why)),
             other => ApiError::internal(other),
         }
     }

@@ -242,7 +242,6 @@ async fn ensure_probe(
                 billing_cycle: cycle,
                 synthetic: true,
                 stripe_customer_id: None,
-                stripe_subscription_id: None,
             },
         )
         .await

@@ -142,7 +142,11 @@ fn payment_provider(config: &Config) -> anyhow::Result<Option<Arc<dyn PaymentPro
         tracing::warn!("no Stripe key configured: paid signups and billing are unavailable");
         return Ok(None);
     };
-    let provider = StripeProvider::new(key.expose_secret(), &config.stripe.api_base)?;
+    let provider = StripeProvider::new(
+        key.expose_secret(),
+        &config.stripe.api_base,
+        std::time::Duration::from_millis(config.stripe.timeout_ms),
+    )?;
     Ok(Some(Arc::new(provider)))
 }
 

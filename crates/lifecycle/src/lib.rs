@@ -3,13 +3,15 @@
 //! [`state_machine`] is plain code with no I/O: the one table of allowed transitions.
 //! [`transitions`] takes a transition safely under concurrency (conditional update,
 //! audit entry and follow-up job in one transaction); [`plan_change`] is the job that
-//! carries a plan change out at the payment provider and ends it; [`erasure`] removes an
-//! erased tenant's data everywhere and [`export`] gathers everything held about one.
+//! carries a plan change out and ends it, and [`plan_history`] tells billing which plan
+//! was in effect when; [`erasure`] removes an erased tenant's data everywhere and
+//! [`export`] gathers everything held about one.
 
 pub mod erasure;
 pub mod export;
 mod job_errors;
 pub mod plan_change;
+pub mod plan_history;
 pub mod state_machine;
 pub mod transitions;
 pub mod winback;

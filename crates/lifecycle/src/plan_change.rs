@@ -1,20 +1,23 @@
 //! The plan-change jobs: the work between `upgrading`/`downgrading` and `active`.
 //!
-//! A change that takes effect now moves the subscription at the payment provider
-//! (prorating the base fee on upgrades), then switches the tenant's plan, and with it its
-//! quotas, in one transaction that also ends the state. Until that commit the tenant
-//! keeps serving under its old limits. A downgrade at the period's end ends the state at
-//! once, records the plan to switch to, and leaves a job due at the period's end.
+//! A change that takes effect now switches the tenant's plan, and with it its quotas, in
+//! one transaction that also ends the state; until that commit the tenant keeps serving
+//! under its old limits. A downgrade at the period's end ends the state at once, records
+//! the plan to switch to, and leaves a job due at the period's end.
 //!
-//! Both jobs are idempotent: the provider calls find what an earlier attempt did, and the
-//! closing updates are conditional on the state they expect.
+//! Nothing moves at the payment provider: billing reads when each change took effect
+//! (`effective_at`) and bills the prorations of upgrades itself. Leaving a free plan for
+//! a paid one needs a payment method on file, checked here, so that the first invoice of
+//! the new plan has something to charge.
+//!
+//! Both jobs are idempotent: the closing updates are conditional on the state they expect.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use jobs::{Job, JobError, JobHandler, NewJob};
-use payments::{Attempt, PaymentError, PaymentProvider, RecurringPlan};
+use payments::{PaymentError, PaymentProvider};
 use saas_core::{TenantId, TenantState, TransitionId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -79,53 +82,40 @@ impl PlanChangeWorkflow {
         Ok((transition, tenant, scheduled, plan))
     }
 
-    /// Puts the tenant's subscription on `plan`; the subscription it ends up with.
-    async fn move_subscription(
-        &self,
-        tenant: &Tenant,
-        plan: &Plan,
-        prorate: bool,
-    ) -> Result<Option<String>, PaymentError> {
+    /// Refuses to leave a free plan for a paid one without a payment method on file.
+    async fn check_payment_method(&self, tenant: &Tenant, plan: &Plan) -> Result<(), PaymentError> {
         let Some(payments) = self.payments.as_ref().filter(|_| !tenant.synthetic) else {
             // Billing is not configured, or the tenant is a readiness probe (never
             // billed): the change is ours alone.
-            return Ok(tenant.stripe_subscription_id.clone());
+            return Ok(());
         };
-        let current = tenant.stripe_subscription_id.as_deref();
         if plan.base_fee == 0 {
-            if let Some(subscription) = current {
-                payments.cancel_subscription(subscription).await?;
-            }
-            return Ok(None);
+            return Ok(());
         }
-        let recurring = RecurringPlan {
-            code: plan.code.clone(),
-            currency: plan.currency.to_string(),
-            base_fee: plan.base_fee,
+        let current = {
+            let mut conn = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(|error| PaymentError::Unavailable(error.to_string()))?;
+            tenancy::plans::get(&mut conn, &tenant.plan_code)
+                .await
+                .map_err(|error| PaymentError::Unavailable(error.to_string()))?
         };
-        if let Some(subscription) = current {
-            let moved = payments
-                .change_plan(subscription, &recurring, prorate)
-                .await?;
-            return Ok(Some(moved.id));
+        if current.base_fee > 0 {
+            return Ok(()); // paying already
         }
-        // From a free plan: a first subscription, paid with the card on file.
         let customer = tenant.stripe_customer_id.as_deref().ok_or_else(|| {
             PaymentError::Refused("the tenant has no customer at the payment provider".into())
         })?;
-        // The new subscription's first invoice takes every pending item of the customer:
-        // not while an invoice push has some pending.
-        let lock = tenancy::payment_lock::acquire(&self.db, tenant.id)
-            .await
-            .map_err(|error| PaymentError::Unavailable(error.to_string()))?;
-        // Always a look-up first: this customer has had subscriptions before (from its
-        // signup, or one it left), and the idempotency key counts them, so a key of an
-        // earlier subscription is never sent again (Stripe would replay its answer).
-        let created = payments
-            .ensure_subscription(customer, &recurring, Attempt::Retry)
-            .await;
-        drop(lock);
-        Ok(Some(created?.id))
+        if payments.has_default_payment_method(customer).await? {
+            Ok(())
+        } else {
+            Err(PaymentError::Refused(
+                "no payment method on file for a paid plan".into(),
+            ))
+        }
     }
 
     async fn change_now(
@@ -134,25 +124,34 @@ impl PlanChangeWorkflow {
         tenant: &Tenant,
         plan: &Plan,
     ) -> Result<(), JobError> {
-        let prorate = transition.to == TenantState::Upgrading;
-        match self.move_subscription(tenant, plan, prorate).await {
-            Ok(subscription) => {
+        match self.check_payment_method(tenant, plan).await {
+            Ok(()) => {
                 let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+                // The usage so far is rated under the old plan, the rest under the new:
+                // recorded with the counters locked, so that no batch slips between.
+                let now = Utc::now();
+                let usage = metering::ledger::lock_period_usage(
+                    &mut tx,
+                    tenant.id,
+                    tenant.period_at(now).start,
+                )
+                .await
+                .map_err(retry)?;
+                record_usage_before(&mut tx, transition, &usage).await?;
                 // New plan, new quotas and the end of the state, all at one commit.
                 let switched = sqlx::query(
-                    "UPDATE tenants SET plan_code = $2, stripe_subscription_id = $3, \
+                    "UPDATE tenants SET plan_code = $2, \
                             state = 'active', version = version + 1, updated_at = now() \
                      WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
                 )
                 .bind(tenant.id.as_uuid())
                 .bind(&plan.code)
-                .bind(&subscription)
                 .execute(&mut *tx)
                 .await
                 .map_err(sql_retry)?
                 .rows_affected();
                 // Not mid-change any more: erased meanwhile (erasure may interrupt).
-                complete(tx, switched == 1, transition, tenant, plan).await
+                complete(tx, switched == 1, transition, tenant, plan, None).await
             }
             Err(error) if error.is_retryable() => Err(JobError::Retry(error.to_string())),
             // Refused or declined: back to active on the old plan, and say why.
@@ -218,9 +217,8 @@ impl PlanChangeWorkflow {
         if transition.state != "scheduled" || scheduled != Some(plan.code.as_str()) {
             return Ok(()); // replaced by a later change, or done
         }
-        // Taken like any transition, so that nothing else can move the tenant (or its
-        // subscription) while the provider call runs. A retry after a crash finds the
-        // tenant `downgrading` already and goes on.
+        // Taken like any transition, so that nothing else can move the tenant meanwhile.
+        // A retry after a crash finds the tenant `downgrading` already and goes on.
         if tenant.state != TenantState::Downgrading {
             let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
             let taken = sqlx::query(
@@ -249,30 +247,23 @@ impl PlanChangeWorkflow {
                 };
             }
         }
-        let subscription = match self.move_subscription(tenant, plan, false).await {
-            Ok(subscription) => subscription,
-            Err(error) if error.is_retryable() => return Err(JobError::Retry(error.to_string())),
-            Err(error) => {
-                return self
-                    .abandon(tenant.id, transition, &error.to_string())
-                    .await;
-            }
-        };
         let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-        let switched = sqlx::query(
-            "UPDATE tenants SET plan_code = $2, stripe_subscription_id = $3, state = 'active', \
+        // Effective at the boundary it was scheduled for, however late this job runs. (The
+        // sub-select sees the row as it was before this update clears the schedule.)
+        let at: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE tenants SET plan_code = $2, state = 'active', \
                     scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
                     version = version + 1, updated_at = now() \
-             WHERE id = $1 AND state = 'downgrading' AND scheduled_plan_code = $2",
+             WHERE id = $1 AND state = 'downgrading' AND scheduled_plan_code = $2 \
+             RETURNING (SELECT scheduled_plan_at FROM tenants WHERE id = $1)",
         )
         .bind(tenant.id.as_uuid())
         .bind(&plan.code)
-        .bind(&subscription)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(sql_retry)?
-        .rows_affected();
-        complete(tx, switched == 1, transition, tenant, plan).await
+        .flatten();
+        complete(tx, at.is_some(), transition, tenant, plan, at).await
     }
 
     /// A plan change that cannot be carried out (refused, or out of attempts): the tenant
@@ -364,19 +355,49 @@ impl PlanChangeWorkflow {
 }
 
 /// Commits a plan switch; when it took (`switched`), the transition completes with its
-/// audit entry and win-back follow-up in the same commit.
+/// audit entry and win-back follow-up in the same commit, in effect from `effective_at`
+/// (a scheduled boundary) or from its completion.
 async fn complete(
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     switched: bool,
     transition: &Transition,
     tenant: &Tenant,
     plan: &Plan,
+    effective_at: Option<chrono::DateTime<Utc>>,
 ) -> Result<(), JobError> {
     if switched {
         finish(&mut tx, transition, tenant, "completed", None).await?;
+        // A change taken at once is in effect from the commit that completes it.
+        sqlx::query(
+            "UPDATE tenant_transitions SET effective_at = COALESCE($2, completed_at) WHERE id = $1",
+        )
+        .bind(transition.id.as_uuid())
+        .bind(effective_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_retry)?;
         follow_up_winback(&mut tx, tenant.id, plan).await?;
     }
     tx.commit().await.map_err(sql_retry)
+}
+
+async fn record_usage_before(
+    conn: &mut PgConnection,
+    transition: &Transition,
+    usage: &std::collections::BTreeMap<saas_core::Metric, u64>,
+) -> Result<(), JobError> {
+    // Decimal strings: a u64 does not fit a JSON number exactly.
+    let usage: serde_json::Map<String, serde_json::Value> = usage
+        .iter()
+        .map(|(metric, used)| (metric.as_str().to_owned(), used.to_string().into()))
+        .collect();
+    sqlx::query("UPDATE tenant_transitions SET usage_before = $2 WHERE id = $1")
+        .bind(transition.id.as_uuid())
+        .bind(serde_json::Value::Object(usage))
+        .execute(conn)
+        .await
+        .map_err(sql_retry)?;
+    Ok(())
 }
 
 /// Leaving every paid plan is a cancellation, and starts a win-back campaign; taking a

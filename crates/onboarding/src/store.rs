@@ -75,7 +75,8 @@ pub struct Signup {
     pub failure_reason: Option<String>,
     pub token_hash: Vec<u8>,
     pub stripe_customer_id: Option<String>,
-    pub stripe_subscription_id: Option<String>,
+    /// The signup invoice at Stripe, paid before provisioning (paid plans).
+    pub stripe_invoice_id: Option<String>,
     pub tenant_id: Option<TenantId>,
     pub synthetic: bool,
     pub created_at: DateTime<Utc>,
@@ -93,7 +94,7 @@ struct SignupRow {
     failure_reason: Option<String>,
     token_hash: Vec<u8>,
     stripe_customer_id: Option<String>,
-    stripe_subscription_id: Option<String>,
+    stripe_invoice_id: Option<String>,
     synthetic: bool,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
@@ -194,7 +195,7 @@ pub async fn get(conn: &mut PgConnection, id: SignupId, lock: bool) -> Result<Si
         failure_reason: row.failure_reason,
         token_hash: row.token_hash,
         stripe_customer_id: row.stripe_customer_id,
-        stripe_subscription_id: row.stripe_subscription_id,
+        stripe_invoice_id: row.stripe_invoice_id,
         // A completed signup's tenant carries the signup's id.
         tenant_id: (status == SignupStatus::Completed).then(|| TenantId::from_uuid(row.id)),
         synthetic: row.synthetic,
@@ -252,15 +253,15 @@ pub async fn set_provider_ids(
     conn: &mut PgConnection,
     id: SignupId,
     customer: Option<&str>,
-    subscription: Option<&str>,
+    invoice: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE signups SET stripe_customer_id = coalesce($2, stripe_customer_id), \
-                stripe_subscription_id = coalesce($3, stripe_subscription_id) WHERE id = $1",
+                stripe_invoice_id = coalesce($3, stripe_invoice_id) WHERE id = $1",
     )
     .bind(id.as_uuid())
     .bind(customer)
-    .bind(subscription)
+    .bind(invoice)
     .execute(conn)
     .await?;
     Ok(())

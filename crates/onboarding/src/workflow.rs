@@ -1,17 +1,20 @@
 //! The onboarding job: customer, payment method, first payment, then provisioning.
 //!
+//! The first payment of a paid plan is the signup invoice (the first period's base fee,
+//! billed in advance like every base fee): composed at Stripe and paid before anything
+//! is provisioned. A declined payment voids that invoice and deletes the customer, so
+//! nothing is left charged, chargeable or provisioned.
+//!
 //! Each step is idempotent (the payment provider finds what an earlier attempt made;
 //! provisioning is one transaction that checks the signup's status under its row lock)
 //! and is recorded with its time, so a worker killed anywhere resumes where it stopped
-//! and the signup ends with exactly one customer, one subscription and one tenant.
-//! Nothing is provisioned before the payment is confirmed; a declined payment leaves
-//! nothing charged and nothing provisioned.
+//! and the signup ends with exactly one customer, one paid invoice and one tenant.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use jobs::{Job, JobError, JobHandler, NewJob};
-use payments::{Attempt, CustomerDetails, PaymentError, PaymentProvider, RecurringPlan};
+use payments::{Attempt, ChargeOutcome, CustomerDetails, PaymentError, PaymentProvider};
 use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -124,14 +127,14 @@ impl OnboardingWorkflow {
         &self,
         id: SignupId,
         customer: Option<&str>,
-        subscription: Option<&str>,
+        invoice: Option<&str>,
     ) -> Result<(), JobError> {
         let mut tx = self
             .db
             .system_tx("onboarding provider ids")
             .await
             .map_err(retry)?;
-        store::set_provider_ids(&mut tx, id, customer, subscription)
+        store::set_provider_ids(&mut tx, id, customer, invoice)
             .await
             .map_err(retry)?;
         tx.commit().await.map_err(|e| retry(e.into()))
@@ -142,8 +145,8 @@ impl OnboardingWorkflow {
         metrics::counter!("signups_failed_total").increment(1);
         self.set_status(signup.id, SignupStatus::Failed, Some(&reason))
             .await?;
-        // Nothing may stay behind that could be charged: the provider already canceled an
-        // unpaid subscription; the customer goes too.
+        // Nothing may stay behind that could be charged: an unpaid signup invoice was
+        // voided already; the customer goes too.
         if let (Some(payments), Some(customer)) = (&self.payments, &signup.stripe_customer_id) {
             payments
                 .delete_customer(customer)
@@ -232,21 +235,8 @@ impl OnboardingWorkflow {
                 }
             }
             if !has(steps::PAYMENT_CONFIRMED) {
-                let recurring = RecurringPlan {
-                    code: plan.code.clone(),
-                    currency: plan.currency.to_string(),
-                    base_fee: plan.base_fee,
-                };
-                match payments
-                    .ensure_subscription(&customer, &recurring, attempt)
-                    .await
-                {
-                    Ok(subscription) => {
-                        self.set_provider_ids(id, None, Some(&subscription.id))
-                            .await?;
-                        signup.stripe_subscription_id = Some(subscription.id);
-                        self.step_done(id, steps::PAYMENT_CONFIRMED, "done").await?;
-                    }
+                match self.first_payment(&signup, &plan, attempt).await? {
+                    Ok(()) => self.step_done(id, steps::PAYMENT_CONFIRMED, "done").await?,
                     Err(error) => return self.payment_failed(&signup, error).await,
                 }
             }
@@ -263,6 +253,55 @@ impl OnboardingWorkflow {
         self.provision(&signup).await?;
         self.halt_if_asked(steps::TENANT_PROVISIONED).await;
         Ok(())
+    }
+
+    /// Composes the signup invoice at Stripe and pays it; or why the payment failed
+    /// (after voiding the invoice, so that nothing is left to collect).
+    async fn first_payment(
+        &self,
+        signup: &Signup,
+        plan: &tenancy::plans::Plan,
+        attempt: Attempt,
+    ) -> Result<Result<(), PaymentError>, JobError> {
+        let payments = self.payments.as_ref().expect("checked by the caller");
+        let customer = signup.stripe_customer_id.as_deref().unwrap_or_default();
+        let rated = billing::period_invoice::signup_invoice(plan)
+            .map_err(|error| JobError::Permanent(error.to_string()))?;
+        let invoice =
+            billing::invoices::signup_invoice_id(TenantId::from_uuid(signup.id.as_uuid()));
+        let draft = billing::collection::signup_draft(invoice, &rated);
+        let pushed = match payments.push_invoice(customer, &draft, attempt).await {
+            Ok(pushed) => pushed,
+            Err(error) if error.is_retryable() => return Err(payment_retry(error)),
+            Err(error) => return Ok(Err(error)),
+        };
+        if let Some(difference) = pushed.differs_from(&draft) {
+            return Err(JobError::Permanent(format!(
+                "the signup invoice differs at Stripe: {difference}"
+            )));
+        }
+        // Recorded before the charge, so that an operator can find it whatever happens.
+        self.set_provider_ids(signup.id, None, Some(&pushed.id))
+            .await?;
+        let outcome = payments
+            .charge_invoice(&pushed.id, &format!("charge-{invoice}-signup"))
+            .await;
+        let failure = match outcome {
+            Ok(ChargeOutcome::Paid) => return Ok(Ok(())),
+            Ok(ChargeOutcome::Declined { code, message, .. }) => {
+                PaymentError::Declined { code, message }
+            }
+            Ok(ChargeOutcome::Closed { status }) => {
+                PaymentError::Refused(format!("the signup invoice is {status}"))
+            }
+            Err(error) if error.is_retryable() => return Err(payment_retry(error)),
+            Err(error) => error,
+        };
+        payments
+            .void_invoice(&pushed.id)
+            .await
+            .map_err(payment_retry)?;
+        Ok(Err(failure))
     }
 
     async fn payment_failed(&self, signup: &Signup, error: PaymentError) -> Result<(), JobError> {
@@ -296,7 +335,7 @@ impl OnboardingWorkflow {
             .await
             .map_err(|e| retry(e.into()))?;
         let tenant_id = TenantId::from_uuid(signup.id.as_uuid());
-        tenancy::tenants::insert(
+        let tenant = tenancy::tenants::insert(
             &mut tx,
             &NewTenant {
                 id: tenant_id,
@@ -308,11 +347,20 @@ impl OnboardingWorkflow {
                 billing_cycle: self.billing_cycle,
                 synthetic: signup.synthetic,
                 stripe_customer_id: signup.stripe_customer_id.clone(),
-                stripe_subscription_id: signup.stripe_subscription_id.clone(),
             },
         )
         .await
         .map_err(retry)?;
+        if let Some(paid) = &signup.stripe_invoice_id {
+            let plan = tenancy::plans::get(&mut tx, &signup.plan_code)
+                .await
+                .map_err(retry)?;
+            let rated = billing::period_invoice::signup_invoice(&plan)
+                .map_err(|error| JobError::Permanent(error.to_string()))?;
+            billing::invoices::record_signup_invoice(&mut tx, &tenant, &rated, paid)
+                .await
+                .map_err(retry)?;
+        }
         let key = tenancy::api_keys::create(&mut tx, tenant_id, "default")
             .await
             .map_err(retry)?;

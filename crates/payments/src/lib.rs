@@ -1,14 +1,17 @@
 //! The payment provider.
 //!
 //! [`provider`] is the trait the rest of the system charges through: idempotent
-//! operations on customers, payment methods and subscriptions, with errors sorted into
-//! what a caller can act on. [`stripe_provider`] implements it on Stripe.
+//! operations on customers, payment methods and invoices that we compose ourselves, with
+//! errors sorted into what a caller can act on. [`stripe_provider`] implements it on
+//! Stripe, and [`webhook_signature`] checks Stripe's webhook signatures.
 
+pub mod declines;
 pub mod provider;
 pub mod stripe_provider;
+pub mod webhook_signature;
 
 pub use provider::{
-    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, LineOrigin, PaymentError, PaymentProvider,
-    ProviderInvoice, ProviderLine, RecurringPlan, SubscriptionRef,
+    Attempt, ChargeLine, ChargeOutcome, CustomerDetails, InvoiceDraft, LineOrigin, PaymentError,
+    PaymentProvider, ProviderInvoice, ProviderLine,
 };
 pub use stripe_provider::StripeProvider;

@@ -17,35 +17,26 @@ pub struct CustomerDetails {
     pub name: String,
 }
 
-/// A plan as the provider needs it: our code and the recurring base fee.
-#[derive(Debug, Clone)]
-pub struct RecurringPlan {
-    pub code: String,
-    pub currency: String,
-    /// Minor units per billing period.
-    pub base_fee: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionRef {
-    pub id: String,
-    /// The provider's plan id the subscription is on.
-    pub plan_id: String,
-    pub status: String,
-}
-
 /// One line of one of our invoices, to be carried by the provider's invoice.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeLine {
     /// Our stable id for the line (invoice id and position): makes its creation idempotent.
     pub reference: String,
-    /// Minor units (quantity x unit price, already rounded by our rating).
+    /// Minor units (quantity x unit price, already rounded by our rating); negative for
+    /// a credit.
     pub amount: i64,
-    /// Metric, quantity and unit price, readable on the customer's invoice.
+    /// What the line bills, readable on the customer's invoice.
     pub description: String,
-    /// The subscription the line belongs with: Stripe puts an item on an invoice made for
-    /// a subscription only when the item names it.
-    pub subscription: Option<String>,
+}
+
+/// One of our invoices as the provider is to carry it: exactly these lines, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceDraft {
+    /// Our invoice id: stored in the provider invoice's metadata, found again by it.
+    pub reference: String,
+    pub currency: String,
+    pub description: String,
+    pub lines: Vec<ChargeLine>,
 }
 
 /// Where a line of the provider's invoice came from.
@@ -53,9 +44,7 @@ pub struct ChargeLine {
 pub enum LineOrigin {
     /// One of ours, by its reference.
     Ours(String),
-    /// The subscription's recurring base fee.
-    Subscription,
-    /// Anything else the provider put on it (proration of a plan change, ...).
+    /// Anything else the provider put on it.
     Other,
 }
 
@@ -75,19 +64,58 @@ pub struct ProviderInvoice {
     pub customer: Option<String>,
     /// `draft`, `open`, `paid`, `uncollectible` or `void`.
     pub status: String,
+    pub currency: String,
     pub total: i64,
     pub attempt_count: u64,
+    /// Whether the provider would collect it on its own schedule (never, for ours).
+    pub auto_advance: bool,
     pub lines: Vec<ProviderLine>,
+}
+
+impl ProviderInvoice {
+    /// Why this invoice does not carry exactly `draft` (our lines by reference and
+    /// amount, nothing else, the same currency and total), if it does not.
+    pub fn differs_from(&self, draft: &InvoiceDraft) -> Option<String> {
+        if !self.currency.eq_ignore_ascii_case(&draft.currency) {
+            return Some(format!(
+                "currency {} instead of {}",
+                self.currency, draft.currency
+            ));
+        }
+        let mut theirs: Vec<(&str, i64)> = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            match &line.origin {
+                LineOrigin::Ours(reference) => theirs.push((reference, line.amount)),
+                LineOrigin::Other => {
+                    return Some(format!("a line that is not ours: {}", line.description));
+                }
+            }
+        }
+        let mut ours: Vec<(&str, i64)> = draft
+            .lines
+            .iter()
+            .map(|line| (line.reference.as_str(), line.amount))
+            .collect();
+        theirs.sort_unstable();
+        ours.sort_unstable();
+        if theirs != ours {
+            return Some(format!("lines {theirs:?} instead of {ours:?}"));
+        }
+        let total: i64 = draft.lines.iter().map(|line| line.amount).sum();
+        (self.total != total).then(|| format!("total {} instead of {total}", self.total))
+    }
 }
 
 /// How a charge attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
     Paid,
-    /// The card was refused; `code` is the decline code when the provider gives one.
+    /// The card was refused; `code` is the decline code when the provider gives one,
+    /// `retryable` whether trying again later may succeed.
     Declined {
         code: String,
         message: String,
+        retryable: bool,
     },
     /// The provider's invoice is closed without payment (`void`, `uncollectible`): there
     /// is nothing to charge.
@@ -158,45 +186,19 @@ pub trait PaymentProvider: Send + Sync + 'static {
         attempt: Attempt,
     ) -> Result<String, PaymentError>;
 
-    /// The customer's subscription to `plan`, created (and its first period charged to
-    /// the default payment method) on the first call only.
-    async fn ensure_subscription(
+    /// Whether the customer has a default payment method to charge.
+    async fn has_default_payment_method(&self, customer: &str) -> Result<bool, PaymentError>;
+
+    /// The provider invoice for `draft`, composed on the first call only: created as a
+    /// draft that takes none of the customer's pending items and that the provider never
+    /// collects on its own, each line attached to it by id, then finalized. A retry
+    /// (`Attempt::Retry`) finds what an earlier call made by our references and adds only
+    /// what is missing. The answer is checked by the caller with
+    /// [`ProviderInvoice::differs_from`] before anything is charged.
+    async fn push_invoice(
         &self,
         customer: &str,
-        plan: &RecurringPlan,
-        attempt: Attempt,
-    ) -> Result<SubscriptionRef, PaymentError>;
-
-    /// Moves a subscription to another plan; `prorate` credits the unused part of the old
-    /// base fee and charges the new one for the rest of the period.
-    async fn change_plan(
-        &self,
-        subscription: &str,
-        plan: &RecurringPlan,
-        prorate: bool,
-    ) -> Result<SubscriptionRef, PaymentError>;
-
-    /// Ends a subscription now, without a refund. Canceling one that has ended succeeds.
-    async fn cancel_subscription(&self, subscription: &str) -> Result<(), PaymentError>;
-
-    /// A pending invoice item for `line`, created on the first call only (looked up by
-    /// its reference on a retry).
-    async fn ensure_invoice_item(
-        &self,
-        customer: &str,
-        currency: &str,
-        line: &ChargeLine,
-        attempt: Attempt,
-    ) -> Result<(), PaymentError>;
-
-    /// The provider invoice for our invoice `reference`, created (as a draft that takes
-    /// the customer's pending items, and the subscription's base fee where the provider
-    /// bills it that way) on the first call only.
-    async fn ensure_invoice(
-        &self,
-        customer: &str,
-        subscription: Option<&str>,
-        reference: &str,
+        draft: &InvoiceDraft,
         attempt: Attempt,
     ) -> Result<ProviderInvoice, PaymentError>;
 
@@ -209,13 +211,17 @@ pub trait PaymentProvider: Send + Sync + 'static {
 
     async fn get_invoice(&self, id: &str) -> Result<ProviderInvoice, PaymentError>;
 
-    /// Finalizes (where the provider supports it) and charges the invoice to the
-    /// customer's default payment method. Paying a paid invoice reports `Paid`.
+    /// Charges a finalized invoice to the customer's default payment method, once per
+    /// `attempt_key`. Paying a paid invoice reports `Paid`; a voided one `Closed`.
     async fn charge_invoice(
         &self,
         id: &str,
         attempt_key: &str,
     ) -> Result<ChargeOutcome, PaymentError>;
+
+    /// Voids an invoice that will never be paid (a signup whose first payment failed),
+    /// so that nothing is left to collect. Voiding a void invoice succeeds.
+    async fn void_invoice(&self, id: &str) -> Result<(), PaymentError>;
 
     /// Makes `payment_method` the customer's default from now on.
     async fn replace_default_payment_method(
@@ -224,7 +230,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
         payment_method: &str,
     ) -> Result<String, PaymentError>;
 
-    /// Deletes the customer (and with it their payment methods and subscriptions).
+    /// Deletes the customer (and with it their payment methods).
     /// Deleting one that is already gone succeeds.
     async fn delete_customer(&self, customer: &str) -> Result<(), PaymentError>;
 

@@ -14,6 +14,9 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// Held by someone else for longer than the caller waits (a lease, say): try later.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -22,7 +22,6 @@ pub struct Tenant {
     pub version: i64,
     pub synthetic: bool,
     pub stripe_customer_id: Option<String>,
-    pub stripe_subscription_id: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -37,7 +36,6 @@ pub struct NewTenant {
     pub billing_cycle: BillingCycle,
     pub synthetic: bool,
     pub stripe_customer_id: Option<String>,
-    pub stripe_subscription_id: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -52,7 +50,6 @@ struct TenantRow {
     version: i64,
     synthetic: bool,
     stripe_customer_id: Option<String>,
-    stripe_subscription_id: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -82,7 +79,6 @@ impl TryFrom<TenantRow> for Tenant {
             version: row.version,
             synthetic: row.synthetic,
             stripe_customer_id: row.stripe_customer_id,
-            stripe_subscription_id: row.stripe_subscription_id,
             created_at: row.created_at,
         })
     }
@@ -92,15 +88,15 @@ impl TryFrom<TenantRow> for Tenant {
 macro_rules! columns {
     () => {
         "id, name, email, state, plan_code, billing_anchor, billing_cycle, version, synthetic, \
-         stripe_customer_id, stripe_subscription_id, created_at"
+         stripe_customer_id, created_at"
     };
 }
 
 pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, StoreError> {
     let row: TenantRow = sqlx::query_as(concat!(
         "INSERT INTO tenants (id, name, email, state, plan_code, billing_anchor, billing_cycle, \
-                              synthetic, stripe_customer_id, stripe_subscription_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+                              synthetic, stripe_customer_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
         columns!()
     ))
     .bind(new.id.as_uuid())
@@ -118,7 +114,6 @@ pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, 
     .bind(new.billing_cycle.to_string())
     .bind(new.synthetic)
     .bind(&new.stripe_customer_id)
-    .bind(&new.stripe_subscription_id)
     .fetch_one(conn)
     .await?;
     row.try_into()

@@ -254,7 +254,6 @@ async fn create_tenants(database: &str, count: usize) -> anyhow::Result<Vec<Stri
             billing_cycle: BillingCycle::Months(1),
             synthetic: false,
             stripe_customer_id: None,
-            stripe_subscription_id: None,
         };
         tenancy::tenants::insert(&mut tx, &tenant).await?;
         keys.push(

@@ -47,6 +47,8 @@ struct UnpaidInvoice {
     /// `none`, `retrying`, `exhausted` or `hard_decline`.
     dunning: String,
     next_attempt_at: Option<DateTime<Utc>>,
+    /// Why collecting it can never succeed as it stands (an operator must act), if so.
+    collection_error: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -99,7 +101,7 @@ async fn overview(State(state): State<AppState>, _operator: Operator) -> ApiResu
     .await?;
     let unpaid_invoices = sqlx::query_as(
         "SELECT i.id, i.tenant_id, i.period_start, i.status, i.total, i.currency, \
-                i.payment_attempts, i.dunning, i.next_attempt_at \
+                i.payment_attempts, i.dunning, i.next_attempt_at, i.collection_error \
          FROM invoices i JOIN tenants t ON t.id = i.tenant_id \
          WHERE i.status IN ('draft', 'open', 'uncollectible') AND NOT t.synthetic \
          ORDER BY i.period_start LIMIT 100",

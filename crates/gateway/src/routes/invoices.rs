@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use billing::invoices::{Invoice, Reconciliation, RunReport};
-use billing::rating::{self, InvoiceLine, RatingError};
+use billing::period_invoice::ComposeError;
+use billing::rating::{InvoiceLine, RatingError};
 use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use saas_core::{Currency, Metric};
@@ -129,14 +130,15 @@ struct UpcomingInvoice {
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
     currency: Currency,
-    /// The base fee, then per metric the included usage and each overage tier used.
+    /// The next period's base fee (billed in advance), then per metric the included usage
+    /// and each overage tier used, then the prorations of upgrades taken in the period.
     lines: Vec<InvoiceLine>,
     /// Minor units: the sum of the lines.
     total: i64,
 }
 
-/// What the current period's invoice comes to from the usage so far, rated exactly as
-/// the invoice run will rate it.
+/// What the invoice closing the current period comes to from the usage so far, composed
+/// exactly as the invoice run will compose it.
 #[utoipa::path(get, path = "/v1/invoices/upcoming", tag = "invoices", security(("api_key" = [])),
     responses((status = 200, body = UpcomingInvoice), (status = 401, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
@@ -144,25 +146,29 @@ async fn upcoming_invoice(
     State(state): State<AppState>,
     tenant: TenantContext,
 ) -> ApiResult<Json<UpcomingInvoice>> {
-    let (terms, metrics) = period_summary(&state, tenant).await?;
-    let mut conn = state.db.pool().acquire().await?;
-    let plan = tenancy::plans::get(&mut conn, &terms.plan_code).await?;
-    drop(conn);
+    let (_, metrics) = period_summary(&state, tenant).await?;
     let usage: BTreeMap<Metric, u64> = metrics.iter().map(|(m, s)| (*m, s.used)).collect();
-    let invoice = rating::rate(&plan, &usage).map_err(|error| match error {
-        // A plan that cannot price its own usage is our fault, not the tenant's.
-        RatingError::NoOveragePrice { .. } | RatingError::InvalidTiers { .. } => {
-            ApiError::internal(error)
-        }
-        RatingError::AmountOverflow => ApiError::unprocessable(
-            "amount_overflow",
-            "the invoice total does not fit in 64 bits",
-        ),
-    })?;
+    let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+    let (period, composed) =
+        billing::period_invoice::upcoming(&mut tx, tenant.tenant_id, state.clock.now(), &usage)
+            .await
+            .map_err(|error| match error {
+                ComposeError::Store(store) => store.into(),
+                // A plan that cannot price its own usage is our fault, not the tenant's.
+                ComposeError::Rating(
+                    RatingError::NoOveragePrice { .. } | RatingError::InvalidTiers { .. },
+                ) => ApiError::internal(error),
+                ComposeError::Rating(RatingError::AmountOverflow) => ApiError::unprocessable(
+                    "amount_overflow",
+                    "the invoice total does not fit in 64 bits",
+                ),
+            })?;
+    tx.commit().await?;
+    let (plan, invoice) = (composed.plan, composed.invoice);
     Ok(Json(UpcomingInvoice {
         plan: plan.code,
-        period_start: terms.period.start,
-        period_end: terms.period.end,
+        period_start: period.start,
+        period_end: period.end,
         currency: invoice.currency,
         lines: invoice.lines,
         total: invoice.total,

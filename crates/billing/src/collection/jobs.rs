@@ -1,0 +1,175 @@
+//! The collection jobs: one per new invoice, one per dunning retry, and the sweep that
+//! queues collection again for invoices whose jobs gave up.
+
+use std::time::Duration;
+
+use ::jobs::{Job, JobError, JobHandler, NewJob};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use saas_core::TenantId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use tenancy::{Db, StoreError};
+use uuid::Uuid;
+
+use super::Collector;
+
+pub const COLLECT_JOB: &str = "billing.collect";
+pub const RETRY_PAYMENT_JOB: &str = "billing.retry_payment";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Payload {
+    tenant_id: TenantId,
+    invoice_id: Uuid,
+    /// For payment retries: which charge of the invoice this job makes (from 2).
+    #[serde(default)]
+    attempt: Option<i32>,
+}
+
+impl Payload {
+    pub(super) fn json(
+        tenant: TenantId,
+        invoice: Uuid,
+        attempt: Option<i32>,
+    ) -> Result<Value, StoreError> {
+        let payload = Payload {
+            tenant_id: tenant,
+            invoice_id: invoice,
+            attempt,
+        };
+        serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    fn of(job: &Job) -> Result<Payload, JobError> {
+        serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))
+    }
+}
+
+/// Queues the collection of a new draft invoice (in the run's transaction).
+pub async fn enqueue_collection(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    invoice: Uuid,
+) -> Result<(), StoreError> {
+    let payload = Payload::json(tenant, invoice, None)?;
+    jobs::enqueue(
+        conn,
+        NewJob::new(COLLECT_JOB, payload).dedup_key(invoice.to_string()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues one more collection of `invoice` (say, to carry out what a payment means for
+/// the tenant when doing it at once failed); `why` keeps it apart from the first job.
+pub async fn enqueue_follow_up(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    invoice: Uuid,
+    why: &str,
+) -> Result<(), StoreError> {
+    let payload = Payload::json(tenant, invoice, None)?;
+    jobs::enqueue(
+        conn,
+        NewJob::new(COLLECT_JOB, payload).dedup_key(format!("{invoice}:{why}")),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues collection again for invoices whose jobs ran out of attempts (a long Stripe
+/// outage, say): drafts and pushed invoices never charged, made over `stalled_after`
+/// ago, and dunning retries overdue by as long. At most once an hour per invoice.
+pub async fn requeue_stalled(
+    db: &Db,
+    now: DateTime<Utc>,
+    stalled_after: Duration,
+) -> Result<usize, StoreError> {
+    let before = now - chrono::TimeDelta::from_std(stalled_after).unwrap_or_default();
+    let hour = now.format("%Y%m%d%H").to_string();
+    let mut tx = db.system_tx("requeue stalled collections").await?;
+    let stalled: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
+        "SELECT i.tenant_id, i.id, i.status, i.payment_attempts FROM invoices i \
+         WHERE i.created_at < $1 AND i.collection_error IS NULL AND ( \
+               i.status = 'draft' \
+            OR (i.status = 'open' AND i.stripe_invoice_id IS NOT NULL AND i.payment_attempts = 0) \
+            OR (i.status = 'open' AND i.dunning = 'retrying' AND i.next_attempt_at < $1)) \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'pending' \
+                           AND j.kind IN ('billing.collect', 'billing.retry_payment') \
+                           AND j.payload->>'invoice_id' = i.id::text) \
+         ORDER BY i.created_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut requeued = 0;
+    for (tenant, invoice, status, attempts) in &stalled {
+        let retrying = status == "open" && *attempts > 0;
+        let payload = Payload::json(
+            TenantId::from_uuid(*tenant),
+            *invoice,
+            retrying.then_some(attempts + 1),
+        )?;
+        let kind = if retrying {
+            RETRY_PAYMENT_JOB
+        } else {
+            COLLECT_JOB
+        };
+        let queued = jobs::enqueue(
+            &mut tx,
+            NewJob::new(kind, payload).dedup_key(format!("{invoice}:requeued:{hour}")),
+        )
+        .await?;
+        requeued += usize::from(queued.is_some());
+    }
+    tx.commit().await?;
+    if requeued > 0 {
+        metrics::counter!("collections_requeued_total").increment(requeued as u64);
+        tracing::warn!(
+            count = requeued,
+            "collections queued again after their jobs gave up"
+        );
+    }
+    Ok(requeued)
+}
+
+/// Runs [`Collector::collect`] for a new invoice.
+pub struct CollectJob(pub(super) Collector);
+
+#[async_trait]
+impl JobHandler for CollectJob {
+    fn kind(&self) -> &'static str {
+        COLLECT_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let payload = Payload::of(job)?;
+        self.0
+            .collect(payload.tenant_id, payload.invoice_id)
+            .await
+            .map_err(JobError::from)
+    }
+}
+
+/// Runs one scheduled dunning retry.
+pub struct RetryPaymentJob(pub(super) Collector);
+
+#[async_trait]
+impl JobHandler for RetryPaymentJob {
+    fn kind(&self) -> &'static str {
+        RETRY_PAYMENT_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let payload = Payload::of(job)?;
+        let attempt = payload
+            .attempt
+            .ok_or_else(|| JobError::Permanent("a payment retry without its number".into()))?;
+        self.0
+            .retry_payment(payload.tenant_id, payload.invoice_id, attempt)
+            .await
+            .map_err(JobError::from)
+    }
+}
