@@ -212,7 +212,7 @@ async fn an_erasure_job_run_twice_is_harmless() {
     // Run the job, then force it to run once more as if a worker died before finishing.
     let worker = || {
         jobs::Worker::new(&app.db, jobs::WorkerSettings::default()).register(
-            lifecycle::ErasureWorkflow::new(app.db.clone(), app.clickhouse.clone(), None),
+            lifecycle::ErasureWorkflow::new(app.db.clone(), app.clickhouse.clone(), None, None),
         )
     };
     assert_eq!(worker().run_pending().await.unwrap(), 1);
@@ -246,4 +246,61 @@ async fn an_erasure_job_run_twice_is_harmless() {
         (1, 1000),
         "one record, the second run deleted nothing more"
     );
+}
+
+#[tokio::test]
+async fn erasure_mid_period_bills_the_usage_so_far_before_erasing_it() {
+    let app = TestApp::spawn().await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    // 300,000 queries on starter: 200,000 past the included 100,000, at 50 per 1,000.
+    let usage = json!([{"id": "q", "metric": "queries", "value": 300_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    let (status, accepted) = erase_as_operator(&app, tenant.id).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["transition"]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while transition_status(&app, &id).await != "completed" {
+        assert!(Instant::now() < deadline, "erasure never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    #[derive(sqlx::FromRow, Debug)]
+    struct Final {
+        id: uuid::Uuid,
+        period_end: chrono::DateTime<chrono::Utc>,
+        total: i64,
+        status: String,
+        stripe_invoice_id: Option<String>,
+        billed_email: Option<String>,
+    }
+    let invoices: Vec<Final> = {
+        let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+        sqlx::query_as(
+            "SELECT id, period_end, total, status, stripe_invoice_id, billed_email FROM invoices \
+             WHERE tenant_id = $1 AND kind = 'period'",
+        )
+        .bind(tenant.id.as_uuid())
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap()
+    };
+    assert_eq!(invoices.len(), 1, "{invoices:?}");
+    let last = &invoices[0];
+    assert!(
+        last.period_end < chrono::Utc::now(),
+        "billed up to the erasure"
+    );
+    assert_eq!(
+        last.total, 10_000,
+        "the overage, and no base fee ahead: {last:?}"
+    );
+    assert_eq!(last.status, "paid", "{last:?}");
+    assert_eq!(last.billed_email, None, "kept without personal data");
+    let at_stripe = stripe_get(&format!(
+        "/v1/invoices/{}",
+        last.stripe_invoice_id.as_deref().unwrap()
+    ))
+    .await;
+    assert_eq!(at_stripe["status"], "paid", "{at_stripe}");
+    assert_eq!(at_stripe["total"], 10_000);
+    assert_eq!(at_stripe["metadata"]["saas_invoice"], last.id.to_string());
 }

@@ -22,7 +22,7 @@ use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
 use crate::invoice_status::InvoiceStatus;
-use crate::period_invoice::{ComposeError, compose};
+use crate::period_invoice::{ComposeError, NextPeriod, compose};
 use crate::rating::{LineKind, RatedInvoice, RatingError};
 
 /// How far back a run looks for periods that were never invoiced.
@@ -231,7 +231,7 @@ async fn invoice_period(
         usage.insert(metric, total);
     }
     let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let composed = compose(&mut tx, tenant, period, &usage)
+    let composed = compose(&mut tx, tenant, period, &usage, NextPeriod::BillInAdvance)
         .await
         .map_err(|error| match error {
             ComposeError::Store(store) => InvoiceError::Run(store.into()),
@@ -245,6 +245,7 @@ async fn invoice_period(
         period,
         plan_code: &composed.plan.code,
         rated: &composed.invoice,
+        after_erasure: false,
     };
     let created = store(&mut tx, tenant, &new, collection).await?;
     tx.commit().await?;
@@ -281,6 +282,8 @@ pub struct NewInvoice<'a> {
     pub period: BillingPeriod,
     pub plan_code: &'a str,
     pub rated: &'a RatedInvoice,
+    /// The final invoice of an erased tenant: written although the tenant is `deleted`.
+    pub after_erasure: bool,
 }
 
 /// Records the signup invoice, paid at `stripe_invoice` before the tenant was
@@ -297,6 +300,7 @@ pub async fn record_signup_invoice(
         period: tenant.period_at(tenant.billing_anchor),
         plan_code: &tenant.plan_code,
         rated,
+        after_erasure: false,
     };
     let id = signup_invoice_id(tenant.id);
     if insert(conn, tenant, id, &new, "paid").await? {
@@ -322,7 +326,7 @@ pub fn signup_invoice_id(tenant: TenantId) -> Uuid {
 
 /// Writes a period invoice and queues its collection; false when the period was
 /// invoiced meanwhile.
-async fn store(
+pub(crate) async fn store(
     conn: &mut PgConnection,
     tenant: &Tenant,
     new: &NewInvoice<'_>,
@@ -359,7 +363,7 @@ async fn insert(
             .bind(tenant.id.as_uuid())
             .fetch_one(&mut *conn)
             .await?;
-    if state == TenantState::Deleted.as_str() {
+    if state == TenantState::Deleted.as_str() && !new.after_erasure {
         return Ok(false);
     }
     let inserted = sqlx::query(
@@ -597,10 +601,13 @@ pub async fn reconcile(
 ) -> Result<Reconciliation, RunError> {
     let invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = {
         let mut tx = db.system_tx("reconciliation").await?;
+        // Erased tenants' usage is gone by design: nothing to compare their invoices with.
         let rows = sqlx::query_as(
-            "SELECT id, tenant_id, period_start FROM invoices \
-             WHERE kind = 'period' AND ($1::uuid IS NULL OR tenant_id = $1) \
-             ORDER BY tenant_id, period_start",
+            "SELECT i.id, i.tenant_id, i.period_start FROM invoices i \
+             JOIN tenants t ON t.id = i.tenant_id \
+             WHERE i.kind = 'period' AND t.state <> 'deleted' \
+               AND ($1::uuid IS NULL OR i.tenant_id = $1) \
+             ORDER BY i.tenant_id, i.period_start",
         )
         .bind(tenant.map(|t| t.as_uuid()))
         .fetch_all(&mut *tx)

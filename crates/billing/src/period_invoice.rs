@@ -39,27 +39,39 @@ pub struct Composed {
     pub invoice: RatedInvoice,
 }
 
+/// Whether an invoice bills the next period's base fee in advance: every period
+/// invoice does, but the last one of a tenant that left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextPeriod {
+    BillInAdvance,
+    None,
+}
+
 /// The invoice that closes `period` of `tenant`, whose usage in it was `usage`.
 pub async fn compose(
     conn: &mut PgConnection,
     tenant: &Tenant,
     period: BillingPeriod,
     usage: &BTreeMap<Metric, u64>,
+    next_period: NextPeriod,
 ) -> Result<Composed, ComposeError> {
     let history = lifecycle::plan_history::load(conn, tenant.id).await?;
     let mut plans = Plans::default();
     let usage_plan = plans.get(conn, history.plan_at(period.end, false)).await?;
     let next_plan = plans.get(conn, history.plan_at(period.end, true)).await?;
     let next = tenant.period_at(period.end);
-    let mut lines = vec![rating::base_fee(
-        &next_plan,
-        format!(
-            "{} plan, {} to {} (in advance)",
-            next_plan.name,
-            stamp(next.start),
-            stamp(next.end)
-        ),
-    )];
+    let mut lines = Vec::new();
+    if next_period == NextPeriod::BillInAdvance {
+        lines.push(rating::base_fee(
+            &next_plan,
+            format!(
+                "{} plan, {} to {} (in advance)",
+                next_plan.name,
+                stamp(next.start),
+                stamp(next.end)
+            ),
+        ));
+    }
     let parts = usage_parts(&history, period, usage);
     let mut part_plans = Vec::with_capacity(parts.len());
     for part in &parts {
@@ -105,7 +117,8 @@ pub async fn upcoming(
 ) -> Result<(BillingPeriod, Composed), ComposeError> {
     let tenant = tenancy::tenants::get(conn, tenant).await?;
     let period = tenant.period_at(now);
-    Ok((period, compose(conn, &tenant, period, usage).await?))
+    let composed = compose(conn, &tenant, period, usage, NextPeriod::BillInAdvance).await?;
+    Ok((period, composed))
 }
 
 /// The usage of a period under one plan: from the period's usage when the plan took

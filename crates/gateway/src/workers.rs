@@ -1,5 +1,6 @@
 //! Background workers run inside the service process, each until the stop signal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobs::{Worker, WorkerSettings};
@@ -47,6 +48,10 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         state.db.clone(),
         state.clickhouse.clone(),
         state.payments.clone(),
+        Some(Arc::new(billing::final_invoice::FinalBiller::new(
+            state.db.clone(),
+            state.collector(),
+        ))),
     ));
     let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),

@@ -1,7 +1,9 @@
 //! The GDPR erasure job. The tenant is `deleted` and its keys revoked when the erasure is
-//! taken; this removes the rest, each step safe to run again:
+//! taken; this bills what it used and removes the rest, each step safe to run again:
 //!
-//! 1. the customer at the payment provider (and with it its cards and subscriptions);
+//! 0. the final invoice, for the usage of the period the tenant left in (billing does it,
+//!    through [`FinalInvoice`], while the usage is still there to rate);
+//! 1. the customer at the payment provider (and with it its cards);
 //! 2. usage: the Postgres ledger, then ClickHouse, the delete checked complete;
 //! 3. personal data in Postgres: the tenant's name and email, its signup, its key labels,
 //!    its notifications (invoices, once kept, are stripped the same way);
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use jobs::{Job, JobError, JobHandler};
 use metering::ClickHouseSink;
 use payments::PaymentProvider;
@@ -18,6 +21,7 @@ use saas_core::{TenantId, TransitionId};
 use serde::Deserialize;
 use tenancy::Db;
 use tenancy::audit::{self, Actor, AuditEntry};
+use tenancy::tenants::Tenant;
 
 use crate::job_errors::{retry, sql_retry};
 use crate::transitions::{self, ERASURE_JOB};
@@ -31,10 +35,20 @@ struct Payload {
     tenant_id: TenantId,
 }
 
+/// Bills an erased tenant's last, partial period before its usage is erased. Billing
+/// implements it (lifecycle cannot depend on billing, which depends on lifecycle).
+#[async_trait]
+pub trait FinalInvoice: Send + Sync + 'static {
+    /// Makes and collects the invoice for the usage since the last period invoice, up to
+    /// `erased_at`; once only, however often it is called. An error is retried.
+    async fn bill(&self, tenant: &Tenant, erased_at: DateTime<Utc>) -> Result<(), String>;
+}
+
 pub struct ErasureWorkflow {
     db: Db,
     clickhouse: ClickHouseSink,
     payments: Option<Arc<dyn PaymentProvider>>,
+    final_invoice: Option<Arc<dyn FinalInvoice>>,
 }
 
 impl ErasureWorkflow {
@@ -42,11 +56,13 @@ impl ErasureWorkflow {
         db: Db,
         clickhouse: ClickHouseSink,
         payments: Option<Arc<dyn PaymentProvider>>,
+        final_invoice: Option<Arc<dyn FinalInvoice>>,
     ) -> Self {
         Self {
             db,
             clickhouse,
             payments,
+            final_invoice,
         }
     }
 }
@@ -76,6 +92,14 @@ impl JobHandler for ErasureWorkflow {
             return Ok(());
         }
         tracing::info!(tenant = %tenant_id, transition = %transition.id, "erasure running");
+
+        // Readiness probes are never billed.
+        if let Some(final_invoice) = self.final_invoice.as_ref().filter(|_| !tenant.synthetic) {
+            final_invoice
+                .bill(&tenant, transition.created_at)
+                .await
+                .map_err(|error| JobError::Retry(format!("the final invoice: {error}")))?;
+        }
 
         let stripe_customer_deleted = match (&self.payments, &tenant.stripe_customer_id) {
             (Some(payments), Some(customer)) => {

@@ -270,16 +270,13 @@ pub async fn period_usage(
     tenant: TenantId,
     period_start: DateTime<Utc>,
 ) -> Result<BTreeMap<Metric, u64>, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    counters(
+        conn,
         "SELECT metric, used::text FROM usage_counters WHERE tenant_id = $1 AND period_start = $2",
+        tenant,
+        period_start,
     )
-    .bind(tenant.as_uuid())
-    .bind(period_start)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|(metric, used)| Ok((metric.parse()?, parse_u64(&used)?)))
-        .collect()
+    .await
 }
 
 /// The period's usage so far with its counters locked until the caller commits: no batch
@@ -290,14 +287,27 @@ pub async fn lock_period_usage(
     tenant: TenantId,
     period_start: DateTime<Utc>,
 ) -> Result<BTreeMap<Metric, u64>, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    counters(
+        conn,
         "SELECT metric, used::text FROM usage_counters WHERE tenant_id = $1 AND period_start = $2 \
          ORDER BY metric FOR UPDATE",
+        tenant,
+        period_start,
     )
-    .bind(tenant.as_uuid())
-    .bind(period_start)
-    .fetch_all(conn)
-    .await?;
+    .await
+}
+
+async fn counters(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    tenant: TenantId,
+    period_start: DateTime<Utc>,
+) -> Result<BTreeMap<Metric, u64>, StoreError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(sql)
+        .bind(tenant.as_uuid())
+        .bind(period_start)
+        .fetch_all(conn)
+        .await?;
     rows.into_iter()
         .map(|(metric, used)| Ok((metric.parse()?, parse_u64(&used)?)))
         .collect()
