@@ -34,6 +34,13 @@ answering a decline with Stripe's 402 ``card_error``; ``/void`` of open
 invoices only; ``/lines`` paginated with ``starting_after``. Each rule cites
 the reference page it comes from.
 
+POST requests with an ``Idempotency-Key`` header are idempotent as the API
+reference describes (see "Idempotent requests"): the first response to a
+key is saved (in memory, for 24 hours) and answered again, marked
+``Idempotent-Replayed: true``, to every retry with the same key and
+parameters, without reaching localstripe (no second object, no second
+webhook); a retry with other parameters gets a 400 ``idempotency_error``.
+
 With env ``LOCALSTRIPE_REQUEST_LOG`` naming a file, every request under
 ``/v1/`` is appended to it as one JSON line (method, path, parameters), for
 checking what a client sent against Stripe's published parameters.
@@ -56,6 +63,8 @@ Requires ``pip install localstripe==1.15.10``.
 """
 
 import argparse
+import base64
+import collections
 import copy
 import hashlib
 import json
@@ -1252,6 +1261,261 @@ def _install_routes(app):
 
 
 # --------------------------------------------------------------------------
+# Idempotent requests (the Idempotency-Key header)
+#
+# Stock localstripe ignores the header, so a retried create makes a second
+# object. The rules below are those of the API reference,
+# https://docs.stripe.com/api/idempotent_requests (API v1), and of
+# https://docs.stripe.com/error-low-level#idempotency, quoted where applied.
+# --------------------------------------------------------------------------
+
+# "Idempotency keys are up to 255 characters long."
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# "You can remove keys from the system automatically after they're at least
+# 24 hours old. We generate a new request if a key is reused after the
+# original is pruned." Kept in memory only, never in the state file, and
+# bounded: a saved response older than this is pruned, and past
+# IDEMPOTENCY_MAX_KEYS saved responses the oldest is dropped even before it
+# is 24 hours old (a fake's memory limit, not a Stripe rule).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+IDEMPOTENCY_MAX_KEYS = 100000
+
+# https://docs.stripe.com/error-codes/idempotency-key-in-use
+IDEMPOTENCY_KEY_IN_USE_DOC = \
+    'https://docs.stripe.com/error-codes/idempotency-key-in-use'
+
+
+class SavedResponse:
+    """The first response to a key, and what it answered."""
+
+    __slots__ = ('created', 'method', 'path', 'fingerprint', 'status',
+                 'body', 'content_type', 'charset')
+
+    def __init__(self, created, method, path, fingerprint, status, body,
+                 content_type, charset):
+        self.created = created
+        self.method = method
+        self.path = path
+        self.fingerprint = fingerprint
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.charset = charset
+
+
+class IdempotencyCache:
+    """Saved responses by (API key, Idempotency-Key), oldest first.
+
+    Entries are only ever added at the end (a replay does not refresh
+    one), so the oldest is always first and pruning stops at the first
+    entry young enough to keep.
+    """
+
+    def __init__(self, ttl=IDEMPOTENCY_TTL_SECONDS,
+                 max_entries=IDEMPOTENCY_MAX_KEYS):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._saved = collections.OrderedDict()
+
+    def __len__(self):
+        return len(self._saved)
+
+    def prune(self, now):
+        while self._saved:
+            oldest = next(iter(self._saved.values()))
+            if (now - oldest.created < self.ttl
+                    and len(self._saved) <= self.max_entries):
+                break
+            self._saved.popitem(last=False)
+
+    def get(self, scope, now):
+        self.prune(now)
+        return self._saved.get(scope)
+
+    def put(self, scope, saved):
+        self._saved.pop(scope, None)
+        self._saved[scope] = saved
+        self.prune(saved.created)
+
+
+def _request_api_key(request, params):
+    """The API key a request authenticates with: the secret key of the
+    Authorization header (Basic, as `-u sk_test_...:` sends it, or Bearer),
+    else the publishable `key` a few endpoints accept in the body."""
+    scheme, _, credentials = request.headers.get(
+        'Authorization', '').partition(' ')
+    credentials = credentials.strip()
+    if scheme == 'Basic':
+        try:
+            decoded = base64.b64decode(credentials.encode('ascii'),
+                                       validate=True).decode('utf-8')
+        except (ValueError, UnicodeError):
+            decoded = ''
+        return decoded.split(':')[0]
+    if scheme == 'Bearer':
+        return credentials
+    key = params.get('key')
+    return key if isinstance(key, str) else ''
+
+
+async def _request_params(request):
+    """Query and body parameters, flattened to `a[b][0]` keys (as in the
+    request log), for comparing a retry with the first request."""
+    params = _flat_params(request.query)
+    # body_exists, not can_read_body: localstripe's authentication has
+    # already read the body (aiohttp keeps it for every later reader).
+    if request.body_exists:
+        if request.content_type == 'application/json':
+            try:
+                _flatten_json(await request.json(), '', params)
+            except ValueError:
+                params[''] = (await request.read()).decode('utf-8',
+                                                          'replace')
+        else:
+            params.update(_flat_params(await request.post()))
+    return params
+
+
+def _fingerprint(params):
+    return hashlib.sha256(json.dumps(
+        params, sort_keys=True, default=str).encode('utf-8')).hexdigest()
+
+
+def _idempotency_middleware(cache=None, clock=time.time):
+    """Honours the Idempotency-Key header of POST requests under /v1/.
+
+    The first response to a key is saved with the request's method, path and
+    parameters; a later request with the same key and API key gets that
+    response back without reaching localstripe at all (so no object is made
+    and no webhook is sent twice), or an `idempotency_error` when it is not
+    the same request.
+    """
+    cache = cache if cache is not None else IdempotencyCache()
+    in_flight = set()
+
+    @web.middleware
+    async def idempotency(request, handler):
+        key = request.headers.get('Idempotency-Key')
+        # "All `POST` requests accept idempotency keys. Don't send
+        # idempotency keys in `GET` and `DELETE` requests because it has no
+        # effect. These requests are idempotent by definition." Only the
+        # API (/v1/) is concerned: /_config/ is localstripe's own.
+        if (request.method != 'POST' or not key
+                or not request.path.startswith('/v1/')):
+            return await handler(request)
+        # "We save results only after the execution of an endpoint
+        # begins": a request no route answers (404/405) is not saved.
+        if request.match_info.http_exception is not None:
+            return await handler(request)
+        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            # The limit is the reference's; the message is this fake's.
+            return _error(400, 'Invalid Idempotency-Key: keys are up to %d '
+                          'characters long.' % IDEMPOTENCY_KEY_MAX_LENGTH
+                          ).to_response()
+
+        params = await _request_params(request)
+        # A key belongs to the API key that used it: two API keys never
+        # see each other's saved responses.
+        scope = (_request_api_key(request, params), key)
+        fingerprint = _fingerprint(params)
+        now = clock()
+        saved = cache.get(scope, now)
+        if saved is not None:
+            # "The idempotency layer compares incoming parameters to those
+            # of the original request and errors if they're not the same
+            # to prevent accidental misuse." The type is `idempotency_error`
+            # (https://docs.stripe.com/api/errors: "type: One of
+            # api_error, card_error, idempotency_error, or
+            # invalid_request_error"), HTTP 400; the messages are those
+            # Stripe sends (quoted in stripe/stripe-ruby#503 and #598).
+            if (saved.method, saved.path) != (request.method, request.path):
+                return _error(400, 'Keys for idempotent requests can only '
+                              'be used for the same endpoint they were '
+                              "first used for ('%s' vs '%s'). Try using a "
+                              "key other than '%s' if you meant to execute "
+                              'a different request.'
+                              % (request.path, saved.path, key),
+                              type='idempotency_error').to_response()
+            if saved.fingerprint != fingerprint:
+                return _error(400, 'Keys for idempotent requests can only '
+                              'be used with the same parameters they were '
+                              "first used with. Try using a key other than "
+                              "'%s' if you meant to execute a different "
+                              'request.' % key,
+                              type='idempotency_error').to_response()
+            # "Stripe saves the status code and body of the first request
+            # made with a given idempotency key [...]. Retries with the same
+            # key return the saved response, including `500` errors."
+            # Stripe marks a replay with the `Idempotent-Replayed: true`
+            # response header (read by its SDKs, e.g. stripe-ruby's
+            # StripeError#idempotent_replayed?, stripe/stripe-ruby#905).
+            response = web.Response(body=saved.body, status=saved.status,
+                                    content_type=saved.content_type,
+                                    charset=saved.charset)
+            response.headers['Idempotent-Replayed'] = 'true'
+            return response
+        if scope in in_flight:
+            # "If incoming parameters fail validation, or the request
+            # conflicts with another request that's executing concurrently,
+            # we don't save the idempotent result". Stripe answers the
+            # concurrent one with a 409 `idempotency_key_in_use`
+            # (https://docs.stripe.com/error-codes/idempotency-key-in-use);
+            # the message is this fake's.
+            return _error(409, 'There is currently another in-progress '
+                          'request using this idempotency key: %s. Please '
+                          'try again later.' % key,
+                          code='idempotency_key_in_use',
+                          doc_url=IDEMPOTENCY_KEY_IN_USE_DOC).to_response()
+
+        in_flight.add(scope)
+        objects_before = len(resources.store)
+        try:
+            try:
+                response = await handler(request)
+            except resources.UserError as e:
+                # localstripe's errors, answered here (not by its outer
+                # error middleware) so that they can be saved.
+                response = e.to_response()
+            except web.HTTPException:
+                raise
+            except Exception:
+                # Saved and replayed like any other result ("including
+                # `500` errors"), in Stripe's error shape: `api_error`
+                # "covers any other type of problem (e.g., a temporary
+                # problem with Stripe's servers)" (api/errors). The message
+                # is this fake's.
+                logging.exception('%s %s (Idempotency-Key %s)',
+                                  request.method, request.path, key)
+                response = _error(500, 'An unknown error occurred.',
+                                  type='api_error').to_response()
+        finally:
+            in_flight.discard(scope)
+
+        # "We save results only after the execution of an endpoint begins.
+        # If incoming parameters fail validation [...] we don't save the
+        # idempotent result because no API endpoint initiates the execution.
+        # You can retry these requests." error-low-level: results are
+        # cached "regardless" once an API method begins execution, but "most
+        # 400s that sent invalid parameters" are not. localstripe validates
+        # before it stores anything, and every change it makes stores an
+        # object (at least an event): a 400 that stored nothing is taken for
+        # a validation failure. (401s never get here: authentication, like
+        # Stripe's, runs before this layer.)
+        executed = len(resources.store) != objects_before
+        if (isinstance(response, web.Response)
+                and isinstance(response.body, bytes)
+                and (response.status != 400 or executed)):
+            cache.put(scope, SavedResponse(
+                now, request.method, request.path, fingerprint,
+                response.status, response.body, response.content_type,
+                response.charset))
+        return response
+
+    idempotency.cache = cache
+    return idempotency
+
+
+# --------------------------------------------------------------------------
 # Request log (env LOCALSTRIPE_REQUEST_LOG)
 # --------------------------------------------------------------------------
 
@@ -1366,6 +1630,12 @@ def patch():
     resources.InvoiceItem._api_create = _invoice_item_added_to_invoice(
         resources.InvoiceItem._api_create)
     _install_routes(server.app)
+    # Right after localstripe's authentication (a 401 is never saved, as at
+    # Stripe) and before everything that acts on the request, so that a
+    # replay reaches neither localstripe nor its state file.
+    middlewares = server.app.middlewares
+    middlewares.insert(middlewares.index(server.auth_middleware) + 1,
+                       _idempotency_middleware())
     request_log = os.environ.get('LOCALSTRIPE_REQUEST_LOG')
     if request_log:
         # Outermost: every request is logged, whatever answers it.

@@ -35,6 +35,7 @@ KEY = 'sk_test_x'
 BASE = None          # http://127.0.0.1:PORT, set by main()
 REQUEST_LOG = None   # path of the instance's LOCALSTRIPE_REQUEST_LOG
 DEFAULTS = None      # the launcher's DEFAULTS table
+MODULE = None        # the launcher, imported (not patched, not started)
 EMAIL = 'check-%s@example.com' % uuid.uuid4().hex
 
 
@@ -54,6 +55,13 @@ def check(condition, message):
 def call(method, path, params=None):
     """(status, JSON body) of one form-encoded request, as async-stripe
     sends them."""
+    status, body, _ = exchange(method, path, params)
+    return status, body
+
+
+def exchange(method, path, params=None, headers=None, key=None):
+    """(status, JSON body, response headers) of one form-encoded request,
+    with extra request `headers` and the secret key `key` (default KEY)."""
     params = list((params or {}).items())
     data = None
     url = BASE + path
@@ -63,20 +71,25 @@ def call(method, path, params=None):
     else:
         data = urllib.parse.urlencode(params).encode('ascii')
     request = urllib.request.Request(url, data=data, method=method)
-    auth = base64.b64encode((KEY + ':').encode('ascii')).decode('ascii')
+    auth = base64.b64encode(((key or KEY) + ':').encode('ascii')).decode(
+        'ascii')
     request.add_header('Authorization', 'Basic ' + auth)
     if data is not None:
         request.add_header('Content-Type',
                            'application/x-www-form-urlencoded')
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
+            return (response.status, json.loads(response.read()),
+                    response.headers)
     except urllib.error.HTTPError as error:
         body = error.read()
         try:
-            return error.code, json.loads(body)
+            return error.code, json.loads(body), error.headers
         except ValueError:
-            return error.code, {'raw': body.decode('utf-8', 'replace')}
+            return (error.code, {'raw': body.decode('utf-8', 'replace')},
+                    error.headers)
 
 
 def ok(method, path, params=None):
@@ -444,23 +457,164 @@ def test_request_log():
     check(gets and gets[-1]['params'].get('limit') == '100', gets[-1:])
 
 
+def idem(method, path, params, key, api_key=None):
+    """One request with `Idempotency-Key: key`."""
+    return exchange(method, path, params, {'Idempotency-Key': key},
+                    key=api_key)
+
+
+def replayed(headers):
+    return headers.get('Idempotent-Replayed') == 'true'
+
+
+def test_idempotency_same_key_replays_create():
+    email = 'idem-%s@example.com' % uuid.uuid4().hex
+    key = uuid.uuid4().hex
+    params = {'email': email, 'name': 'Idem', 'metadata[tenant]': 't1'}
+    status, first, headers = idem('POST', '/v1/customers', params, key)
+    check(status == 200, (status, first))
+    check(not replayed(headers), 'first answer marked as a replay')
+    assert_complete(first)
+    status, again, headers = idem('POST', '/v1/customers', params, key)
+    check(status == 200, (status, again))
+    check(again == first, 'replay differs: %s vs %s' % (again, first))
+    check(replayed(headers), 'no Idempotent-Replayed: true on the replay')
+    # Parameter order is not part of the request's identity.
+    status, third, _ = idem('POST', '/v1/customers',
+                            dict(reversed(list(params.items()))), key)
+    check(status == 200 and third['id'] == first['id'], (status, third))
+    listed = ok('GET', '/v1/customers', {'email': email, 'limit': '100'})
+    check([c['id'] for c in listed['data']] == [first['id']], listed)
+    created = events('customer.created', first['id'])
+    check(len(created) == 1, 'customer.created events: %d' % len(created))
+    # The key is ignored on GET ("has no effect").
+    status, got, headers = idem('GET', '/v1/customers/' + first['id'], {},
+                                key)
+    check(status == 200 and got['id'] == first['id'], (status, got))
+    check(not replayed(headers), 'GET answered as a replay')
+    # Keys belong to an API key: another one runs the request anew.
+    status, other, _ = idem('POST', '/v1/customers', params, key,
+                            api_key='sk_test_other')
+    check(status == 200 and other['id'] != first['id'], (status, other))
+
+
+def test_idempotency_same_key_other_request_refused():
+    email = 'idem-%s@example.com' % uuid.uuid4().hex
+    key = uuid.uuid4().hex
+    status, first, _ = idem('POST', '/v1/customers', {'email': email}, key)
+    check(status == 200, (status, first))
+    for path, params in (('/v1/customers', {'email': 'x' + email}),
+                         ('/v1/customers', {'email': email, 'name': 'N'}),
+                         ('/v1/products', {'name': 'Idem product'})):
+        status, body, headers = idem('POST', path, params, key)
+        check(status == 400, (path, params, status, body))
+        check(body['error']['type'] == 'idempotency_error', body)
+        check(key in body['error']['message'], body)
+        check(not replayed(headers), 'an idempotency_error is no replay')
+    for address in (email, 'x' + email):
+        listed = ok('GET', '/v1/customers', {'email': address,
+                                             'limit': '100'})
+        check(len(listed['data']) == (address == email), listed)
+    # The original request still replays.
+    status, again, headers = idem('POST', '/v1/customers', {'email': email},
+                                  key)
+    check(status == 200 and again['id'] == first['id'] and replayed(headers),
+          (status, again))
+
+
+def test_idempotency_without_key_makes_two():
+    email = 'idem-%s@example.com' % uuid.uuid4().hex
+    one = ok('POST', '/v1/customers', {'email': email})
+    two = ok('POST', '/v1/customers', {'email': email})
+    check(one['id'] != two['id'], 'no key, yet one object')
+    listed = ok('GET', '/v1/customers', {'email': email, 'limit': '100'})
+    check(sorted(c['id'] for c in listed['data'])
+          == sorted([one['id'], two['id']]), listed)
+
+
+def test_idempotency_validation_failure_not_saved():
+    # "If incoming parameters fail validation [...] we don't save the
+    # idempotent result [...]. You can retry these requests."
+    email = 'idem-%s@example.com' % uuid.uuid4().hex
+    key = uuid.uuid4().hex
+    status, body, _ = idem('POST', '/v1/customers',
+                           {'email': email, 'bogus': 'x'}, key)
+    check(status == 400, (status, body))
+    check(body['error']['type'] == 'invalid_request_error', body)
+    status, made, headers = idem('POST', '/v1/customers', {'email': email},
+                                 key)
+    check(status == 200 and made['object'] == 'customer', (status, made))
+    check(not replayed(headers), 'the fixed request was a replay')
+    status, body, _ = idem('POST', '/v1/customers', {'email': email},
+                           'k' * 256)
+    check(status == 400 and body['error']['type']
+          == 'invalid_request_error', (status, body))
+
+
+def test_idempotency_replays_declined_pay():
+    cus = customer('4000000000000341')
+    inv = finalized_invoice(cus, [2500], 'inv-idem')
+    key = uuid.uuid4().hex
+    path = '/v1/invoices/%s/pay' % inv['id']
+    status, first, headers = idem('POST', path, {}, key)
+    check(status == 402, (status, first))
+    check(first['error']['type'] == 'card_error', first)
+    check(not replayed(headers), 'first pay marked as a replay')
+    after_first = invoice_get(inv['id'])
+    check(after_first['attempt_count'] == 1, after_first['attempt_count'])
+    failed = events('invoice.payment_failed', inv['id'])
+    check(len(failed) == 1, 'invoice.payment_failed events: %d'
+          % len(failed))
+    status, again, headers = idem('POST', path, {}, key)
+    check(status == 402, (status, again))
+    check(again == first, 'replay differs: %s vs %s' % (again, first))
+    check(replayed(headers), 'no Idempotent-Replayed: true on the replay')
+    check(invoice_get(inv['id']) == after_first,
+          'the replay changed the invoice')
+    check(len(events('invoice.payment_failed', inv['id'])) == 1,
+          'the replay sent invoice.payment_failed again')
+    # Without the key it is a new attempt (a new charge).
+    status, other, _ = exchange('POST', path)
+    check(status == 402 and other['error']['charge']
+          != first['error']['charge'], (status, other))
+
+
+def test_idempotency_cache_bounds():
+    cache = MODULE.IdempotencyCache(ttl=100, max_entries=3)
+
+    def saved(created):
+        return MODULE.SavedResponse(created, 'POST', '/v1/customers', 'f',
+                                    200, b'{}', 'application/json', 'utf-8')
+    cache.put(('sk', 'a'), saved(0))
+    cache.put(('sk', 'b'), saved(50))
+    check(cache.get(('sk', 'a'), 99) is not None, 'pruned before the TTL')
+    check(cache.get(('sk', 'a'), 100) is None, 'kept after the TTL')
+    check(cache.get(('sk', 'b'), 100) is not None, 'b pruned with a')
+    for name, created in (('c', 101), ('d', 102), ('e', 103)):
+        cache.put(('sk', name), saved(created))
+    check(len(cache) == 3, len(cache))
+    check(cache.get(('sk', 'b'), 103) is None, 'oldest not evicted')
+    check(cache.get(('other', 'e'), 103) is None, 'keys leak across API keys')
+    check(cache.get(('sk', 'e'), 103) is not None, 'newest evicted')
+
+
 class Skip(Exception):
     pass
 
 
 # --------------------------------------------------------------------------
 
-def load_defaults():
+def load_launcher():
     sys.dont_write_bytecode = True  # leave no __pycache__ in scripts/
     spec = importlib.util.spec_from_file_location(
         'localstripe_faithful', os.path.join(HERE, 'localstripe_faithful.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.DEFAULTS
+    return module
 
 
 def main(argv=None):
-    global BASE, REQUEST_LOG, DEFAULTS
+    global BASE, REQUEST_LOG, DEFAULTS, MODULE
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--port', type=int, required=True,
                         help='port of a running localstripe_faithful.py '
@@ -472,7 +626,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     BASE = 'http://127.0.0.1:%d' % args.port
     REQUEST_LOG = args.request_log
-    DEFAULTS = load_defaults()
+    MODULE = load_launcher()
+    DEFAULTS = MODULE.DEFAULTS
 
     tests = [(name, fn) for name, fn in sorted(globals().items())
              if name.startswith('test_') and callable(fn)

@@ -144,7 +144,7 @@ async fn a_declining_card_is_reported_as_declined_and_the_invoice_can_be_voided(
         .unwrap();
     for attempt in 1..=2 {
         let outcome = stripe
-            .charge_invoice(&pushed.id, &format!("charge-{attempt}"))
+            .charge_invoice(&pushed.id, &format!("charge-{}-{attempt}", pushed.id))
             .await
             .unwrap();
         assert!(
@@ -160,7 +160,7 @@ async fn a_declining_card_is_reported_as_declined_and_the_invoice_can_be_voided(
     stripe.void_invoice(&pushed.id).await.unwrap();
     stripe.void_invoice(&pushed.id).await.unwrap();
     let closed = stripe
-        .charge_invoice(&pushed.id, "charge-after-void")
+        .charge_invoice(&pushed.id, &format!("charge-{}-after-void", pushed.id))
         .await
         .unwrap();
     assert_eq!(

@@ -74,14 +74,9 @@ impl FinalBiller {
         };
         let unpaid: Vec<Uuid> = {
             let mut tx = self.db.tenant_tx(tenant.id).await.map_err(text)?;
-            let rows = sqlx::query_scalar(
-                "SELECT id FROM invoices WHERE tenant_id = $1 AND status IN ('draft', 'open') \
-                 ORDER BY period_start",
-            )
-            .bind(tenant.id.as_uuid())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(text)?;
+            let rows = crate::invoices::payment::unsettled(&mut tx, tenant.id)
+                .await
+                .map_err(text)?;
             tx.commit().await.map_err(text)?;
             rows
         };

@@ -1,8 +1,8 @@
 //! Stripe's webhooks: what Stripe tells us happened to an invoice (paid in its
 //! dashboard, voided, marked uncollectible).
 //!
-//! - The signature is checked on the raw body (`Stripe-Signature: t=...,v1=...`, an
-//!   HMAC-SHA256 of `t.body`), with a tolerance on `t` against replays.
+//! - The signature is checked on the raw body, and the event read into our own type, by
+//!   the payments crate (`webhook_signature`, `webhook_event`).
 //! - Each event is acted on once: its id is stored in the transaction that acts on it.
 //! - The payload is never trusted for state: the object is fetched from Stripe, which
 //!   both confirms that it exists (an event about an unknown object changes nothing) and
@@ -13,33 +13,14 @@
 
 use std::sync::Arc;
 
+use payments::webhook_event::ProviderEvent;
 use payments::{PaymentError, PaymentProvider};
 use saas_core::TenantId;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
 pub use payments::webhook_signature::{DEFAULT_TOLERANCE_SECS, SignatureError, sign, verify};
-
-/// The parts of an event we read; everything else is ignored.
-#[derive(Debug, Deserialize)]
-pub struct Event {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub data: EventData,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct EventData {
-    pub object: EventObject,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct EventObject {
-    pub id: Option<String>,
-    pub object: Option<String>,
-}
 
 /// What handling an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -97,13 +78,11 @@ pub struct Paid {
 pub async fn handle(
     db: &Db,
     payments: &Arc<dyn PaymentProvider>,
-    event: &Event,
+    event: &ProviderEvent,
 ) -> Result<(Outcome, Option<Paid>), WebhookError> {
-    let is_invoice = event.kind.starts_with("invoice.")
-        && event.data.object.object.as_deref() == Some("invoice");
-    let confirmed = match (&event.data.object.id, is_invoice) {
-        (Some(stripe_id), true) => confirm_invoice(db, payments, stripe_id).await?,
-        _ => Confirmed::Nothing(Outcome::Ignored),
+    let confirmed = match &event.invoice {
+        Some(stripe_id) => confirm_invoice(db, payments, stripe_id).await?,
+        None => Confirmed::Nothing(Outcome::Ignored),
     };
     let mut tx = db.system_tx("stripe webhook").await?;
     // Acted on first, recorded in the same transaction: a twin delivered meanwhile
@@ -131,7 +110,7 @@ pub async fn handle(
     )
     .bind(&event.id)
     .bind(&event.kind)
-    .bind(&event.data.object.id)
+    .bind(&event.object_id)
     .bind(outcome.as_str())
     .execute(&mut *tx)
     .await?
@@ -171,20 +150,16 @@ async fn confirm_invoice(
         Err(other) => return Err(other.into()),
     };
     let mut tx = db.system_tx("stripe webhook invoice").await?;
-    let ours: Option<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT id, tenant_id FROM invoices WHERE stripe_invoice_id = $1")
-            .bind(stripe_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let ours = crate::invoices::payment::by_stripe_id(&mut tx, stripe_id).await?;
     tx.commit().await?;
     Ok(match ours {
         Some((invoice_id, tenant)) => Confirmed::Ours {
-            tenant: TenantId::from_uuid(tenant),
+            tenant,
             invoice: invoice_id,
             status: invoice.status,
         },
-        // Made for one of ours whose push has not recorded it yet: the push adopts its
-        // lines and total, and its charge finds it paid if it is.
+        // Made for one of ours whose push has not recorded it yet: the push finds and
+        // checks it, and its charge finds it paid if it is.
         None if invoice.reference.is_some() => Confirmed::Nothing(Outcome::NoChange),
         None => Confirmed::Nothing(Outcome::NotOurs),
     })

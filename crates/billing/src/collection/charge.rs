@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::dunning::NextStep;
 use super::jobs::{Payload, RETRY_PAYMENT_JOB};
-use super::store::{InvoiceState, OPEN_IN_STRIPE, UNCHARGED, close, mark_paid};
 use super::{CollectError, Collector};
+use crate::invoices::payment::{self, InvoiceState, close, mark_paid};
 
 /// How a settlement by the tenant ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +58,7 @@ impl Collector {
         tenant: TenantId,
     ) -> Result<Vec<InvoiceState>, CollectError> {
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let uncharged = sqlx::query_as(UNCHARGED)
-            .bind(tenant.as_uuid())
-            .fetch_all(&mut *tx)
-            .await?;
+        let uncharged = payment::open_at_stripe(&mut tx, tenant, true).await?;
         tx.commit().await?;
         Ok(uncharged)
     }
@@ -74,7 +71,12 @@ impl Collector {
         attempt: i32,
     ) -> Result<(), CollectError> {
         let lock = self.lock(tenant).await?;
-        let state = self.invoice_state(tenant, invoice).await?;
+        let state = {
+            let mut tx = self.db.tenant_tx(tenant).await?;
+            let state = payment::state(&mut tx, tenant, invoice).await?;
+            tx.commit().await?;
+            state
+        };
         if state.status == "open" && state.payment_attempts == attempt - 1 {
             self.charge(tenant, &state, "retry").await?;
         }
@@ -88,10 +90,7 @@ impl Collector {
         let lock = self.lock(tenant).await?;
         let open: Vec<InvoiceState> = {
             let mut tx = self.db.tenant_tx(tenant).await?;
-            let rows = sqlx::query_as(OPEN_IN_STRIPE)
-                .bind(tenant.as_uuid())
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows = payment::open_at_stripe(&mut tx, tenant, false).await?;
             tx.commit().await?;
             rows
         };
@@ -189,24 +188,18 @@ impl Collector {
             NextStep::HardDecline => ("hard_decline", None),
         };
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let recorded = sqlx::query(
-            "UPDATE invoices SET payment_attempts = $3, first_failed_at = $4, \
-                 last_payment_error = $5, dunning = $6, next_attempt_at = $7 \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND payment_attempts = $3 - 1",
+        let recorded = payment::record_failure(
+            &mut tx,
+            tenant,
+            invoice,
+            number,
+            first_failed_at,
+            error,
+            dunning,
+            next_at,
         )
-        .bind(tenant.as_uuid())
-        .bind(invoice)
-        .bind(number)
-        .bind(first_failed_at)
-        .bind(error)
-        .bind(dunning)
-        .bind(next_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if recorded == 1
-            && let Some(at) = next_at
-        {
+        .await?;
+        if recorded && let Some(at) = next_at {
             let payload = Payload::json(tenant, invoice, Some(number + 1))?;
             jobs::enqueue(
                 &mut tx,

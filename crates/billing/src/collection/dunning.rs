@@ -10,6 +10,7 @@ use tenancy::audit::Actor;
 use uuid::Uuid;
 
 use super::{CollectError, Collector};
+use crate::invoices::payment;
 
 /// The actor dunning acts as in transitions and the audit log.
 const DUNNING: Actor = Actor::System("dunning");
@@ -68,22 +69,8 @@ impl Collector {
         let (state, gave_up_on_this, any_unpaid, suspended_by_dunning) = {
             let mut tx = self.db.tenant_tx(tenant).await?;
             let record = tenancy::tenants::get(&mut tx, tenant).await?;
-            let gave_up_on_this: Option<String> = sqlx::query_scalar(
-                "SELECT dunning FROM invoices WHERE tenant_id = $1 AND id = $2 \
-                   AND status = 'open' AND dunning IN ('exhausted', 'hard_decline') \
-                   AND dunning_suspended_at IS NULL",
-            )
-            .bind(tenant.as_uuid())
-            .bind(invoice)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let any_unpaid: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND status = 'open' \
-                   AND dunning IN ('exhausted', 'hard_decline'))",
-            )
-            .bind(tenant.as_uuid())
-            .fetch_one(&mut *tx)
-            .await?;
+            let (gave_up_on_this, any_unpaid) =
+                payment::dunning_verdict(&mut tx, tenant, invoice).await?;
             let last_suspension_actor: Option<String> = sqlx::query_scalar(
                 "SELECT actor FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'suspension' \
                  ORDER BY created_at DESC LIMIT 1",
@@ -136,14 +123,7 @@ impl Collector {
         }
         if suspending {
             let mut tx = self.db.tenant_tx(tenant).await?;
-            sqlx::query(
-                "UPDATE invoices SET dunning_suspended_at = now() \
-                 WHERE tenant_id = $1 AND id = $2 AND dunning_suspended_at IS NULL",
-            )
-            .bind(tenant.as_uuid())
-            .bind(invoice)
-            .execute(&mut *tx)
-            .await?;
+            payment::mark_dunning_suspended(&mut tx, tenant, invoice).await?;
             tx.commit().await?;
         }
         Ok(())

@@ -90,20 +90,9 @@ pub async fn requeue_stalled(
     let before = now - chrono::TimeDelta::from_std(stalled_after).unwrap_or_default();
     let hour = now.format("%Y%m%d%H").to_string();
     let mut tx = db.system_tx("requeue stalled collections").await?;
-    let stalled: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
-        "SELECT i.tenant_id, i.id, i.status, i.payment_attempts FROM invoices i \
-         WHERE i.created_at < $1 AND i.collection_error IS NULL AND ( \
-               i.status = 'draft' \
-            OR (i.status = 'open' AND i.stripe_invoice_id IS NOT NULL AND i.payment_attempts = 0) \
-            OR (i.status = 'open' AND i.dunning = 'retrying' AND i.next_attempt_at < $1)) \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'pending' \
-                           AND j.kind IN ('billing.collect', 'billing.retry_payment') \
-                           AND j.payload->>'invoice_id' = i.id::text) \
-         ORDER BY i.created_at LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&mut *tx)
-    .await?;
+    let stalled =
+        crate::invoices::payment::stalled(&mut tx, before, &[COLLECT_JOB, RETRY_PAYMENT_JOB])
+            .await?;
     let mut requeued = 0;
     for (tenant, invoice, status, attempts) in &stalled {
         let retrying = status == "open" && *attempts > 0;

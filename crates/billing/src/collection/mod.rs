@@ -28,7 +28,6 @@ mod charge;
 mod dunning;
 mod jobs;
 mod push;
-mod store;
 
 use std::sync::Arc;
 
@@ -38,13 +37,13 @@ use saas_core::TenantId;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
+pub use crate::invoices::payment::{close, mark_paid};
 pub use charge::Settlement;
 pub use dunning::{DunningSchedule, NextStep};
 pub use jobs::{
     COLLECT_JOB, RETRY_PAYMENT_JOB, enqueue_collection, enqueue_follow_up, requeue_stalled,
 };
 pub use push::{MAX_CHARGE, signup_draft};
-pub use store::{close, mark_paid};
 
 use ::jobs::JobError;
 use lifecycle::TransitionError;

@@ -5,8 +5,8 @@ use payments::{Attempt, ChargeLine, InvoiceDraft};
 use saas_core::TenantId;
 use uuid::Uuid;
 
-use super::store::{INVOICE_STATE, InvoiceState, LineRow};
 use super::{CollectError, Collector};
+use crate::invoices::payment::{self, LineRow};
 use crate::rating::RatedInvoice;
 
 /// The largest amount Stripe charges, in minor units of a two-decimal currency
@@ -17,13 +17,7 @@ impl Collector {
     /// The tenant's drafts, oldest first.
     pub(super) async fn drafts(&self, tenant: TenantId) -> Result<Vec<Uuid>, CollectError> {
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let drafts = sqlx::query_scalar(
-            "SELECT id FROM invoices WHERE tenant_id = $1 AND status = 'draft' \
-             ORDER BY period_start",
-        )
-        .bind(tenant.as_uuid())
-        .fetch_all(&mut *tx)
-        .await?;
+        let drafts = payment::drafts(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(drafts)
     }
@@ -37,30 +31,11 @@ impl Collector {
     ) -> Result<(), CollectError> {
         let (state, lines, attempt) = {
             let mut tx = self.db.tenant_tx(tenant).await?;
-            let state: InvoiceState = sqlx::query_as(INVOICE_STATE)
-                .bind(tenant.as_uuid())
-                .bind(invoice)
-                .fetch_one(&mut *tx)
-                .await?;
-            let lines: Vec<LineRow> = sqlx::query_as(
-                "SELECT position, metric, quantity::text AS quantity, amount, description \
-                 FROM invoice_lines WHERE invoice_id = $1 ORDER BY position",
-            )
-            .bind(invoice)
-            .fetch_all(&mut *tx)
-            .await?;
+            let state = payment::state(&mut tx, tenant, invoice).await?;
+            let lines = payment::lines(&mut tx, invoice).await?;
             // Recorded before the first call to Stripe: any later push of this invoice
             // (by whichever job) looks for what an earlier one may have made.
-            let first = sqlx::query(
-                "UPDATE invoices SET push_started_at = now() \
-                 WHERE tenant_id = $1 AND id = $2 AND push_started_at IS NULL",
-            )
-            .bind(tenant.as_uuid())
-            .bind(invoice)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
+            let first = payment::start_push(&mut tx, tenant, invoice).await?;
             tx.commit().await?;
             let attempt = if first {
                 Attempt::First
@@ -92,18 +67,9 @@ impl Collector {
             )));
         }
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let moved = sqlx::query(
-            "UPDATE invoices SET status = 'open', stripe_invoice_id = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'draft'",
-        )
-        .bind(tenant.as_uuid())
-        .bind(invoice)
-        .bind(&at_stripe.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let moved = payment::mark_pushed(&mut tx, tenant, invoice, &at_stripe.id).await?;
         tx.commit().await?;
-        metrics::counter!("invoices_pushed_total").increment(moved);
+        metrics::counter!("invoices_pushed_total").increment(u64::from(moved));
         tracing::info!(%tenant, %invoice, stripe_invoice = %at_stripe.id,
             total = at_stripe.total, "invoice pushed to Stripe");
         Ok(())
@@ -126,18 +92,10 @@ impl Collector {
             _ => return Ok(()),
         };
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let flagged = sqlx::query(
-            "UPDATE invoices SET collection_error = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND collection_error IS NULL",
-        )
-        .bind(tenant.as_uuid())
-        .bind(invoice)
-        .bind(error.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let flagged =
+            payment::flag_collection_error(&mut tx, tenant, invoice, &error.to_string()).await?;
         tx.commit().await?;
-        if flagged == 1 {
+        if flagged {
             metrics::counter!("invoice_collection_failures_total", "reason" => reason).increment(1);
             tracing::error!(%tenant, %invoice, %error, "invoice cannot be collected: operator needed");
         }

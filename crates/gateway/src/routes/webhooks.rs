@@ -60,9 +60,8 @@ async fn stripe_webhook(
         SignatureError::Expired => ApiError::bad_request("signature_expired", error.to_string()),
         other => ApiError::bad_request("invalid_signature", other.to_string()),
     })?;
-    let event: webhooks::Event = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::bad_request("invalid_event", format!("not a Stripe event: {error}"))
-    })?;
+    let event = payments::webhook_event::parse(&body)
+        .map_err(|error| ApiError::bad_request("invalid_event", error.to_string()))?;
     let (outcome, paid) = webhooks::handle(&state.db, payments, &event)
         .await
         .map_err(|error| match error {
