@@ -135,3 +135,31 @@ async fn malformed_json_gets_400_and_a_missing_content_type_415() {
     assert_eq!(response.status(), 415);
     assert_eq!(error_code(response).await, "unsupported_media_type");
 }
+
+#[tokio::test]
+async fn a_postgres_shutting_down_is_a_503_to_retry_not_a_500() {
+    use axum::response::IntoResponse;
+
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("free").await;
+    // The connection is terminated as a restarting server terminates it: the server
+    // answers the statement with SQLSTATE 57P01 (admin_shutdown) and hangs up.
+    let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+    let error = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    let sqlstate = error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned());
+    assert_eq!(sqlstate.as_deref(), Some("57P01"), "{error:?}");
+    let store = tenancy::StoreError::from(error);
+    assert!(
+        matches!(store, tenancy::StoreError::Unavailable(_)),
+        "{store:?}"
+    );
+    let response = gateway::error::ApiError::from(store).into_response();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+}
