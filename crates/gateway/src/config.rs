@@ -18,6 +18,8 @@ use sqlx::postgres::PgConnectOptions;
 const DEFAULTS: &str = include_str!("../default.toml");
 const MIN_OPERATOR_TOKEN_LEN: usize = 16;
 const MAX_BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+/// The longest dashboard session: thirty days.
+const MAX_SESSION_TTL_MS: u64 = 30 * 86_400_000;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -257,6 +259,12 @@ impl Config {
         if self.billing.run_interval_ms == 0 {
             return invalid("billing.run_interval_ms must be positive".into());
         }
+        // Added to timestamps: beyond this, date arithmetic would overflow at sign-in.
+        if !(1_000..=MAX_SESSION_TTL_MS).contains(&self.dashboard.session_ttl_ms) {
+            return invalid(format!(
+                "dashboard.session_ttl_ms must be between 1000 and {MAX_SESSION_TTL_MS} (30 days)"
+            ));
+        }
         if self.dashboard.sign_ins_per_minute == 0 {
             return invalid("dashboard.sign_ins_per_minute must be positive".into());
         }
@@ -396,6 +404,12 @@ mod tests {
             ("stripe.secret_key", "sk_live_real_money"),
             ("listen", "not an address"),
             ("billing.cycle", "monthly"),
+            // Would overflow date arithmetic at run time (a panic per sign-in or step).
+            ("dashboard.session_ttl_ms", "18446744073709551615"),
+            ("dashboard.session_ttl_ms", "0"),
+            ("winback.steps", "3d,99999999999d"),
+            ("billing.dunning_retries", "1d,40000d"),
+            ("stripe.timeout_ms", "0"),
         ] {
             assert!(with(&[(key, value)]).is_err(), "{key} = {value} accepted");
         }

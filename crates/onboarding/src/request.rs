@@ -9,7 +9,7 @@ pub const MAX_COMPANY_CHARS: usize = 100;
 pub const MAX_PAYMENT_METHOD_LEN: usize = 255;
 
 /// A signup as sent.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     pub email: String,
@@ -21,7 +21,7 @@ pub struct SignupRequest {
 }
 
 /// A signup that passed every rule, normalised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct ValidSignup {
     pub email: String,
     pub company: String,
@@ -147,6 +147,24 @@ fn normalise_company(company: &str) -> Option<String> {
         .then_some(collapsed)
 }
 
+// Email and company are personal data: kept out of logs and panics.
+impl std::fmt::Debug for SignupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupRequest")
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ValidSignup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidSignup")
+            .field("plan_code", &self.plan_code)
+            .field("paid", &self.paid)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -154,6 +172,28 @@ mod tests {
     use saas_core::Currency;
 
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_personal_data() {
+        let request = SignupRequest {
+            email: "jane@example.com".into(),
+            company: "Jane's Bakery".into(),
+            plan: "pro".into(),
+            payment_method: Some("pm_secret_card".into()),
+        };
+        let valid = ValidSignup {
+            email: request.email.clone(),
+            company: request.company.clone(),
+            plan_code: "pro".into(),
+            payment_method: request.payment_method.clone(),
+            paid: true,
+        };
+        let printed = format!("{request:?} {valid:?} {request:#?}");
+        for private in ["jane@example.com", "Bakery", "pm_secret_card"] {
+            assert!(!printed.contains(private), "{private} in {printed}");
+        }
+        assert!(printed.contains("pro"));
+    }
 
     fn plans() -> Vec<Plan> {
         [("free", 0), ("pro", 19_900)]

@@ -64,7 +64,7 @@ impl FromStr for SignupStatus {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Signup {
     pub id: SignupId,
     pub email: String,
@@ -281,4 +281,17 @@ pub async fn take_api_key(
     .bind(id.as_uuid())
     .fetch_optional(conn)
     .await?)
+}
+
+// Email, company and the token's hash stay out of logs and panics.
+impl std::fmt::Debug for Signup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signup")
+            .field("id", &self.id)
+            .field("plan_code", &self.plan_code)
+            .field("status", &self.status)
+            .field("tenant_id", &self.tenant_id)
+            .field("synthetic", &self.synthetic)
+            .finish_non_exhaustive()
+    }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 /// Who a customer is, from our side. `reference` is our stable id for the customer (a
 /// signup id, a tenant id) and makes creation idempotent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CustomerDetails {
     pub reference: String,
     pub email: String,
@@ -236,4 +236,13 @@ pub trait PaymentProvider: Send + Sync + 'static {
 
     /// A cheap authenticated round trip, for readiness.
     async fn ping(&self) -> Result<(), PaymentError>;
+}
+
+// Email and name are personal data: kept out of logs and panics.
+impl std::fmt::Debug for CustomerDetails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomerDetails")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
 }

@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 /// Parses offsets like `"3d,14d,30d"` (units `d`, `h`, `m`, `s`), strictly increasing.
+/// The longest offset a schedule may hold: ten years. Far beyond any dunning or
+/// win-back plan, and far below what date arithmetic can add to a timestamp.
+pub const MAX_OFFSET: Duration = Duration::from_secs(10 * 366 * 86_400);
+
 pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
     let mut steps = Vec::new();
     for part in text.split(',').map(str::trim) {
@@ -23,6 +27,9 @@ pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
         }
         .ok_or_else(|| format!("{part:?} is too long"))?;
         let step = Duration::from_secs(seconds);
+        if step > MAX_OFFSET {
+            return Err(format!("{part:?} is longer than ten years"));
+        }
         if steps.last().is_some_and(|last| *last >= step) {
             return Err("offsets must be strictly increasing".into());
         }
@@ -36,6 +43,15 @@ pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn offsets_past_ten_years_are_refused_not_left_to_overflow_later() {
+        assert!(parse_offsets("3650d").is_ok());
+        for text in ["3700d", "99999999h", "18446744073709551615s"] {
+            assert!(parse_offsets(text).is_err(), "{text}");
+        }
+    }
+
     use super::*;
 
     #[test]

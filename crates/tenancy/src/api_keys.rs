@@ -28,7 +28,6 @@ pub struct ApiKey {
 }
 
 /// A key together with its secret, which exists only in this value and is never stored.
-#[derive(Debug)]
 pub struct CreatedApiKey {
     pub key: ApiKey,
     pub secret: String,
@@ -176,9 +175,38 @@ pub async fn authenticate(
     .transpose()
 }
 
+// The secret is shown once, to its owner; it is never logged.
+impl std::fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("key", &self.key)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_key_never_prints_its_secret() {
+        let secret = generate_secret();
+        let created = CreatedApiKey {
+            key: ApiKey {
+                id: ApiKeyId::new(),
+                tenant_id: TenantId::new(),
+                name: "default".into(),
+                display_prefix: secret[..DISPLAY_PREFIX_LEN].into(),
+                created_at: Utc::now(),
+                revoked_at: None,
+            },
+            secret: secret.clone(),
+        };
+        let printed = format!("{created:?} {created:#?}");
+        assert!(!printed.contains(&secret), "{printed}");
+        assert!(printed.contains("[redacted]"));
+    }
 
     #[test]
     fn secrets_are_long_random_and_recognisable() {

@@ -27,7 +27,9 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            sqlx::Error::Database(db) if db.code().is_some_and(|code| server_unavailable(&code)) => {
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| server_unavailable(&code)) =>
+            {
                 StoreError::Unavailable(error)
             }
             sqlx::Error::Database(db) if db.is_unique_violation() || db.is_check_violation() => {
@@ -68,7 +70,9 @@ mod tests {
 
     #[test]
     fn restarts_and_lost_connections_are_unavailability_not_bad_requests() {
-        for code in ["57P01", "57P02", "57P03", "08000", "08003", "08006", "08P01"] {
+        for code in [
+            "57P01", "57P02", "57P03", "08000", "08003", "08006", "08P01",
+        ] {
             assert!(server_unavailable(code), "{code}");
         }
         for code in ["23505", "40001", "42P01", "57014"] {

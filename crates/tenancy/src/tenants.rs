@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::plans::{MetricTerms, PlanMetricRow, to_terms};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
@@ -25,7 +25,7 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewTenant {
     pub id: TenantId,
     pub name: String,
@@ -193,4 +193,29 @@ pub async fn list(conn: &mut PgConnection, query: &TenantQuery) -> Result<Vec<Te
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(Tenant::try_from).collect()
+}
+
+// Name and email are personal data: kept out of logs and panics.
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("plan_code", &self.plan_code)
+            .field("billing_anchor", &self.billing_anchor)
+            .field("billing_cycle", &self.billing_cycle)
+            .field("version", &self.version)
+            .field("synthetic", &self.synthetic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NewTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewTenant")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("plan_code", &self.plan_code)
+            .finish_non_exhaustive()
+    }
 }
