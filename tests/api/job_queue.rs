@@ -23,6 +23,7 @@ enum Behaviour {
     FailPermanently,
     Hang,
     Slow,
+    Panic,
 }
 
 #[async_trait]
@@ -42,6 +43,7 @@ impl JobHandler for Probe {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Ok(())
             }
+            Behaviour::Panic => panic!("a bug in the handler"),
         }
     }
 }
@@ -255,4 +257,84 @@ async fn a_notification_wakes_the_worker_and_stopping_lets_running_jobs_finish()
         .unwrap()
         .unwrap();
     assert_eq!(status(&app, id).await.status, "done");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_attempts_and_ends_dead() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let (worker, runs) = make_worker(&app, Behaviour::Panic, quick());
+    let id = push(&app, NewJob::new("probe", json!({})).max_attempts(3))
+        .await
+        .unwrap();
+    // Each attempt panics; the worker survives and counts it as a failure.
+    for _ in 0..5 {
+        worker.run_pending().await.unwrap();
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "never past its attempts");
+    let job = status(&app, id).await;
+    assert_eq!(job.status, "dead");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("panicked"),
+        "{:?}",
+        job.last_error
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_last_attempt_never_ended_is_dead_lettered_not_run_again() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let (worker, runs) = make_worker(&app, Behaviour::Succeed, quick());
+    let id = push(&app, NewJob::new("probe", json!({})).max_attempts(2))
+        .await
+        .unwrap();
+    // A worker claimed its last attempt and died: the lease ran out.
+    sqlx::query(
+        "UPDATE jobs SET attempts = 2, locked_by = 'a-worker-that-died', \
+                locked_until = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.owner_pool)
+    .await
+    .unwrap();
+    assert_eq!(worker.run_pending().await.unwrap(), 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let job = status(&app, id).await;
+    assert_eq!(job.status, "dead");
+    assert_eq!(job.attempts, 2, "attempts never grow past the limit");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("never ended"),
+        "{:?}",
+        job.last_error
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_fails() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let settings = WorkerSettings {
+        deadline: Duration::from_millis(200),
+        ..quick()
+    };
+    let (worker, runs) = make_worker(&app, Behaviour::Hang, settings);
+    let id = push(&app, NewJob::new("probe", json!({})).max_attempts(1))
+        .await
+        .unwrap();
+    worker.run_pending().await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let job = status(&app, id).await;
+    assert_eq!(job.status, "dead");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "{:?}",
+        job.last_error
+    );
 }

@@ -3,11 +3,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tenancy::{Db, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::queue::{Job, NOTIFY_CHANNEL};
 
@@ -44,6 +46,8 @@ pub struct WorkerSettings {
     /// Retry delay after the first failure; doubles with each further one.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How long one attempt may run; past it, the attempt fails (and is retried).
+    pub deadline: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -59,6 +63,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(500),
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(3600),
+            deadline: Duration::from_secs(900),
         }
     }
 }
@@ -89,14 +94,33 @@ impl Worker {
         self.handlers.keys().copied().collect()
     }
 
-    /// Takes the lease on the next due job this worker can run.
+    /// Takes the lease on the next due job this worker can run. A job whose last
+    /// attempt never ended (its process died with it, say) is dead-lettered here
+    /// instead of being run beyond its attempts.
     async fn claim(&self) -> Result<Option<Job>, StoreError> {
+        let abandoned = sqlx::query(
+            "UPDATE jobs SET status = 'dead', finished_at = now(), locked_until = NULL, \
+                    last_error = 'its last attempt never ended (the worker stopped during it)' \
+             WHERE status = 'pending' AND attempts >= max_attempts \
+               AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($1)",
+        )
+        .bind(self.kinds())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if abandoned > 0 {
+            tracing::error!(
+                count = abandoned,
+                "jobs dead: their last attempt never ended"
+            );
+            metrics::counter!("jobs_abandoned_total").increment(abandoned);
+        }
         Ok(sqlx::query_as(
             "UPDATE jobs SET attempts = attempts + 1, locked_by = $1, \
                     locked_until = now() + make_interval(secs => $2) \
              WHERE id = ( \
                  SELECT id FROM jobs \
-                 WHERE status = 'pending' AND run_at <= now() \
+                 WHERE status = 'pending' AND run_at <= now() AND attempts < max_attempts \
                    AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($3) \
                  ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, max_attempts",
@@ -116,8 +140,26 @@ impl Worker {
         };
         let span =
             tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
-        let _entered = span.enter();
-        let run = handler.run(&job);
+        self.supervise(handler, job).instrument(span).await
+    }
+
+    /// Runs one attempt within its deadline, a panic counting as a failure, and records
+    /// the outcome.
+    async fn supervise(&self, handler: Arc<dyn JobHandler>, job: Job) {
+        let attempt = std::panic::AssertUnwindSafe(handler.run(&job)).catch_unwind();
+        let run = async {
+            match tokio::time::timeout(self.settings.deadline, attempt).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => Err(JobError::Retry(format!(
+                    "the handler panicked: {}",
+                    panic_message(panic.as_ref())
+                ))),
+                Err(_) => Err(JobError::Retry(format!(
+                    "the attempt ran past its deadline of {} s",
+                    self.settings.deadline.as_secs()
+                ))),
+            }
+        };
         tokio::pin!(run);
         let mut renew = tokio::time::interval(self.settings.lease / 3);
         renew.tick().await;
@@ -251,6 +293,14 @@ impl Worker {
         }
         while in_flight.join_next().await.is_some() {}
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Delay before attempt `attempts + 1`: the base, doubled per failure, capped.
