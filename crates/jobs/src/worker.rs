@@ -94,10 +94,10 @@ impl Worker {
         self.handlers.keys().copied().collect()
     }
 
-    /// Takes the lease on the next due job this worker can run. A job whose last
-    /// attempt never ended (its process died with it, say) is dead-lettered here
-    /// instead of being run beyond its attempts.
-    async fn claim(&self) -> Result<Option<Job>, StoreError> {
+    /// Dead-letters the jobs whose last attempt never ended (their process died with
+    /// it, say) instead of letting them run past their attempts. At most once per poll
+    /// interval, not per claim.
+    async fn bury_abandoned(&self) -> Result<(), StoreError> {
         let abandoned = sqlx::query(
             "UPDATE jobs SET status = 'dead', finished_at = now(), locked_until = NULL, \
                     last_error = 'its last attempt never ended (the worker stopped during it)' \
@@ -115,6 +115,12 @@ impl Worker {
             );
             metrics::counter!("jobs_abandoned_total").increment(abandoned);
         }
+        Ok(())
+    }
+
+    /// Takes the lease on the next due job this worker can run, never one whose
+    /// attempts are used up.
+    async fn claim(&self) -> Result<Option<Job>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE jobs SET attempts = attempts + 1, locked_by = $1, \
                     locked_until = now() + make_interval(secs => $2) \
@@ -241,6 +247,7 @@ impl Worker {
     /// Runs due jobs one after another until none is left; returns how many ran. For
     /// tests and command-line use.
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
+        self.bury_abandoned().await?;
         let mut ran = 0;
         while let Some(job) = self.claim().await? {
             self.execute(job).await;
@@ -265,7 +272,14 @@ impl Worker {
             }
         };
         let mut in_flight = JoinSet::new();
+        let mut last_burial: Option<tokio::time::Instant> = None;
         while !*stop.borrow() {
+            if last_burial.is_none_or(|at| at.elapsed() >= self.settings.poll_interval) {
+                last_burial = Some(tokio::time::Instant::now());
+                if let Err(error) = self.bury_abandoned().await {
+                    tracing::warn!(%error, "could not dead-letter abandoned jobs");
+                }
+            }
             while in_flight.len() < self.settings.concurrency {
                 match self.claim().await {
                     Ok(Some(job)) => {
