@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tenancy::plans::Plan;
+use unicode_normalization::UnicodeNormalization;
 
 pub const MAX_EMAIL_LEN: usize = 254;
 pub const MAX_COMPANY_CHARS: usize = 100;
@@ -136,15 +137,45 @@ fn normalise_email(email: &str) -> Option<String> {
 
 /// Trims, collapses runs of white space into one space, and refuses control and
 /// text-direction characters (which can make a name display as something else).
+/// NFC-normalises (so that composed and decomposed spellings of one name are the same
+/// name, for the one-live-signup rule too), collapses whitespace, and refuses control
+/// and format characters, which can reorder or hide text where the name is shown.
 fn normalise_company(company: &str) -> Option<String> {
-    let collapsed = company.split_whitespace().collect::<Vec<_>>().join(" ");
-    let forbidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-    };
+    let composed: String = company.nfc().collect();
+    let collapsed = composed.split_whitespace().collect::<Vec<_>>().join(" ");
+    let forbidden = |c: char| c.is_control() || is_format_character(c);
     let count = collapsed.chars().count();
     ((1..=MAX_COMPANY_CHARS).contains(&count) && !collapsed.chars().any(forbidden))
         .then_some(collapsed)
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15): bidi controls and
+/// isolates, zero-width characters, invisible operators, the soft hyphen, tags.
+fn is_format_character(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 // Email and company are personal data: kept out of logs and panics.
@@ -172,6 +203,37 @@ mod tests {
     use saas_core::Currency;
 
     use super::*;
+
+    #[test]
+    fn composed_and_decomposed_names_are_one_name_and_format_characters_are_refused() {
+        let company = |name: &str| {
+            validate(
+                SignupRequest {
+                    email: "a@example.com".into(),
+                    company: name.into(),
+                    plan: "free".into(),
+                    payment_method: None,
+                },
+                &plans(),
+            )
+            .map(|valid| valid.company)
+        };
+        assert_eq!(
+            company("Caf\u{e9} Noir").unwrap(),
+            company("Cafe\u{301} Noir").unwrap()
+        );
+        for hidden in [
+            "Acme\u{61C}Corp",
+            "Acme\u{2061}Corp",
+            "Ac\u{AD}me",
+            "Acme\u{E0041}",
+            "\u{202E}emcA",
+            "Acme\u{2068}Corp",
+        ] {
+            let refused = company(hidden).unwrap_err();
+            assert_eq!(refused.code, "invalid_company", "{hidden:?}");
+        }
+    }
 
     #[test]
     fn debug_output_holds_no_personal_data() {
