@@ -157,8 +157,114 @@ async fn revoking_is_idempotent_and_audited() {
         .fetch_all(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(
-        actions,
-        ["api_key.created", "api_key.revoked", "api_key.revoked"]
+    // The second revocation changed nothing, so it recorded nothing.
+    assert_eq!(actions, ["api_key.created", "api_key.revoked"]);
+}
+
+#[tokio::test]
+async fn a_tenant_has_at_most_twenty_active_keys() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("starter").await;
+    let mut last = Value::Null;
+    for _ in 1..20 {
+        let response = app
+            .post_as(&tenant.api_key, "/v1/api-keys", &json!({}))
+            .await;
+        assert_eq!(response.status(), 201);
+        last = response.json().await.unwrap();
+    }
+    let response = app
+        .post_as(&tenant.api_key, "/v1/api-keys", &json!({}))
+        .await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(error_code(response).await, "too_many_api_keys");
+    assert_eq!(list_keys(&app, &tenant.api_key).await.len(), 20);
+
+    // Revoking one makes room for one.
+    let path = format!("/v1/api-keys/{}", last["id"].as_str().unwrap());
+    let response = app
+        .delete(&path)
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app
+        .post_as(&tenant.api_key, "/v1/api-keys", &json!({}))
+        .await;
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn key_writes_are_rate_limited_per_tenant() {
+    let app = TestApp::spawn_with(|config| config.http.sensitive_writes_per_minute = 3).await;
+    let (looping, other) = (
+        app.create_tenant("starter").await,
+        app.create_tenant("starter").await,
     );
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .post_as(&looping.api_key, "/v1/api-keys", &json!({}))
+            .await;
+        assert_eq!(response.status(), 201);
+        created.push(response.json::<Value>().await.unwrap());
+    }
+    let response = app
+        .post_as(&looping.api_key, "/v1/api-keys", &json!({}))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "rate_limited");
+    let path = format!("/v1/api-keys/{}", created[0]["id"].as_str().unwrap());
+    let response = app
+        .delete(&path)
+        .bearer_auth(&looping.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    // Reads are not limited, and neither is another tenant.
+    assert_eq!(list_keys(&app, &looping.api_key).await.len(), 4);
+    let response = app
+        .post_as(&other.api_key, "/v1/api-keys", &json!({}))
+        .await;
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn a_key_created_while_an_erasure_commits_does_not_survive_it() {
+    let app = TestApp::spawn_with(|config| config.http.key_cache_ttl_ms = 0).await;
+    let tenant = app.create_tenant("starter").await;
+    // An erasure's transaction, held open at its last statement: the tenant moved to
+    // `deleted` and its keys revoked, not yet committed.
+    let mut erasure = app.db.tenant_tx(tenant.id).await.unwrap();
+    sqlx::query("UPDATE tenants SET state = 'deleted', version = version + 1 WHERE id = $1")
+        .bind(tenant.id.as_uuid())
+        .execute(&mut *erasure)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(tenant.id.as_uuid())
+    .execute(&mut *erasure)
+    .await
+    .unwrap();
+    let body = json!({});
+    let create = app.post_as(&tenant.api_key, "/v1/api-keys", &body);
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        erasure.commit().await.unwrap();
+    };
+    let (response, ()) = tokio::join!(create, commit);
+    assert_eq!(response.status(), 401, "the tenant is gone");
+    assert_eq!(error_code(response).await, "invalid_api_key");
+
+    let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(live, 0, "no key outlives the erasure");
 }

@@ -429,3 +429,58 @@ async fn sign_in_attempts_are_limited_per_address() {
     }
     assert_eq!(statuses, vec![401, 401, 429]);
 }
+
+/// Signs in to the operator view; returns the session cookie (`name=value`).
+async fn operator_session(app: &TestApp) -> String {
+    let token = login_token(app).await;
+    let signed_in = client()
+        .post(app.url("/dashboard/operator/login"))
+        .header(COOKIE, format!("__Host-saas_login_csrf={token}"))
+        .form(&[
+            ("api_key", integration_tests::OPERATOR_TOKEN),
+            ("csrf", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    signed_in
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-saas_operator_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_copy_of_the_operator_sessions_gives_nothing_to_test_token_guesses_against() {
+    use sha2::Digest;
+
+    let app = TestApp::spawn().await;
+    let (first, second) = (operator_session(&app).await, operator_session(&app).await);
+    for session in [&first, &second] {
+        assert_eq!(
+            get_as(&app, "/v1/admin/overview", session).await.status(),
+            200
+        );
+    }
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT operator_token_fingerprint FROM operator_sessions")
+            .fetch_all(&app.owner_pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2);
+    // Salted by each session's own secret: no two alike, and none is a hash of the token
+    // alone (with or without the label it is bound under).
+    assert_ne!(stored[0], stored[1]);
+    let token = integration_tests::OPERATOR_TOKEN;
+    for guess in [token.to_owned(), format!("operator-session:{token}")] {
+        let digest = sha2::Sha256::digest(guess.as_bytes()).to_vec();
+        assert!(!stored.contains(&digest));
+    }
+}

@@ -515,3 +515,67 @@ async fn leaving_for_free_and_coming_back_moves_nothing_at_stripe() {
         .collect();
     assert_eq!(plans, ["free", "starter"]);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_replays_only_a_request_asking_the_same_effective() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let tenant = app.create_tenant("pro").await;
+    let send = |body: Value| {
+        app.post("/v1/tenant/plan-changes")
+            .bearer_auth(&tenant.api_key)
+            .header("idempotency-key", "down-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(json!({"plan": "starter", "effective": "now"}))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["transition"]["effective"], "now");
+    let again = send(json!({"plan": "starter", "effective": "now"}))
+        .await
+        .unwrap();
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    // The same plan at the period's end is another request.
+    let other = send(json!({"plan": "starter"})).await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(error_code(other).await, "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn a_retried_reactivation_gets_its_first_answer() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("starter").await;
+    let suspended = app
+        .operator_post(
+            &format!("/v1/admin/tenants/{}/transitions", tenant.id),
+            &json!({"to": "suspended", "reason": "unpaid", "tenant_may_reactivate": true}),
+        )
+        .await;
+    assert_eq!(suspended.status(), 202);
+    let send = || {
+        app.post("/v1/tenant/reactivation")
+            .bearer_auth(&tenant.api_key)
+            .header("idempotency-key", "back-1")
+            .json(&json!({}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    // The answer was lost; the client retries. The tenant is active by now.
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let transitions = app
+        .get_json(&tenant.api_key, "/v1/tenant/transitions")
+        .await;
+    let reactivations = transitions["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "reactivation")
+        .count();
+    assert_eq!(reactivations, 1);
+}

@@ -11,6 +11,8 @@ use subtle::ConstantTimeEq;
 use tenancy::api_keys;
 
 use crate::error::ApiError;
+use crate::key_cache::Cached;
+use crate::limits::peer_address;
 use crate::state::AppState;
 
 /// An authenticated tenant request.
@@ -62,17 +64,24 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
         })
 }
 
+/// The owner of a presented key. Cheap refusals first: a token that is not shaped like
+/// one of our keys never reaches the store, and a key found unknown a moment ago is not
+/// looked up again.
 async fn key_owner(state: &AppState, secret: &str) -> Result<Option<api_keys::KeyOwner>, ApiError> {
+    if !api_keys::is_well_formed(secret) {
+        return Ok(None);
+    }
     let digest = api_keys::hash_secret(secret);
-    if let Some(owner) = state.key_cache.get(&digest) {
-        return Ok(Some(owner));
+    match state.key_cache.get(&digest) {
+        Some(Cached::Owner(owner)) => return Ok(Some(owner)),
+        Some(Cached::Unknown) => return Ok(None),
+        None => {}
     }
     let mut tx = state.db.system_tx("authenticate API key").await?;
     let owner = api_keys::authenticate(&mut tx, secret).await?;
     tx.commit().await?;
-    if let Some(owner) = owner {
-        state.key_cache.insert(digest, owner);
-    }
+    let cached = owner.map_or(Cached::Unknown, Cached::Owner);
+    state.key_cache.insert(digest, cached);
     Ok(owner)
 }
 
@@ -119,16 +128,15 @@ pub fn is_operator_token(state: &AppState, presented: &str) -> bool {
         })
 }
 
-/// A fingerprint of the configured operator token: operator sessions carry it, so that
-/// changing the token ends every session opened with the old one.
-pub fn operator_token_fingerprint(state: &AppState) -> Vec<u8> {
-    let token = state
+/// The configured operator token, to bind operator sessions to: changing the token ends
+/// every session opened with the old one. Empty when none is configured, which matches
+/// no session (none can be opened without a token).
+pub fn current_operator_token(state: &AppState) -> &str {
+    state
         .config
         .operator_token
         .as_ref()
-        .map(|t| t.expose_secret().to_owned())
-        .unwrap_or_default();
-    sha2::Sha256::digest(format!("operator-session:{token}").as_bytes()).to_vec()
+        .map_or("", |token| token.expose_secret())
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -204,9 +212,12 @@ impl FromRequestParts<AppState> for Operator {
                 ));
             }
             let mut tx = state.db.system_tx("operator session").await?;
-            let fingerprint = operator_token_fingerprint(state);
-            let valid =
-                tenancy::sessions::operator_session_valid(&mut tx, token, &fingerprint).await?;
+            let valid = tenancy::sessions::operator_session_valid(
+                &mut tx,
+                token,
+                current_operator_token(state),
+            )
+            .await?;
             tx.commit().await?;
             return if valid {
                 Ok(Operator)
@@ -218,6 +229,18 @@ impl FromRequestParts<AppState> for Operator {
             };
         }
         let presented = bearer_token(parts)?;
+        // An address that keeps guessing is refused before its guess is compared, so
+        // that even a right guess answers 429 until its minute is over.
+        let address = peer_address(parts);
+        if let Some(wait) = address.and_then(|ip| state.operator_failures.blocked_for(ip)) {
+            let mut error = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many invalid operator tokens from this address; retry later",
+            );
+            error.retry_after_secs = Some(wait.as_secs().max(1));
+            return Err(error);
+        }
         if is_operator_token(state, presented) {
             return Ok(Operator);
         }
@@ -228,6 +251,10 @@ impl FromRequestParts<AppState> for Operator {
                 "this endpoint is for operators; tenant API keys cannot use it",
             ));
         }
+        if let Some(ip) = address {
+            state.operator_failures.record_failure(ip);
+        }
+        tracing::info!("operator token refused");
         Err(ApiError::unauthorized(
             "invalid_operator_token",
             "the operator token is not valid",

@@ -121,6 +121,7 @@ pub struct WorkersConfig {
 pub struct HttpConfig {
     pub body_limit_bytes: usize,
     pub key_cache_ttl_ms: u64,
+    pub sensitive_writes_per_minute: u32,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
@@ -268,6 +269,9 @@ impl Config {
         if self.dashboard.sign_ins_per_minute == 0 {
             return invalid("dashboard.sign_ins_per_minute must be positive".into());
         }
+        if self.http.sensitive_writes_per_minute == 0 {
+            return invalid("http.sensitive_writes_per_minute must be positive".into());
+        }
         if self.readiness.check_timeout_ms == 0 {
             return invalid("readiness.check_timeout_ms must be positive".into());
         }
@@ -398,6 +402,7 @@ mod tests {
             ("operator_token", "short"),
             ("http.body_limit_bytes", "0"),
             ("http.request_timeout_ms", "0"),
+            ("http.sensitive_writes_per_minute", "0"),
             ("database.url", "mysql://nope"),
             ("clickhouse.url", "tcp://127.0.0.1:9000"),
             ("stripe.secret_key", "pk_test_publishable"),

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::auth::{
-    OPERATOR_SESSION_COOKIE, SESSION_COOKIE, TenantContext, cookie, is_operator_token,
-    operator_token_fingerprint,
+    OPERATOR_SESSION_COOKIE, SESSION_COOKIE, TenantContext, cookie, current_operator_token,
+    is_operator_token,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -308,7 +308,7 @@ async fn operator_page(State(state): State<AppState>, parts: Parts) -> Response 
                 tenancy::sessions::operator_session_valid(
                     &mut tx,
                     token,
-                    &operator_token_fingerprint(&state)
+                    current_operator_token(&state)
                 )
                 .await,
                 Ok(true)
@@ -356,8 +356,9 @@ async fn operator_login(
     );
     let created = async {
         let mut tx = state.db.system_tx("operator sign-in").await?;
-        let fingerprint = operator_token_fingerprint(&state);
-        let token = tenancy::sessions::create_operator(&mut tx, ttl, &fingerprint).await?;
+        let token =
+            tenancy::sessions::create_operator(&mut tx, ttl, current_operator_token(&state))
+                .await?;
         tx.commit().await?;
         Ok::<_, tenancy::StoreError>(token)
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod idempotency;
 pub mod json;
 pub mod key_cache;
+pub mod limits;
 pub mod metrics;
 pub mod readiness;
 pub mod request_context;

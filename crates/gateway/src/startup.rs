@@ -132,6 +132,14 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
             std::num::NonZeroU32::new(config.dashboard.sign_ins_per_minute)
                 .expect("validated at load"),
         )),
+        operator_failures: crate::limits::FailureLimiter::per_minute(
+            std::num::NonZeroU32::new(config.dashboard.sign_ins_per_minute)
+                .expect("validated at load"),
+        ),
+        tenant_writes: crate::limits::TenantWriteLimiter::per_minute(
+            std::num::NonZeroU32::new(config.http.sensitive_writes_per_minute)
+                .expect("validated at load"),
+        ),
         readiness: Default::default(),
         config,
     }))

@@ -26,6 +26,10 @@ pub struct Services {
     pub signup_limiter: SignupLimiter,
     /// Dashboard and operator sign-ins per client address, against guessing.
     pub sign_in_limiter: SignupLimiter,
+    /// Failed operator tokens on the admin API per client address, against guessing.
+    pub operator_failures: crate::limits::FailureLimiter,
+    /// Writes that change access or money, per tenant.
+    pub tenant_writes: crate::limits::TenantWriteLimiter,
     pub readiness: crate::readiness::ReadinessCache,
 }
 

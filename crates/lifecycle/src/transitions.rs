@@ -54,6 +54,24 @@ impl Change {
             Change::Erase => "erasure",
         }
     }
+
+    /// Everything the caller asked, as stored with an `Idempotency-Key`: a retry must ask
+    /// exactly this to be answered with the first result.
+    fn asked(&self) -> String {
+        match self {
+            Change::Plan { plan, at_once } => {
+                format!(
+                    "plan_change:{plan}:{}",
+                    if *at_once { "now" } else { "default" }
+                )
+            }
+            Change::Suspend {
+                tenant_may_reactivate,
+            } => format!("suspension:{tenant_may_reactivate}"),
+            Change::Reactivate => "reactivation".to_owned(),
+            Change::Erase => "erasure".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +133,21 @@ impl From<sqlx::Error> for TransitionError {
 
 pub const PLAN_CHANGE_JOB: &str = "lifecycle.plan_change";
 pub const ERASURE_JOB: &str = "lifecycle.erasure";
+
+/// The first answer to `request`'s `Idempotency-Key`, if one was given and answered:
+/// a retry is told what happened before any of its side effects (a charge) is repeated.
+pub async fn answered(
+    db: &Db,
+    request: &TransitionRequest,
+) -> Result<Option<Transition>, TransitionError> {
+    if request.idempotency_key.is_none() {
+        return Ok(None);
+    }
+    let mut tx = db.tenant_tx(request.tenant_id).await?;
+    let first = replay(&mut tx, request).await?;
+    tx.commit().await?;
+    Ok(first)
+}
 
 /// Takes the transition `request` asks for, or says why not.
 pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, TransitionError> {
@@ -194,8 +227,8 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     let inserted = sqlx::query(
         "INSERT INTO tenant_transitions (id, tenant_id, kind, from_state, to_state, from_plan, \
              to_plan, effective, status, actor, reason, request_id, idempotency_key, response, \
-             completed_at, tenant_may_reactivate) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             completed_at, tenant_may_reactivate, asked) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(transition.id.as_uuid())
     .bind(tenant.id.as_uuid())
@@ -218,6 +251,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
             tenant_may_reactivate: true
         }
     ))
+    .bind(request.change.asked())
     .execute(&mut *tx)
     .await;
     match inserted.map_err(StoreError::from) {
@@ -344,22 +378,28 @@ async fn replay(
     let Some(key) = &request.idempotency_key else {
         return Ok(None);
     };
-    let found: Option<(String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT kind, to_plan, response FROM tenant_transitions \
+    let found: Option<(String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT kind, to_plan, asked, response FROM tenant_transitions \
          WHERE tenant_id = $1 AND idempotency_key = $2",
     )
     .bind(request.tenant_id.as_uuid())
     .bind(key)
     .fetch_optional(conn)
     .await?;
-    let Some((kind, to_plan, response)) = found else {
+    let Some((kind, to_plan, asked, response)) = found else {
         return Ok(None);
     };
-    let same_request = kind == request.change.kind()
-        && match &request.change {
-            Change::Plan { plan, .. } => *plan == to_plan,
-            _ => true,
-        };
+    let same_request = match asked {
+        Some(asked) => asked == request.change.asked(),
+        // Taken before requests were stored whole: kind and plan are what is known.
+        None => {
+            kind == request.change.kind()
+                && match &request.change {
+                    Change::Plan { plan, .. } => *plan == to_plan,
+                    _ => true,
+                }
+        }
+    };
     if !same_request {
         return Err(TransitionError::IdempotencyKeyReused);
     }

@@ -363,7 +363,11 @@ impl OnboardingWorkflow {
         }
         let key = tenancy::api_keys::create(&mut tx, tenant_id, "default")
             .await
-            .map_err(retry)?;
+            .map_err(|error| match error {
+                tenancy::api_keys::CreateKeyError::Store(store) => retry(store),
+                // The tenant was made in this transaction: neither can happen.
+                other => JobError::Permanent(other.to_string()),
+            })?;
         sqlx::query(
             "UPDATE signups SET status = 'completed', completed_at = now(), api_key_secret = $2 \
              WHERE id = $1",

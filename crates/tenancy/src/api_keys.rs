@@ -14,8 +14,11 @@ use crate::StoreError;
 const SECRET_PREFIX: &str = "sk_";
 /// Characters of the secret kept for display: the prefix plus eight random ones.
 const DISPLAY_PREFIX_LEN: usize = SECRET_PREFIX.len() + 8;
-/// Longest Authorization value worth hashing; anything longer cannot be one of our keys.
-pub const MAX_SECRET_LEN: usize = 128;
+/// Random bytes in a secret, written as lowercase hex after the prefix.
+const SECRET_BYTES: usize = 32;
+/// Keys a tenant may have unrevoked at once: enough for every environment and rotation,
+/// few enough that a looping client cannot fill the store or the audit log.
+pub const MAX_ACTIVE_KEYS: i64 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
@@ -65,9 +68,20 @@ impl From<ApiKeyRow> for ApiKey {
 }
 
 fn generate_secret() -> String {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     format!("{SECRET_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Whether `secret` has the shape of a secret we issue (`sk_` and 64 lowercase hex
+/// digits). Anything else is refused without asking the store.
+pub fn is_well_formed(secret: &str) -> bool {
+    secret.strip_prefix(SECRET_PREFIX).is_some_and(|random| {
+        random.len() == SECRET_BYTES * 2
+            && random
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// The SHA-256 of a secret: what the store keeps, and a safe key for caches.
@@ -82,11 +96,49 @@ macro_rules! columns {
     };
 }
 
+/// Why a key could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateKeyError {
+    #[error("the tenant has {MAX_ACTIVE_KEYS} active keys already")]
+    TooManyKeys,
+    #[error("the tenant is erased")]
+    TenantDeleted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a key for `tenant`, unless it is erased or has `MAX_ACTIVE_KEYS` already.
+///
+/// The tenant's row is locked first: an erasure (which moves the row and revokes every
+/// key in one transaction) then either waits for this key and revokes it too, or has
+/// committed and this creation sees the tenant deleted. Two creations at once queue on
+/// the same lock, so the count below cannot be passed by racing.
 pub async fn create(
     conn: &mut PgConnection,
     tenant: TenantId,
     name: &str,
-) -> Result<CreatedApiKey, StoreError> {
+) -> Result<CreatedApiKey, CreateKeyError> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::from)?;
+    match state.as_deref() {
+        None => return Err(StoreError::NotFound.into()),
+        Some("deleted") => return Err(CreateKeyError::TenantDeleted),
+        Some(_) => {}
+    }
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    if active >= MAX_ACTIVE_KEYS {
+        return Err(CreateKeyError::TooManyKeys);
+    }
     let secret = generate_secret();
     let row: ApiKeyRow = sqlx::query_as(concat!(
         "INSERT INTO api_keys (id, tenant_id, name, display_prefix, secret_hash) \
@@ -99,7 +151,8 @@ pub async fn create(
     .bind(&secret[..DISPLAY_PREFIX_LEN])
     .bind(hash_secret(&secret))
     .fetch_one(conn)
-    .await?;
+    .await
+    .map_err(StoreError::from)?;
     Ok(CreatedApiKey {
         key: row.into(),
         secret,
@@ -118,24 +171,50 @@ pub async fn list(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<ApiKe
     Ok(rows.into_iter().map(ApiKey::from).collect())
 }
 
-/// Revokes a key of `tenant`. Revoking twice is harmless; another tenant's key is
-/// `NotFound`, exactly like a key that does not exist.
+/// What a revocation did.
+#[derive(Debug)]
+pub struct Revocation {
+    pub key: ApiKey,
+    /// False when the key was revoked already: nothing changed, nothing to record.
+    pub changed: bool,
+}
+
+/// Revokes a key of `tenant`. Revoking twice is harmless and changes nothing; another
+/// tenant's key is `NotFound`, exactly like a key that does not exist.
 pub async fn revoke(
     conn: &mut PgConnection,
     tenant: TenantId,
     key: ApiKeyId,
-) -> Result<ApiKey, StoreError> {
-    let row: ApiKeyRow = sqlx::query_as(concat!(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) \
-         WHERE tenant_id = $1 AND id = $2 RETURNING ",
+) -> Result<Revocation, StoreError> {
+    let revoked: Option<ApiKeyRow> = sqlx::query_as(concat!(
+        "UPDATE api_keys SET revoked_at = now() \
+         WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL RETURNING ",
         columns!()
+    ))
+    .bind(tenant.as_uuid())
+    .bind(key.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = revoked {
+        return Ok(Revocation {
+            key: row.into(),
+            changed: true,
+        });
+    }
+    let row: ApiKeyRow = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM api_keys WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.as_uuid())
     .bind(key.as_uuid())
     .fetch_optional(conn)
     .await?
     .ok_or(StoreError::NotFound)?;
-    Ok(row.into())
+    Ok(Revocation {
+        key: row.into(),
+        changed: false,
+    })
 }
 
 /// Revokes every key of `tenant` (erasure, suspension by an operator); returns how many.
@@ -155,12 +234,13 @@ pub async fn authenticate(
     conn: &mut PgConnection,
     secret: &str,
 ) -> Result<Option<KeyOwner>, StoreError> {
-    if secret.len() > MAX_SECRET_LEN || !secret.starts_with(SECRET_PREFIX) {
+    if !is_well_formed(secret) {
         return Ok(None);
     }
+    // An erased tenant has no access, whatever key it may still hold.
     let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
         "SELECT k.id, k.tenant_id, t.state FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
-         WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
+         WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND t.state <> 'deleted'",
     )
     .bind(hash_secret(secret))
     .fetch_optional(conn)
@@ -215,7 +295,26 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(SECRET_PREFIX));
         assert_eq!(a.len(), SECRET_PREFIX.len() + 64);
-        assert!(a.len() <= MAX_SECRET_LEN);
+        assert!(is_well_formed(&a));
         assert_eq!(hash_secret(&a).len(), 32);
+    }
+
+    #[test]
+    fn only_the_shape_we_issue_is_well_formed() {
+        let good = format!("sk_{}", "0a".repeat(32));
+        assert!(is_well_formed(&good));
+        for bad in [
+            "",
+            "sk_",
+            "x",
+            &format!("pk_{}", "0a".repeat(32)),
+            &format!("sk_{}", "0A".repeat(32)),
+            &format!("sk_{}", "0a".repeat(31)),
+            &format!("sk_{}0", "0a".repeat(32)),
+            &format!("sk_{}", "zz".repeat(32)),
+            &format!("sk_{}", "é".repeat(32)),
+        ] {
+            assert!(!is_well_formed(bad), "{bad}");
+        }
     }
 }

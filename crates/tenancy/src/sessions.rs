@@ -3,6 +3,7 @@
 //! deleted; the tenant and key always come from the stored session, never the request.
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use saas_core::{ApiKeyId, TenantId};
 use sha2::{Digest, Sha256};
@@ -95,38 +96,51 @@ pub async fn delete(conn: &mut PgConnection, token: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Opens a read-only operator session for `ttl`, bound to the fingerprint of the
-/// operator token that opened it; returns its token.
+/// What an operator session stores of the operator token that opened it, so that
+/// changing that token ends the session: an HMAC keyed by the session's own token. Only
+/// the cookie's holder knows that key (the store keeps the token's hash), so a copy of
+/// the table gives no way to test guesses of the operator token offline, and no two
+/// sessions share a fingerprint.
+fn operator_fingerprint(session_token: &str, operator_token: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(session_token.as_bytes()).expect("any key length");
+    mac.update(b"operator-session:");
+    mac.update(operator_token.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Opens a read-only operator session for `ttl`, bound to the operator token that
+/// opened it; returns its token.
 pub async fn create_operator(
     conn: &mut PgConnection,
     ttl: chrono::TimeDelta,
-    token_fingerprint: &[u8],
+    operator_token: &str,
 ) -> Result<String, StoreError> {
     let token = random_token("os_");
+    let fingerprint = operator_fingerprint(&token, operator_token);
     sqlx::query(
         "INSERT INTO operator_sessions (token_hash, expires_at, operator_token_fingerprint) \
          VALUES ($1, $2, $3)",
     )
     .bind(hash(&token))
     .bind(Utc::now() + ttl)
-    .bind(token_fingerprint)
+    .bind(fingerprint)
     .execute(conn)
     .await?;
     Ok(token)
 }
 
-/// Whether `token` is a live operator session opened with the current operator token.
+/// Whether `token` is a live operator session opened with `operator_token`.
 pub async fn operator_session_valid(
     conn: &mut PgConnection,
     token: &str,
-    token_fingerprint: &[u8],
+    operator_token: &str,
 ) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM operator_sessions WHERE token_hash = $1 \
                         AND expires_at > now() AND operator_token_fingerprint = $2)",
     )
     .bind(hash(token))
-    .bind(token_fingerprint)
+    .bind(operator_fingerprint(token, operator_token))
     .fetch_one(conn)
     .await?)
 }

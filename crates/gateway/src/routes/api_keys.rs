@@ -80,11 +80,31 @@ fn validate_name(name: Option<String>) -> Result<String, ApiError> {
     Ok(trimmed.to_owned())
 }
 
+fn create_error(error: api_keys::CreateKeyError) -> ApiError {
+    match error {
+        api_keys::CreateKeyError::TooManyKeys => ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_api_keys",
+            format!(
+                "a tenant may have {} active keys; revoke one first",
+                api_keys::MAX_ACTIVE_KEYS
+            ),
+        ),
+        // Erased while this request waited: its key no longer works either.
+        api_keys::CreateKeyError::TenantDeleted => {
+            ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
+        }
+        api_keys::CreateKeyError::Store(store) => store.into(),
+    }
+}
+
 /// Creates an API key for the calling tenant. The secret is in this response only.
+/// A tenant has at most 20 active keys (409 `too_many_api_keys` beyond).
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api keys", security(("api_key" = [])),
     request_body = CreateApiKey,
     responses((status = 201, body = CreatedApiKeyView), (status = 401, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 async fn create_api_key(
     State(state): State<AppState>,
     tenant: TenantContext,
@@ -93,8 +113,11 @@ async fn create_api_key(
 ) -> ApiResult<(StatusCode, Json<CreatedApiKeyView>)> {
     tenant.require_key()?;
     let name = validate_name(body.name)?;
+    state.tenant_writes.check(tenant.tenant_id)?;
     let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
-    let created = api_keys::create(&mut tx, tenant.tenant_id, &name).await?;
+    let created = api_keys::create(&mut tx, tenant.tenant_id, &name)
+        .await
+        .map_err(create_error)?;
     let mut entry = AuditEntry::new(
         Some(tenant.tenant_id),
         Actor::Tenant(tenant.key_id),
@@ -126,11 +149,12 @@ async fn list_api_keys(
     }))
 }
 
-/// Revokes one of the calling tenant's keys; it stops working at once. Idempotent.
+/// Revokes one of the calling tenant's keys; it stops working at once. Idempotent:
+/// revoking a revoked key answers it unchanged.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api keys", security(("api_key" = [])),
     params(("id" = String, Path, description = "The key's id, `key_...`")),
     responses((status = 200, body = ApiKeyView), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn revoke_api_key(
     State(state): State<AppState>,
     tenant: TenantContext,
@@ -139,10 +163,16 @@ async fn revoke_api_key(
 ) -> ApiResult<Json<ApiKeyView>> {
     // An id that does not parse cannot name one of this tenant's keys.
     let key_id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found("API key"))?;
+    state.tenant_writes.check(tenant.tenant_id)?;
     let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
-    let key = api_keys::revoke(&mut tx, tenant.tenant_id, key_id)
+    let revocation = api_keys::revoke(&mut tx, tenant.tenant_id, key_id)
         .await
         .map_err(ApiError::from_store("API key"))?;
+    let key = revocation.key;
+    if !revocation.changed {
+        // Revoked before: nothing happened, so nothing is recorded.
+        return Ok(Json(key.into()));
+    }
     let mut entry = AuditEntry::new(
         Some(tenant.tenant_id),
         Actor::Tenant(tenant.key_id),

@@ -109,7 +109,8 @@ async fn take(
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key: the first answer")),
     responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "transition_in_progress"),
-              (status = 422, body = ErrorBody, description = "invalid_transition, unknown_plan")))]
+              (status = 422, body = ErrorBody, description = "invalid_transition, unknown_plan"),
+              (status = 429, body = ErrorBody, description = "rate_limited")))]
 async fn request_plan_change(
     State(state): State<AppState>,
     tenant: TenantContext,
@@ -117,6 +118,7 @@ async fn request_plan_change(
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<PlanChangeRequest>,
 ) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    state.tenant_writes.check(tenant.tenant_id)?;
     let request = TransitionRequest {
         tenant_id: tenant.tenant_id,
         change: Change::Plan {
@@ -264,13 +266,14 @@ fn valid_reason(reason: &str) -> ApiResult<String> {
 /// period, the audit log and a deletion record, none of which hold personal data.
 #[utoipa::path(post, path = "/v1/tenant/erasure", tag = "tenant", security(("api_key" = [])),
     responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+              (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn request_erasure(
     State(state): State<AppState>,
     tenant: TenantContext,
     Extension(request_id): Extension<RequestId>,
 ) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
     tenant.require_key()?;
+    state.tenant_writes.check(tenant.tenant_id)?;
     let request = TransitionRequest {
         tenant_id: tenant.tenant_id,
         change: Change::Erase,
@@ -380,7 +383,8 @@ struct ReactivationRequest {
     responses((status = 202, body = TransitionAccepted), (status = 401, body = ErrorBody),
               (status = 402, body = ErrorBody, description = "payment_method_refused, or payment_failed: an unpaid invoice was declined"),
               (status = 403, body = ErrorBody, description = "reactivation_not_allowed"),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 async fn request_reactivation(
     State(state): State<AppState>,
     tenant: TenantContext,
@@ -388,6 +392,26 @@ async fn request_reactivation(
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<ReactivationRequest>,
 ) -> ApiResult<(StatusCode, Json<TransitionAccepted>)> {
+    let request = TransitionRequest {
+        tenant_id: tenant.tenant_id,
+        change: Change::Reactivate,
+        actor: Actor::Tenant(tenant.key_id),
+        reason: Some("reactivated by the tenant".into()),
+        request_id: Some(request_id.0),
+        idempotency_key,
+    };
+    // A retry of a reactivation that went through gets its first answer, before any
+    // check of the (now active) state and before anything is charged again.
+    if let Some(first) = lifecycle::transitions::answered(&state.db, &request)
+        .await
+        .map_err(transition_error)?
+    {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(TransitionAccepted { transition: first }),
+        ));
+    }
+    state.tenant_writes.check(tenant.tenant_id)?;
     if tenant.state != TenantState::Suspended {
         return Err(ApiError::unprocessable(
             "invalid_transition",
@@ -455,14 +479,6 @@ async fn request_reactivation(
             ));
         }
     }
-    let request = TransitionRequest {
-        tenant_id: tenant.tenant_id,
-        change: Change::Reactivate,
-        actor: Actor::Tenant(tenant.key_id),
-        reason: Some("reactivated by the tenant".into()),
-        request_id: Some(request_id.0),
-        idempotency_key,
-    };
     take(&state, request).await
 }
 

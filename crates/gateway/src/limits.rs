@@ -1,0 +1,137 @@
+//! Rate limits that protect the service from one caller: writes that change access or
+//! money, per tenant, and failed operator tokens, per client address.
+//!
+//! Both live in this process. With several replicas each counts on its own (the replicas
+//! work moves them into Postgres).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use saas_core::TenantId;
+
+use crate::error::ApiError;
+
+/// Sensitive writes (API keys, plan changes, exports, payment methods) per tenant. Each
+/// is audited, and the audit log is append-only: a tenant looping them would otherwise
+/// grow it without bound.
+pub struct TenantWriteLimiter(governor::DefaultKeyedRateLimiter<TenantId>);
+
+impl TenantWriteLimiter {
+    pub fn per_minute(limit: NonZeroU32) -> Self {
+        Self(governor::RateLimiter::keyed(governor::Quota::per_minute(
+            limit,
+        )))
+    }
+
+    /// Takes one write from `tenant`'s allowance, or answers 429 with when to retry.
+    pub fn check(&self, tenant: TenantId) -> Result<(), ApiError> {
+        self.0.check_key(&tenant).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many changes of this kind for this tenant; retry later",
+            );
+            error.retry_after_secs = Some(wait.as_secs().max(1));
+            error
+        })
+    }
+}
+
+/// Beyond this many client addresses the failure table starts over rather than grow.
+const MAX_ADDRESSES: usize = 100_000;
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed attempts per client address in a fixed window. Once an address has used its
+/// allowance it is refused before its guess is even compared, so that a correct guess
+/// and a wrong one answer alike until the window ends. Successes cost nothing: an
+/// operator's scripts are never slowed down by this.
+pub struct FailureLimiter {
+    limit: u32,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl FailureLimiter {
+    pub fn per_minute(limit: NonZeroU32) -> Self {
+        Self {
+            limit: limit.get(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `address` must wait, if it has no attempts left.
+    pub fn blocked_for(&self, address: IpAddr) -> Option<Duration> {
+        let failures = self.lock();
+        let (count, started) = failures.get(&address)?;
+        let elapsed = started.elapsed();
+        (*count >= self.limit && elapsed < WINDOW).then(|| WINDOW - elapsed)
+    }
+
+    pub fn record_failure(&self, address: IpAddr) {
+        let mut failures = self.lock();
+        if failures.len() >= MAX_ADDRESSES {
+            failures.retain(|_, (_, started)| started.elapsed() < WINDOW);
+            if failures.len() >= MAX_ADDRESSES {
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(address).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The address of the connection's peer, when the server recorded it.
+pub fn peer_address(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_blocked_after_its_failures_and_others_are_not() {
+        let limiter = FailureLimiter::per_minute(NonZeroU32::new(3).unwrap());
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(limiter.blocked_for(a), None);
+            limiter.record_failure(a);
+        }
+        let wait = limiter
+            .blocked_for(a)
+            .expect("blocked after three failures");
+        assert!(wait <= WINDOW && wait > Duration::from_secs(50), "{wait:?}");
+        assert_eq!(limiter.blocked_for(b), None);
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_allowance() {
+        let limiter = TenantWriteLimiter::per_minute(NonZeroU32::new(2).unwrap());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(a).is_ok());
+        let refused = limiter.check(a).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.retry_after_secs.is_some());
+        assert!(limiter.check(b).is_ok());
+    }
+}
