@@ -53,7 +53,9 @@ async fn rows_mentioning(app: &TestApp, needle: &str) -> Vec<(String, i64)> {
             continue;
         };
         let visible: i64 = if count == 0 {
-            // Row-level security hides tenant rows from the owner; ask as the system.
+            // Row-level security hides tenant rows from the owner; ask as the system, in
+            // a transaction of its own (a table the service may not read aborts it).
+            let mut tx = app.db.system_tx("test scan").await.unwrap();
             let sql = format!(
                 "SELECT count(*) FROM \"{table}\" t WHERE strpos(lower(to_jsonb(t)::text), lower($1)) > 0"
             );

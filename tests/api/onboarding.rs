@@ -110,12 +110,13 @@ async fn every_plan_signs_up_pays_and_is_provisioned_without_a_human() {
             );
         }
         assert!(done["elapsed_ms"].as_i64().unwrap() >= 0);
-        // The first read after completion carries the key (possibly the one just made); no later read does.
+        // The first read after completion carries the key; a read soon after (a lost
+        // response retried) carries the same.
         let key = match done["api_key"].as_str() {
             Some(key) => key.to_owned(),
             None => panic!("{plan}: the first completed read has no api_key: {done}"),
         };
-        assert!(read(&app, &id, &token).await.get("api_key").is_none());
+        assert_eq!(read(&app, &id, &token).await["api_key"], json!(key));
         let tenant = app.get_json(&key, "/v1/tenant").await;
         assert_eq!(tenant["plan"], plan);
         assert_eq!(tenant["state"], "active");
@@ -178,9 +179,10 @@ async fn a_declined_card_fails_the_signup_and_leaves_nothing_behind() {
         "the customer is deleted"
     );
     // The signup invoice was charged once, declined, and voided: nothing left to collect.
+    let mut tx = app.db.system_tx("test").await.unwrap();
     let invoice: String = sqlx::query_scalar("SELECT stripe_invoice_id FROM signups WHERE id = $1")
         .bind(id.parse::<saas_core::SignupId>().unwrap().as_uuid())
-        .fetch_one(&app.owner_pool)
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
     let at_stripe = integration_tests::stripe_get(&format!("/v1/invoices/{invoice}")).await;
@@ -317,10 +319,7 @@ async fn an_idempotency_key_returns_the_first_answer_and_refuses_another_body() 
         .await
         .unwrap();
     assert_ne!(other["id"], first["id"]);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM signups")
-        .fetch_one(app.db.pool())
-        .await
-        .unwrap();
+    let count = signups_stored(&app).await;
     assert_eq!(count, 2);
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(app.db.pool())
@@ -413,10 +412,7 @@ async fn bad_signups_get_4xx_and_create_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM signups")
-        .fetch_one(app.db.pool())
-        .await
-        .unwrap();
+    let count = signups_stored(&app).await;
     assert_eq!(count, 0);
 }
 
@@ -453,4 +449,151 @@ async fn signups_are_rate_limited_per_client_and_read_only_with_their_token() {
     let missing = app.get(&format!("/v1/signups/{id}")).send().await.unwrap();
     assert_eq!(missing.status(), 401);
     assert_eq!(read(&app, id, token).await["status"], "pending");
+}
+
+/// Signups in the store, all of them (they sit under the tenant wall).
+async fn signups_stored(app: &TestApp) -> i64 {
+    let mut tx = app.db.system_tx("test").await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM signups")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+}
+
+/// Every column of a signup's row, as text, to look for a secret in.
+async fn stored_signup_row(app: &TestApp, id: &str) -> String {
+    let mut tx = app.db.system_tx("test").await.unwrap();
+    sqlx::query_scalar("SELECT to_jsonb(s)::text FROM signups s WHERE id = $1")
+        .bind(id.parse::<saas_core::SignupId>().unwrap().as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_signup_stores_neither_its_token_nor_its_key_and_shows_the_key_for_a_short_window() {
+    let app = TestApp::spawn().await;
+    let body = signup_body("free", None);
+    let response = app
+        .post("/v1/signups")
+        .header("idempotency-key", "7b0c3c9e-5b1f-4a53-9a51-2f1d1c9e0a11")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["signup_token"].as_str().unwrap(),
+    );
+    // Wait for completion with HEAD only: it must not start (or use up) the key's window.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let head = app
+            .client
+            .head(app.url(&format!("/v1/signups/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        let mut tx = app.db.system_tx("test").await.unwrap();
+        let status: String = sqlx::query_scalar("SELECT status FROM signups WHERE id = $1")
+            .bind(id.parse::<saas_core::SignupId>().unwrap().as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        if status == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "signup stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = stored_signup_row(&app, id).await;
+    assert!(
+        !row.contains(token),
+        "the token is stored in plaintext: {row}"
+    );
+    assert!(row.contains("\"api_key_secret\": null"), "{row}");
+
+    let first = read(&app, id, token).await;
+    let key = first["api_key"]
+        .as_str()
+        .expect("the first read shows the key")
+        .to_owned();
+    let row = stored_signup_row(&app, id).await;
+    assert!(!row.contains(&key), "the key is stored in plaintext: {row}");
+    assert_eq!(
+        app.get_json(&key, "/v1/tenant").await["id"],
+        first["tenant_id"]
+    );
+    assert_eq!(read(&app, id, token).await["api_key"], json!(key));
+
+    // Ten minutes later, the window is over: no read shows it, and it is erased.
+    let mut tx = app.db.system_tx("test").await.unwrap();
+    sqlx::query(
+        "UPDATE signups SET first_key_shown_at = now() - interval '11 minutes' WHERE id = $1",
+    )
+    .bind(id.parse::<saas_core::SignupId>().unwrap().as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(read(&app, id, token).await.get("api_key").is_none());
+    assert!(read(&app, id, token).await.get("api_key").is_none());
+    assert!(
+        stored_signup_row(&app, id)
+            .await
+            .contains("\"first_key_sealed\": null")
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_token_only_to_the_address_that_sent_it() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let body = signup_body("free", None);
+    let from = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(address.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+            .post(app.url("/v1/signups"))
+            .header("idempotency-key", "shared-key-1")
+            .json(&body)
+            .send()
+    };
+    let first: Value = from("127.0.0.1").await.unwrap().json().await.unwrap();
+    let again: Value = from("127.0.0.1").await.unwrap().json().await.unwrap();
+    assert_eq!(first, again, "the same caller gets its first answer");
+    // Someone else who learnt the key and the body is another caller.
+    let elsewhere = from("127.0.0.2").await.unwrap();
+    assert_eq!(elsewhere.status(), 409);
+    let text = elsewhere.text().await.unwrap();
+    assert!(text.contains("signup_exists"), "{text}");
+    assert!(!text.contains(first["signup_token"].as_str().unwrap()));
+    assert_eq!(signups_stored(&app).await, 1);
+}
+
+#[tokio::test]
+async fn signups_sit_under_the_tenant_wall() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let (id, _) = sign_up(&app, &signup_body("free", None)).await;
+    let stranger = app.create_tenant("free").await;
+    let mut tx = app.db.tenant_tx(stranger.id).await.unwrap();
+    let (signups, steps): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM signups), (SELECT count(*) FROM signup_steps)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((signups, steps), (0, 0), "another tenant sees no signup");
+    drop(tx);
+    let own = saas_core::TenantId::from_uuid(id.parse::<saas_core::SignupId>().unwrap().as_uuid());
+    let mut tx = app.db.tenant_tx(own).await.unwrap();
+    let signups: i64 = sqlx::query_scalar("SELECT count(*) FROM signups")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(signups, 1, "the tenant it becomes sees it");
 }

@@ -436,6 +436,7 @@ async fn self_service_onboarding(state: &AppState) -> Outcome {
         payment_method: None,
         paid: false,
     };
+    let token = onboarding::store::new_token();
     let mut tx = state
         .db
         .system_tx("readiness signup")
@@ -446,8 +447,9 @@ async fn self_service_onboarding(state: &AppState) -> Outcome {
         onboarding::store::NewSignup {
             id,
             signup: &signup,
-            token_hash: onboarding::store::hash_token(&onboarding::store::new_token()),
-            idempotency_key: None,
+            token_hash: onboarding::store::hash_token(&token),
+            first_key: &onboarding::secrets::FirstKey::new(&token),
+            idempotency: None,
             synthetic: true,
         },
     )

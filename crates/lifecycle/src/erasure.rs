@@ -152,12 +152,12 @@ impl JobHandler for ErasureWorkflow {
                 .map_err(sql_retry)?
                 .rows_affected();
         }
-        // The signup that became this tenant shares its id; it is not tenant-owned, so
-        // it is reached by id.
+        // The signup that became this tenant shares its id.
         stripped += sqlx::query(
             "UPDATE signups SET email = 'erased+' || id::text || '@invalid', company = 'erased', \
                     payment_method = NULL, first_response = NULL, api_key_secret = NULL, \
-                    idempotency_key = NULL \
+                    idempotency_key = NULL, idempotency_scope = NULL, token_sealed = NULL, \
+                    first_key_sealed = NULL \
              WHERE id = $1",
         )
         .bind(tenant_id.as_uuid())

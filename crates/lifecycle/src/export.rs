@@ -32,6 +32,7 @@ const SECTIONS: &[(&str, &str)] = &[
     (
         "signup",
         "SELECT to_jsonb(s) - 'token_hash' - 'request_hash' - 'first_response' - 'api_key_secret' \
+                - 'first_key_hash' - 'first_key_sealed' - 'idempotency_scope' - 'token_sealed' \
          FROM signups s WHERE id = $1",
     ),
     (

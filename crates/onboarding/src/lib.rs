@@ -3,11 +3,15 @@
 //!
 //! - [`request`]: what a signup must look like (pure validation).
 //! - [`store`]: signups and their steps in Postgres.
+//! - [`sealed`]: secrets kept only under a key the store never holds.
+//! - [`secrets`]: the first API key and the replayed token, sealed that way.
 //! - [`workflow`]: the job that takes a signup through payment and provisioning. Every
 //!   step is idempotent and recorded, so a worker killed at any point resumes and
 //!   finishes exactly once.
 
 pub mod request;
+pub mod sealed;
+pub mod secrets;
 pub mod store;
 pub mod workflow;
 

@@ -1,5 +1,7 @@
-//! Signups and their steps in Postgres. Signups precede tenants, so these run in system
-//! transactions; the API reads a signup only with its token.
+//! Signups and their steps in Postgres. A signup's id is the id of the tenant it becomes,
+//! and its rows sit under the tenant wall by that id: a signup is read in a transaction
+//! of that (future) tenant, with its token. Finding a retried request by its scope
+//! crosses signups and needs a system transaction.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +16,7 @@ use tenancy::StoreError;
 use uuid::Uuid;
 
 use crate::request::ValidSignup;
+use crate::secrets::{FIRST_KEY_WINDOW_SECS, FirstKey, IDEMPOTENCY_WINDOW_HOURS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +81,9 @@ pub struct Signup {
     /// The signup invoice at Stripe, paid before provisioning (paid plans).
     pub stripe_invoice_id: Option<String>,
     pub tenant_id: Option<TenantId>,
+    /// Hash and display prefix of the first API key, made at acceptance. `None` for a
+    /// signup accepted before keys were made then (its key is made at provisioning).
+    pub first_key: Option<(Vec<u8>, String)>,
     pub synthetic: bool,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -95,6 +101,8 @@ struct SignupRow {
     token_hash: Vec<u8>,
     stripe_customer_id: Option<String>,
     stripe_invoice_id: Option<String>,
+    first_key_hash: Option<Vec<u8>>,
+    first_key_prefix: Option<String>,
     synthetic: bool,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
@@ -118,19 +126,32 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// A signup made under an `Idempotency-Key`: the digest of its scope, and the signup
+/// token sealed under it.
+pub struct IdempotentRequest {
+    pub scope_digest: Vec<u8>,
+    pub token_sealed: Vec<u8>,
+}
+
 pub struct NewSignup<'a> {
     pub id: SignupId,
     pub signup: &'a ValidSignup,
     pub token_hash: Vec<u8>,
-    pub idempotency_key: Option<&'a str>,
+    pub first_key: &'a FirstKey,
+    pub idempotency: Option<IdempotentRequest>,
     pub synthetic: bool,
 }
 
 pub async fn insert(conn: &mut PgConnection, new: NewSignup<'_>) -> Result<(), StoreError> {
+    let (scope, token_sealed) = new
+        .idempotency
+        .map(|request| (request.scope_digest, request.token_sealed))
+        .unzip();
     sqlx::query(
         "INSERT INTO signups (id, email, company, plan_code, payment_method, token_hash, \
-                              idempotency_key, request_hash, synthetic) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                              idempotency_scope, token_sealed, request_hash, first_key_hash, \
+                              first_key_prefix, first_key_sealed, synthetic) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(new.id.as_uuid())
     .bind(&new.signup.email)
@@ -138,35 +159,47 @@ pub async fn insert(conn: &mut PgConnection, new: NewSignup<'_>) -> Result<(), S
     .bind(&new.signup.plan_code)
     .bind(&new.signup.payment_method)
     .bind(&new.token_hash)
-    .bind(new.idempotency_key)
+    .bind(scope)
+    .bind(token_sealed)
     .bind(new.signup.digest())
+    .bind(&new.first_key.hash)
+    .bind(&new.first_key.display_prefix)
+    .bind(&new.first_key.sealed)
     .bind(new.synthetic)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// The signup made under an Idempotency-Key: its request digest and first answer.
-pub async fn find_by_idempotency_key(
+/// A signup found by the scope of its `Idempotency-Key`.
+#[derive(sqlx::FromRow)]
+pub struct ScopedSignup {
+    pub id: Uuid,
+    pub request_hash: Vec<u8>,
+    pub token_sealed: Option<Vec<u8>>,
+    /// Older than the idempotency window: the key may be used afresh.
+    pub expired: bool,
+}
+
+pub async fn find_by_idempotency_scope(
     conn: &mut PgConnection,
-    key: &str,
-) -> Result<Option<(Vec<u8>, Option<serde_json::Value>)>, StoreError> {
+    scope_digest: &[u8],
+) -> Result<Option<ScopedSignup>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT request_hash, first_response FROM signups WHERE idempotency_key = $1",
+        "SELECT id, request_hash, token_sealed, \
+                created_at < now() - make_interval(hours => $2) AS expired \
+         FROM signups WHERE idempotency_scope = $1",
     )
-    .bind(key)
+    .bind(scope_digest)
+    .bind(i32::try_from(IDEMPOTENCY_WINDOW_HOURS).unwrap_or(i32::MAX))
     .fetch_optional(conn)
     .await?)
 }
 
-pub async fn set_first_response(
-    conn: &mut PgConnection,
-    id: SignupId,
-    response: &serde_json::Value,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE signups SET first_response = $2 WHERE id = $1")
-        .bind(id.as_uuid())
-        .bind(response)
+/// Forgets a signup's `Idempotency-Key` (and the token sealed under it).
+pub async fn forget_idempotency_scope(conn: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE signups SET idempotency_scope = NULL, token_sealed = NULL WHERE id = $1")
+        .bind(id)
         .execute(conn)
         .await?;
     Ok(())
@@ -198,6 +231,7 @@ pub async fn get(conn: &mut PgConnection, id: SignupId, lock: bool) -> Result<Si
         stripe_invoice_id: row.stripe_invoice_id,
         // A completed signup's tenant carries the signup's id.
         tenant_id: (status == SignupStatus::Completed).then(|| TenantId::from_uuid(row.id)),
+        first_key: row.first_key_hash.zip(row.first_key_prefix),
         synthetic: row.synthetic,
         created_at: row.created_at,
         completed_at: row.completed_at,
@@ -267,7 +301,44 @@ pub async fn set_provider_ids(
     Ok(())
 }
 
-/// Hands out the first API key once: returns it and forgets it.
+/// The sealed first API key, locked for this read: `(sealed, shown, expired)`, where
+/// `shown` says it was read before and `expired` that its window has passed.
+pub async fn sealed_first_key(
+    conn: &mut PgConnection,
+    id: SignupId,
+) -> Result<Option<(Vec<u8>, bool, bool)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT first_key_sealed, first_key_shown_at IS NOT NULL, \
+                coalesce(first_key_shown_at < now() - make_interval(secs => $2), false) \
+         FROM signups WHERE id = $1 AND first_key_sealed IS NOT NULL FOR UPDATE",
+    )
+    .bind(id.as_uuid())
+    .bind(FIRST_KEY_WINDOW_SECS as f64)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Starts the first key's window (the first read that showed it).
+pub async fn mark_first_key_shown(conn: &mut PgConnection, id: SignupId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE signups SET first_key_shown_at = coalesce(first_key_shown_at, now()) WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn erase_first_key(conn: &mut PgConnection, id: SignupId) -> Result<(), StoreError> {
+    sqlx::query("UPDATE signups SET first_key_sealed = NULL WHERE id = $1")
+        .bind(id.as_uuid())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Hands out, once, the plaintext first API key of a signup accepted before first keys
+/// were sealed: returns it and forgets it.
 pub async fn take_api_key(
     conn: &mut PgConnection,
     id: SignupId,

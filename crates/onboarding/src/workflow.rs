@@ -361,19 +361,33 @@ impl OnboardingWorkflow {
                 .await
                 .map_err(retry)?;
         }
-        let key = tenancy::api_keys::create(&mut tx, tenant_id, "default")
-            .await
-            .map_err(|error| match error {
-                tenancy::api_keys::CreateKeyError::Store(store) => retry(store),
-                // The tenant was made in this transaction: neither can happen.
-                other => JobError::Permanent(other.to_string()),
-            })?;
+        let key_error = |error| match error {
+            tenancy::api_keys::CreateKeyError::Store(store) => retry(store),
+            // The tenant was made in this transaction: neither can happen.
+            other => JobError::Permanent(other.to_string()),
+        };
+        // The key was made when the signup was accepted; only its hash is here. A signup
+        // accepted before that gets one now, kept for its first read as it always was.
+        let plaintext_key = match &signup.first_key {
+            Some((hash, prefix)) => {
+                tenancy::api_keys::create_with_hash(&mut tx, tenant_id, "default", prefix, hash)
+                    .await
+                    .map_err(key_error)?;
+                None
+            }
+            None => Some(
+                tenancy::api_keys::create(&mut tx, tenant_id, "default")
+                    .await
+                    .map_err(key_error)?
+                    .secret,
+            ),
+        };
         sqlx::query(
-            "UPDATE signups SET status = 'completed', completed_at = now(), api_key_secret = $2 \
-             WHERE id = $1",
+            "UPDATE signups SET status = 'completed', completed_at = now(), \
+                    api_key_secret = $2 WHERE id = $1",
         )
         .bind(signup.id.as_uuid())
-        .bind(&key.secret)
+        .bind(plaintext_key)
         .execute(&mut *tx)
         .await
         .map_err(|e| retry(e.into()))?;

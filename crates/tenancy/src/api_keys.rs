@@ -118,6 +118,49 @@ pub async fn create(
     tenant: TenantId,
     name: &str,
 ) -> Result<CreatedApiKey, CreateKeyError> {
+    let secret = generate_secret();
+    let key = create_with_hash(
+        conn,
+        tenant,
+        name,
+        &secret[..DISPLAY_PREFIX_LEN],
+        &hash_secret(&secret),
+    )
+    .await?;
+    Ok(CreatedApiKey { key, secret })
+}
+
+/// A secret made before its key is stored: for a tenant that does not exist yet, whose
+/// first key must be shown by someone other than who stores it. Only the hash and the
+/// display prefix travel to the store.
+pub struct PreparedSecret {
+    pub secret: String,
+}
+
+impl PreparedSecret {
+    pub fn generate() -> Self {
+        Self {
+            secret: generate_secret(),
+        }
+    }
+
+    pub fn hash(&self) -> Vec<u8> {
+        hash_secret(&self.secret)
+    }
+
+    pub fn display_prefix(&self) -> &str {
+        &self.secret[..DISPLAY_PREFIX_LEN]
+    }
+}
+
+/// Like [`create`], for a secret prepared earlier of which only the hash is known here.
+pub async fn create_with_hash(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    name: &str,
+    display_prefix: &str,
+    secret_hash: &[u8],
+) -> Result<ApiKey, CreateKeyError> {
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
             .bind(tenant.as_uuid())
@@ -139,7 +182,6 @@ pub async fn create(
     if active >= MAX_ACTIVE_KEYS {
         return Err(CreateKeyError::TooManyKeys);
     }
-    let secret = generate_secret();
     let row: ApiKeyRow = sqlx::query_as(concat!(
         "INSERT INTO api_keys (id, tenant_id, name, display_prefix, secret_hash) \
          VALUES ($1, $2, $3, $4, $5) RETURNING ",
@@ -148,15 +190,12 @@ pub async fn create(
     .bind(ApiKeyId::new().as_uuid())
     .bind(tenant.as_uuid())
     .bind(name)
-    .bind(&secret[..DISPLAY_PREFIX_LEN])
-    .bind(hash_secret(&secret))
+    .bind(display_prefix)
+    .bind(secret_hash)
     .fetch_one(conn)
     .await
     .map_err(StoreError::from)?;
-    Ok(CreatedApiKey {
-        key: row.into(),
-        secret,
-    })
+    Ok(row.into())
 }
 
 pub async fn list(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<ApiKey>, StoreError> {

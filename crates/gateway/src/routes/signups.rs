@@ -3,9 +3,10 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
 use onboarding::request::{SignupRequest, validate};
+use onboarding::secrets::{FirstKey, IdempotencyScope};
 use onboarding::store::{self, NewSignup, SignupStatus, Step};
 use saas_core::{SignupId, TenantId};
 use serde::Serialize;
@@ -34,10 +35,11 @@ struct SignupCreated {
 }
 
 /// Signs a new tenant up. Payment and provisioning run in the background; poll
-/// `GET /v1/signups/{id}` with the token. An `Idempotency-Key` header makes a retried
-/// request return the first answer.
+/// `GET /v1/signups/{id}` with the token. An `Idempotency-Key` header makes a request
+/// retried from the same client address within 24 hours return the first answer; the
+/// same key from another address is another request.
 #[utoipa::path(post, path = "/v1/signups", tag = "onboarding", request_body = SignupRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same signup")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key, body and client address: same signup")),
     responses((status = 202, body = SignupCreated), (status = 400, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn create_signup(
@@ -65,38 +67,44 @@ async fn create_signup(
     let signup = validate(request, &plans)
         .map_err(|invalid| ApiError::unprocessable(invalid.code, invalid.message))?;
 
-    if let Some(key) = &idempotency_key
-        && let Some(replay) = replay(&state, key, &signup.digest()).await?
+    let scope = idempotency_key
+        .as_deref()
+        .map(|key| IdempotencyScope::new(client.ip(), key));
+    if let Some(scope) = &scope
+        && let Some(replay) = replay(&state, scope, &signup.digest()).await?
     {
         return Ok((StatusCode::ACCEPTED, Json(replay)));
     }
     let id = SignupId::new();
     let token = store::new_token();
-    let response = serde_json::to_value(SignupCreated {
-        id,
-        status: SignupStatus::Pending,
-        signup_token: token.clone(),
-    })
-    .map_err(ApiError::internal)?;
-    let mut tx = state.db.system_tx("signup").await?;
+    let response = created(id, token.clone())?;
+    let first_key = FirstKey::new(&token);
     let new = NewSignup {
         id,
         signup: &signup,
         token_hash: store::hash_token(&token),
-        idempotency_key: idempotency_key.as_deref(),
+        first_key: &first_key,
+        idempotency: scope.as_ref().map(|scope| store::IdempotentRequest {
+            scope_digest: scope.digest(),
+            token_sealed: scope.seal_token(&token),
+        }),
         synthetic: false,
     };
+    let mut tx = state
+        .db
+        .tenant_tx(TenantId::from_uuid(id.as_uuid()))
+        .await?;
     match store::insert(&mut tx, new).await {
         Ok(()) => {}
         // Another request with the same key got there first: answer as it did.
-        Err(StoreError::Conflict { constraint }) if constraint == "signups_idempotency_key" => {
+        Err(StoreError::Conflict { constraint }) if constraint == "signups_idempotency_scope" => {
             drop(tx);
-            let key = idempotency_key.as_deref().unwrap_or_default();
-            return match replay(&state, key, &signup.digest()).await? {
+            let scope = scope
+                .as_ref()
+                .expect("only a scoped signup conflicts on its scope");
+            return match replay(&state, scope, &signup.digest()).await? {
                 Some(first) => Ok((StatusCode::ACCEPTED, Json(first))),
-                None => Err(ApiError::internal(anyhow::anyhow!(
-                    "idempotent signup vanished"
-                ))),
+                None => Err(signup_exists()),
             };
         }
         // The same person and company signed up already (and it did not fail). The first
@@ -104,16 +112,9 @@ async fn create_signup(
         Err(StoreError::Conflict { constraint })
             if constraint == "signups_one_live_per_email_and_company" =>
         {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "signup_exists",
-                "a signup for this email and company is already under way or complete",
-            ));
+            return Err(signup_exists());
         }
         Err(other) => return Err(other.into()),
-    }
-    if idempotency_key.is_some() {
-        store::set_first_response(&mut tx, id, &response).await?;
     }
     onboarding::workflow::enqueue(&mut tx, id).await?;
     tx.commit().await?;
@@ -122,22 +123,57 @@ async fn create_signup(
     Ok((StatusCode::ACCEPTED, Json(response)))
 }
 
-/// The first answer given for `key`, if any; 422 if the key was used for another body.
+fn created(id: SignupId, signup_token: String) -> ApiResult<serde_json::Value> {
+    serde_json::to_value(SignupCreated {
+        id,
+        status: SignupStatus::Pending,
+        signup_token,
+    })
+    .map_err(ApiError::internal)
+}
+
+fn signup_exists() -> ApiError {
+    // The first signup's token is not handed out again: only its holder may read it.
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "signup_exists",
+        "a signup for this email and company is already under way or complete",
+    )
+}
+
+/// The first answer given under `scope`, if any; 422 if the key was used for another
+/// body. A key older than the idempotency window is forgotten and may be used afresh.
 async fn replay(
     state: &AppState,
-    key: &str,
+    scope: &IdempotencyScope,
     digest: &[u8],
 ) -> ApiResult<Option<serde_json::Value>> {
     let mut tx = state.db.system_tx("signup idempotency").await?;
-    let found = store::find_by_idempotency_key(&mut tx, key).await?;
+    let found = store::find_by_idempotency_scope(&mut tx, &scope.digest()).await?;
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    if found.expired {
+        store::forget_idempotency_scope(&mut tx, found.id).await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
     tx.commit().await?;
-    match found {
-        None => Ok(None),
-        Some((stored_digest, _)) if stored_digest != digest => Err(ApiError::unprocessable(
+    if found.request_hash != digest {
+        return Err(ApiError::unprocessable(
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different signup",
-        )),
-        Some((_, first)) => Ok(first),
+        ));
+    }
+    // The first answer was always `pending` with the token; the token is opened with
+    // the scope the retry proves it shares.
+    match found
+        .token_sealed
+        .as_deref()
+        .and_then(|sealed| scope.open_token(sealed))
+    {
+        Some(token) => created(SignupId::from_uuid(found.id), token).map(Some),
+        None => Err(signup_exists()),
     }
 }
 
@@ -155,14 +191,16 @@ struct SignupView {
     api_key: Option<String>,
 }
 
-/// A signup's progress, read with its token. The first read after completion carries
-/// the tenant's first API key; no later read does.
+/// A signup's progress, read with its token. Reads after completion carry the tenant's
+/// first API key: the first one, and any other within ten minutes of it (so that a lost
+/// response does not lose the key); none after. `HEAD` never starts that window.
 #[utoipa::path(get, path = "/v1/signups/{id}", tag = "onboarding",
     params(("id" = String, Path, description = "The signup's id, `sgn_...`")),
     responses((status = 200, body = SignupView), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn get_signup(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SignupView>> {
@@ -177,7 +215,11 @@ async fn get_signup(
             )
         })?;
     let id: SignupId = id.parse().map_err(|_| ApiError::not_found("signup"))?;
-    let mut tx = state.db.system_tx("signup read").await?;
+    // Under the wall of the tenant the signup becomes.
+    let mut tx = state
+        .db
+        .tenant_tx(TenantId::from_uuid(id.as_uuid()))
+        .await?;
     let signup = store::get(&mut tx, id, false)
         .await
         .map_err(ApiError::from_store("signup"))?;
@@ -187,7 +229,8 @@ async fn get_signup(
     }
     let steps = store::steps(&mut tx, id).await?;
     let api_key = if signup.status == SignupStatus::Completed {
-        store::take_api_key(&mut tx, id).await?
+        let look_only = method == Method::HEAD;
+        onboarding::secrets::first_key_for_read(&mut tx, id, token, look_only).await?
     } else {
         None
     };
