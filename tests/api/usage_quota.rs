@@ -114,21 +114,28 @@ async fn crossing_80_and_100_percent_is_recorded_once_each() {
 #[tokio::test]
 async fn suspended_and_deleted_tenants_are_refused_and_nothing_is_metered() {
     let app = TestApp::spawn().await;
-    for (state, code) in [
-        (TenantState::Suspended, "tenant_suspended"),
-        (TenantState::Deleted, "tenant_deleted"),
-    ] {
-        let tenant = app.create_tenant_in_state("pro", state, false).await;
-        let response = app
-            .ingest(
-                &tenant.api_key,
-                json!([{"id": "a", "metric": "queries", "value": 1}]),
-            )
-            .await;
-        assert_eq!(response.status(), 403);
-        assert_eq!(error_code(response).await, code);
-        // Reading its own usage still works.
-        let summary: Value = app.get_json(&tenant.api_key, "/v1/usage/summary").await;
-        assert_eq!(summary["metrics"]["queries"]["used"], 0);
-    }
+    let suspended = app
+        .create_tenant_in_state("pro", TenantState::Suspended, false)
+        .await;
+    let event = json!([{"id": "a", "metric": "queries", "value": 1}]);
+    let response = app.ingest(&suspended.api_key, event.clone()).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(error_code(response).await, "tenant_suspended");
+    // Reading its own usage still works.
+    let summary: Value = app.get_json(&suspended.api_key, "/v1/usage/summary").await;
+    assert_eq!(summary["metrics"]["queries"]["used"], 0);
+
+    // An erased tenant's key (even one never revoked) opens nothing at all.
+    let deleted = app
+        .create_tenant_in_state("pro", TenantState::Deleted, false)
+        .await;
+    let response = app.ingest(&deleted.api_key, event).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(error_code(response).await, "invalid_api_key");
+    let mut tx = app.db.tenant_tx(deleted.id).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
 }

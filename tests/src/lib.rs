@@ -86,6 +86,7 @@ impl TestApp {
         config.stripe.secret_key = Some(SecretString::from(stack::STRIPE_TEST_KEY));
         config.operator_token = Some(SecretString::from(OPERATOR_TOKEN));
         config.signups.rate_per_minute = 10_000;
+        config.http.sensitive_writes_per_minute = 10_000;
         config.workers.job_poll_ms = 50;
         customize(&mut config);
 
@@ -160,13 +161,16 @@ impl TestApp {
         let now = chrono::Utc::now();
         let id = TenantId::new();
         let mut tx = self.db.system_tx("test setup").await.unwrap();
+        // An erased tenant gets no new key: its key is made first (as one that slipped
+        // past the erasure would have been).
+        let deleted = state == TenantState::Deleted;
         tenancy::tenants::insert(
             &mut tx,
             &NewTenant {
                 id,
                 name: format!("Test tenant {id}"),
                 email: Some(format!("owner+{}@example.com", id.as_uuid().simple())),
-                state,
+                state: if deleted { TenantState::Active } else { state },
                 plan_code: plan.to_owned(),
                 billing_anchor: now,
                 billing_cycle: cycle,
@@ -179,6 +183,13 @@ impl TestApp {
         let created = tenancy::api_keys::create(&mut tx, id, "test")
             .await
             .unwrap();
+        if deleted {
+            sqlx::query("UPDATE tenants SET state = 'deleted' WHERE id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
         tx.commit().await.unwrap();
         TestTenant {
             id,
