@@ -10,6 +10,7 @@ mod crash_recovery;
 mod dashboard;
 mod erasure;
 mod errors;
+mod export;
 mod giving_up;
 mod health;
 mod invoices;

@@ -139,3 +139,52 @@ async fn suspended_and_deleted_tenants_are_refused_and_nothing_is_metered() {
         .unwrap();
     assert_eq!(events, 0);
 }
+
+#[tokio::test]
+async fn events_are_bounded_per_plan_even_at_value_zero() {
+    let app = TestApp::spawn().await;
+    sqlx::query("UPDATE plan_metrics SET event_limit = 5 WHERE plan_code = 'free'")
+        .execute(&app.owner_pool)
+        .await
+        .unwrap();
+    let tenant = app.create_tenant("free").await;
+    let zeros = |ids: std::ops::Range<u32>| {
+        Value::Array(
+            ids.map(|i| json!({"id": format!("z{i}"), "metric": "queries", "value": 0}))
+                .collect(),
+        )
+    };
+    assert_eq!(app.ingest(&tenant.api_key, zeros(0..4)).await.status(), 202);
+    // A resent event is a duplicate, not a new row: it counts nothing.
+    assert_eq!(app.ingest(&tenant.api_key, zeros(0..4)).await.status(), 202);
+    let response = app.ingest(&tenant.api_key, zeros(4..6)).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "event_limit_reached");
+    assert_eq!(app.ingest(&tenant.api_key, zeros(4..5)).await.status(), 202);
+    let response = app.ingest(&tenant.api_key, zeros(5..6)).await;
+    assert_eq!(response.status(), 429);
+    let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(stored, 5, "nothing of a refused batch is kept");
+    // Other metrics have their own allowance; the plan shows it.
+    let plans: Value = app
+        .get("/v1/plans")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let free = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "free")
+        .unwrap()
+        .clone();
+    assert_eq!(free["metrics"]["queries"]["event_limit"], 5);
+}

@@ -302,6 +302,7 @@ mod tests {
                 .iter()
                 .map(|&(up_to, unit_amount)| PriceTier { up_to, unit_amount })
                 .collect(),
+            event_limit: u64::MAX,
         }
     }
 

@@ -96,6 +96,47 @@ impl FailureLimiter {
     }
 }
 
+/// Exports running, per tenant: one at a time. Each holds a ClickHouse query open and
+/// reads the ledger for as long as its client takes to download it.
+#[derive(Default)]
+pub struct ExportSlots(std::sync::Arc<Mutex<std::collections::HashSet<TenantId>>>);
+
+/// A running export's hold on its tenant's slot, released when dropped (when its
+/// response body ends, however it ends).
+pub struct ExportSlot {
+    slots: std::sync::Arc<Mutex<std::collections::HashSet<TenantId>>>,
+    tenant: TenantId,
+}
+
+impl ExportSlots {
+    /// The tenant's slot, or 429 while another export of it runs.
+    pub fn take(&self, tenant: TenantId) -> Result<ExportSlot, ApiError> {
+        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(tenant) {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "export_in_progress",
+                "an export of this tenant is running; retry when it has finished",
+            );
+            error.retry_after_secs = Some(5);
+            return Err(error);
+        }
+        Ok(ExportSlot {
+            slots: self.0.clone(),
+            tenant,
+        })
+    }
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tenant);
+    }
+}
+
 /// The address of the connection's peer, when the server recorded it.
 pub fn peer_address(parts: &Parts) -> Option<IpAddr> {
     parts
@@ -121,6 +162,20 @@ mod tests {
             .expect("blocked after three failures");
         assert!(wait <= WINDOW && wait > Duration::from_secs(50), "{wait:?}");
         assert_eq!(limiter.blocked_for(b), None);
+    }
+
+    #[test]
+    fn one_export_per_tenant_at_a_time() {
+        let slots = ExportSlots::default();
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let held = slots.take(a).unwrap();
+        assert_eq!(
+            slots.take(a).err().map(|e| e.status),
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert!(slots.take(b).is_ok());
+        drop(held);
+        assert!(slots.take(a).is_ok());
     }
 
     #[test]

@@ -140,6 +140,7 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
             std::num::NonZeroU32::new(config.http.sensitive_writes_per_minute)
                 .expect("validated at load"),
         ),
+        exports: Default::default(),
         readiness: Default::default(),
         config,
     }))

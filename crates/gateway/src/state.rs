@@ -30,6 +30,7 @@ pub struct Services {
     pub operator_failures: crate::limits::FailureLimiter,
     /// Writes that change access or money, per tenant.
     pub tenant_writes: crate::limits::TenantWriteLimiter,
+    pub exports: crate::limits::ExportSlots,
     pub readiness: crate::readiness::ReadinessCache,
 }
 

@@ -1,12 +1,11 @@
-//! GDPR export: everything held about one tenant, as JSON.
+//! GDPR export: everything held about one tenant, as one JSON document, streamed.
 //!
 //! Postgres rows are exported whole (`to_jsonb`), minus the columns that hold secrets or
-//! their hashes; usage events come from ClickHouse and from the Postgres ledger (what is
-//! not relayed yet), merged by event id.
-
-use std::collections::BTreeMap;
+//! their hashes; usage events come from ClickHouse and from the Postgres ledger, merged
+//! by event id as both are read.
 
 use metering::ClickHouseSink;
+use metering::usage_rows::StoredEvent;
 use saas_core::TenantId;
 use serde_json::{Value, json};
 use tenancy::{Db, StoreError};
@@ -17,6 +16,8 @@ pub enum ExportError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Usage(#[from] metering::SinkError),
+    #[error("the client stopped reading")]
+    ClientGone,
 }
 
 impl From<sqlx::Error> for ExportError {
@@ -77,11 +78,130 @@ const SECTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A chunk of the export document, or why it stopped.
+pub type Chunk = Result<Vec<u8>, ExportError>;
+
+/// Ledger events read per (short) transaction.
+const LEDGER_PAGE: i64 = 1_000;
+/// Bytes gathered before a chunk is handed on.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The export document of `tenant`, streamed: its chunks arrive on the returned channel
+/// as the client takes them, so memory stays flat however many events the tenant has.
+///
+/// Everything that can fail before the first byte (Postgres, ClickHouse) is tried before
+/// this returns, so an outage is an error the caller can answer with a status. A failure
+/// later ends the stream with an error, which cuts the response short; the client sees
+/// an incomplete document, never a complete-looking wrong one.
+///
+/// Usage events come from ClickHouse (everything relayed) and from the Postgres ledger
+/// (what is not relayed yet, and recent events kept for deduplication), both read in
+/// event id order (bytewise: the ledger's `event_id` has the C collation) and merged so
+/// each event appears once.
 pub async fn export(
     db: &Db,
     clickhouse: &ClickHouseSink,
     tenant: TenantId,
-) -> Result<Value, ExportError> {
+) -> Result<tokio::sync::mpsc::Receiver<Chunk>, ExportError> {
+    let head = sections(db, tenant).await?;
+    let mut relayed = clickhouse.tenant_events(tenant)?;
+    let first_relayed = relayed.next().await?;
+    let mut ledger = LedgerPages::new(db.clone(), tenant);
+    let first_ledger = ledger.next().await?;
+
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut out = Output {
+            sender,
+            buffer: head,
+        };
+        let merged = async {
+            let (mut c, mut p) = (first_relayed, first_ledger);
+            let mut first = true;
+            loop {
+                let event = match (c.take(), p.take()) {
+                    (None, None) => break,
+                    (Some(relayed_event), None) => {
+                        c = relayed.next().await?;
+                        relayed_json(&relayed_event)
+                    }
+                    (None, Some(ledger_event)) => {
+                        p = ledger.next().await?;
+                        ledger_event.json
+                    }
+                    (Some(relayed_event), Some(ledger_event)) => {
+                        match relayed_event.event_id.as_str().cmp(&ledger_event.id) {
+                            std::cmp::Ordering::Less => {
+                                p = Some(ledger_event);
+                                c = relayed.next().await?;
+                                relayed_json(&relayed_event)
+                            }
+                            std::cmp::Ordering::Greater => {
+                                c = Some(relayed_event);
+                                p = ledger.next().await?;
+                                ledger_event.json
+                            }
+                            // Relayed and still in the ledger: once, as the ledger has it.
+                            std::cmp::Ordering::Equal => {
+                                c = relayed.next().await?;
+                                p = ledger.next().await?;
+                                ledger_event.json
+                            }
+                        }
+                    }
+                };
+                if !first {
+                    out.buffer.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut out.buffer, &event)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.flush_if_full().await?;
+            }
+            out.buffer.extend_from_slice(b"]}");
+            Ok::<(), ExportError>(())
+        }
+        .await;
+        match merged {
+            Ok(()) => {
+                let _ = out.flush().await;
+            }
+            Err(error) => {
+                tracing::error!(%tenant, %error, "export cut short");
+                let _ = out.sender.send(Err(error)).await;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+/// Where the document goes: a buffer handed on in chunks.
+struct Output {
+    sender: tokio::sync::mpsc::Sender<Chunk>,
+    buffer: Vec<u8>,
+}
+
+impl Output {
+    async fn flush_if_full(&mut self) -> Result<(), ExportError> {
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the buffer on; fails when the client has gone, which ends the export.
+    async fn flush(&mut self) -> Result<(), ExportError> {
+        let chunk = std::mem::take(&mut self.buffer);
+        self.sender
+            .send(Ok(chunk))
+            .await
+            .map_err(|_| ExportError::ClientGone)
+    }
+}
+
+/// The document up to the opening of `usage_events`: every Postgres section (each a
+/// handful of rows), read in one transaction.
+async fn sections(db: &Db, tenant: TenantId) -> Result<Vec<u8>, ExportError> {
     let mut document = serde_json::Map::new();
     document.insert("exported_at".into(), json!(chrono::Utc::now()));
     let mut tx = db.tenant_tx(tenant).await?;
@@ -93,34 +213,78 @@ pub async fn export(
             .flatten();
         document.insert((*name).into(), value.unwrap_or(Value::Null));
     }
-    let ledger: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT event_id, metric, value::text, event_time FROM usage_events WHERE tenant_id = $1",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_all(&mut *tx)
-    .await?;
     tx.commit().await?;
+    let mut head = serde_json::to_vec(&Value::Object(document))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    head.pop(); // the closing brace: the events follow
+    head.extend_from_slice(b",\"usage_events\":[");
+    Ok(head)
+}
 
-    let mut events: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for event in clickhouse.tenant_events(tenant).await? {
-        let time = chrono::DateTime::from_timestamp(i64::from(event.event_time), 0);
-        events.insert(
-            (event.metric.clone(), event.event_id.clone()),
-            json!({"id": event.event_id, "metric": event.metric, "value": event.value, "timestamp": time}),
-        );
+fn relayed_json(event: &StoredEvent) -> Value {
+    let time = chrono::DateTime::from_timestamp(i64::from(event.event_time), 0);
+    json!({"id": event.event_id, "metric": event.metric, "value": event.value, "timestamp": time})
+}
+
+/// One ledger event, ready to write.
+struct LedgerEvent {
+    id: String,
+    json: Value,
+}
+
+/// The tenant's ledger in event id order, a page per short transaction, so that an
+/// export of any size never holds a transaction open (which would hold back the relay).
+struct LedgerPages {
+    db: Db,
+    tenant: TenantId,
+    after: Option<String>,
+    page: std::vec::IntoIter<LedgerEvent>,
+    done: bool,
+}
+
+impl LedgerPages {
+    fn new(db: Db, tenant: TenantId) -> Self {
+        Self {
+            db,
+            tenant,
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
     }
-    for (id, metric, value, time) in ledger {
-        let value: u64 = value
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("usage value {value:?}")))?;
-        events.insert(
-            (metric.clone(), id.clone()),
-            json!({"id": id, "metric": metric, "value": value, "timestamp": time}),
-        );
+
+    async fn next(&mut self) -> Result<Option<LedgerEvent>, ExportError> {
+        if let Some(event) = self.page.next() {
+            return Ok(Some(event));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let mut tx = self.db.tenant_tx(self.tenant).await?;
+        let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT event_id, metric, value::text, event_time FROM usage_events \
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR event_id > $2) \
+             ORDER BY event_id LIMIT $3",
+        )
+        .bind(self.tenant.as_uuid())
+        .bind(&self.after)
+        .bind(LEDGER_PAGE)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.done = rows.len() < usize::try_from(LEDGER_PAGE).unwrap_or(usize::MAX);
+        self.after = rows.last().map(|row| row.0.clone());
+        let page = rows
+            .into_iter()
+            .map(|(id, metric, value, time)| {
+                let value: u64 = value
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("usage value {value:?}")))?;
+                let json = json!({"id": id, "metric": metric, "value": value, "timestamp": time});
+                Ok(LedgerEvent { id, json })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.page = page.into_iter();
+        Ok(self.page.next())
     }
-    document.insert(
-        "usage_events".into(),
-        Value::Array(events.into_values().collect()),
-    );
-    Ok(Value::Object(document))
 }

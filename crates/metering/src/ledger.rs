@@ -54,6 +54,12 @@ pub enum IngestError {
         #[source]
         source: QuotaError,
     },
+    #[error("event limit reached for {metric}: {limit} events per period")]
+    EventLimit {
+        metric: Metric,
+        limit: u64,
+        retry_after_secs: u64,
+    },
     #[error("the period's {0} usage would exceed 2^64 - 1")]
     Overflow(Metric),
     #[error(transparent)]
@@ -133,7 +139,18 @@ async fn ingest_once(
     for (metric, metric_terms) in &terms.metrics {
         // The counter already holds the batch (as an unbounded numeric); refusing here
         // rolls both back, so no total past the limit or past 2^64 - 1 is ever committed.
-        let (total, added) = written.totals.get(metric).copied().unwrap_or_default();
+        let counter = written.totals.get(metric).copied().unwrap_or_default();
+        let (total, added) = (counter.used, counter.added);
+        quota::admit_events(
+            metric_terms,
+            counter.events - counter.added_events,
+            counter.added_events,
+        )
+        .map_err(|_| IngestError::EventLimit {
+            metric: *metric,
+            limit: metric_terms.event_limit,
+            retry_after_secs: period.seconds_left(now),
+        })?;
         let before = u64::try_from(total - added).map_err(|_| IngestError::Overflow(*metric))?;
         let added = u64::try_from(added).map_err(|_| IngestError::Overflow(*metric))?;
         let after = quota::admit(metric_terms, before, added).map_err(|source| match source {
@@ -180,7 +197,16 @@ async fn ingest_once(
 #[derive(Debug, Default)]
 struct Written {
     inserted: u64,
-    totals: BTreeMap<Metric, (u128, u128)>,
+    totals: BTreeMap<Metric, Counter>,
+}
+
+/// One metric's counter after a batch, and the batch's share of it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counter {
+    used: u128,
+    added: u128,
+    events: u64,
+    added_events: u64,
 }
 
 /// Inserts the events whose ids are new for the tenant and adds their values to the
@@ -198,7 +224,7 @@ async fn write_events(
     let values: Vec<String> = events.iter().map(|e| e.value.to_string()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
     // One row per metric the batch added to; none when every event was a duplicate.
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
         "WITH inserted AS ( \
              INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
              SELECT $1, e.id, e.metric, e.value::numeric, e.time, $2 \
@@ -206,15 +232,16 @@ async fn write_events(
              ON CONFLICT (tenant_id, event_id) DO NOTHING \
              RETURNING metric, value \
          ), added AS ( \
-             SELECT metric, sum(value) AS amount FROM inserted GROUP BY metric \
+             SELECT metric, sum(value) AS amount, count(*) AS events FROM inserted GROUP BY metric \
          ), counted AS ( \
-             INSERT INTO usage_counters AS c (tenant_id, period_start, metric, used) \
-             SELECT $1, $2, metric, amount FROM added ORDER BY metric \
-             ON CONFLICT (tenant_id, period_start, metric) DO UPDATE SET used = c.used + EXCLUDED.used \
-             RETURNING c.metric, c.used \
+             INSERT INTO usage_counters AS c (tenant_id, period_start, metric, used, events) \
+             SELECT $1, $2, metric, amount, events FROM added ORDER BY metric \
+             ON CONFLICT (tenant_id, period_start, metric) DO UPDATE \
+                 SET used = c.used + EXCLUDED.used, events = c.events + EXCLUDED.events \
+             RETURNING c.metric, c.used, c.events \
          ) \
-         SELECT counted.metric, counted.used::text, added.amount::text, \
-                (SELECT count(*) FROM inserted) \
+         SELECT counted.metric, counted.used::text, added.amount::text, counted.events, \
+                added.events, (SELECT count(*) FROM inserted) \
          FROM counted JOIN added USING (metric)",
     )
     .bind(tenant.as_uuid())
@@ -230,11 +257,20 @@ async fn write_events(
             .map_err(|_| StoreError::Corrupt(format!("not a number: {text}")))
     };
     let mut written = Written::default();
-    for (metric, used, amount, inserted) in rows {
-        written.inserted = u64::try_from(inserted).unwrap_or_default();
-        written
-            .totals
-            .insert(metric.parse()?, (parse(&used)?, parse(&amount)?));
+    let count = |value: i64| {
+        u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
+    };
+    for (metric, used, amount, events, added_events, inserted) in rows {
+        written.inserted = count(inserted)?;
+        written.totals.insert(
+            metric.parse()?,
+            Counter {
+                used: parse(&used)?,
+                added: parse(&amount)?,
+                events: count(events)?,
+                added_events: count(added_events)?,
+            },
+        );
     }
     Ok(written)
 }

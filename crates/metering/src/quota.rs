@@ -32,6 +32,20 @@ pub fn admit(terms: &MetricTerms, used: u64, adding: u64) -> Result<u64, QuotaEr
     u64::try_from(total).map_err(|_| QuotaError::Overflow)
 }
 
+/// The period's event count after adding `adding` events to `counted`, if the plan's
+/// event limit allows it. Counts every event, whatever its value.
+pub fn admit_events(terms: &MetricTerms, counted: u64, adding: u64) -> Result<u64, QuotaError> {
+    let total = u128::from(counted) + u128::from(adding);
+    if total > u128::from(terms.event_limit) {
+        return Err(QuotaError::Exceeded {
+            limit: terms.event_limit,
+            used: counted,
+            requested_total: total,
+        });
+    }
+    u64::try_from(total).map_err(|_| QuotaError::Overflow)
+}
+
 /// The quota alerts are measured against: the hard limit, or the included units where
 /// overage is billed instead. `None` when there is nothing to measure against.
 pub fn alert_quota(terms: &MetricTerms) -> Option<u64> {
@@ -72,7 +86,23 @@ mod tests {
             limit,
             unit_size: 1,
             tiers: vec![],
+            event_limit: 1_000,
         }
+    }
+
+    #[test]
+    fn events_are_counted_against_the_event_limit_whatever_their_values() {
+        let plan = terms(100, None);
+        assert_eq!(admit_events(&plan, 999, 1), Ok(1_000));
+        assert!(matches!(
+            admit_events(&plan, 1_000, 1),
+            Err(QuotaError::Exceeded {
+                limit: 1_000,
+                used: 1_000,
+                ..
+            })
+        ));
+        assert!(admit_events(&plan, 0, 1_001).is_err());
     }
 
     #[test]

@@ -36,6 +36,15 @@ pub struct StoredEvent {
     pub event_time: u32,
 }
 
+/// A tenant's events as ClickHouse sends them (the query runs at the first `next`).
+pub struct TenantEvents(clickhouse::query::RowCursor<StoredEvent>);
+
+impl TenantEvents {
+    pub async fn next(&mut self) -> Result<Option<StoredEvent>, SinkError> {
+        Ok(self.0.next().await?)
+    }
+}
+
 /// The ledger position up to which ClickHouse holds every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct LedgerPosition {
@@ -180,17 +189,18 @@ impl ClickHouseSink {
             .collect())
     }
 
-    /// Every event of `tenant`, for its GDPR export.
-    pub async fn tenant_events(&self, tenant: TenantId) -> Result<Vec<StoredEvent>, SinkError> {
-        Ok(self
-            .client()
-            .query(
-                "SELECT event_id, metric, value, event_time FROM usage_events FINAL \
-                 WHERE tenant_id = toUUID(?) ORDER BY event_time, event_id",
-            )
-            .bind(tenant.as_uuid().to_string())
-            .fetch_all::<StoredEvent>()
-            .await?)
+    /// Every event of `tenant` in event id order (bytewise), for its GDPR export: a
+    /// cursor, read as the export is written.
+    pub fn tenant_events(&self, tenant: TenantId) -> Result<TenantEvents, SinkError> {
+        Ok(TenantEvents(
+            self.client()
+                .query(
+                    "SELECT event_id, metric, value, event_time FROM usage_events FINAL \
+                     WHERE tenant_id = toUUID(?) ORDER BY event_id",
+                )
+                .bind(tenant.as_uuid().to_string())
+                .fetch::<StoredEvent>()?,
+        ))
     }
 
     /// How many distinct events of the tenant ClickHouse holds (replays counted once).

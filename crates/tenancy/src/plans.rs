@@ -28,6 +28,8 @@ pub struct MetricTerms {
     pub unit_size: u64,
     /// Graduated overage tiers, ascending.
     pub tiers: Vec<PriceTier>,
+    /// Events (rows, whatever their values) that may be metered per billing period.
+    pub event_limit: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -59,6 +61,7 @@ pub(crate) struct PlanMetricRow {
     pub(crate) hard_limit: Option<i64>,
     pub(crate) unit_size: i64,
     pub(crate) tiers: sqlx::types::Json<Vec<PriceTier>>,
+    pub(crate) event_limit: i64,
 }
 
 /// Every plan, cheapest first.
@@ -68,7 +71,8 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Plan>, StoreError> {
             .fetch_all(&mut *conn)
             .await?;
     let metrics: Vec<PlanMetricRow> = sqlx::query_as(
-        "SELECT plan_code, metric, included, hard_limit, unit_size, tiers FROM plan_metrics",
+        "SELECT plan_code, metric, included, hard_limit, unit_size, tiers, event_limit \
+         FROM plan_metrics",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -110,5 +114,6 @@ pub(crate) fn to_terms(row: &PlanMetricRow) -> Result<MetricTerms, StoreError> {
         limit: row.hard_limit.map(non_negative).transpose()?,
         unit_size: non_negative(row.unit_size)?,
         tiers: row.tiers.0.clone(),
+        event_limit: non_negative(row.event_limit)?,
     })
 }

@@ -3,6 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use lifecycle::{Change, Transition, TransitionError, TransitionRequest};
 use saas_core::{TenantId, TenantState, TransitionId};
@@ -318,24 +319,37 @@ async fn operator_erasure(
     take(&state, request).await
 }
 
-/// GDPR export: everything held about the calling tenant, as one JSON document. Works
-/// while the tenant is suspended.
+/// GDPR export: everything held about the calling tenant, as one JSON document, streamed
+/// as it is read (any size, flat memory). Works while the tenant is suspended. One export
+/// per tenant runs at a time (429 `export_in_progress`).
 #[utoipa::path(get, path = "/v1/tenant/export", tag = "tenant", security(("api_key" = [])),
     responses((status = 200, description = "The export document", body = Object),
-              (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn export_tenant(
     State(state): State<AppState>,
     tenant: TenantContext,
-) -> ApiResult<Json<serde_json::Value>> {
-    lifecycle::export::export(&state.db, &state.clickhouse, tenant.tenant_id)
+) -> ApiResult<Response> {
+    state.tenant_writes.check(tenant.tenant_id)?;
+    let slot = state.exports.take(tenant.tenant_id)?;
+    let chunks = lifecycle::export::export(&state.db, &state.clickhouse, tenant.tenant_id)
         .await
-        .map(Json)
         .map_err(|error| match error {
-            lifecycle::export::ExportError::Store(store) => store.into(),
             lifecycle::export::ExportError::Usage(usage) => {
                 ApiError::unavailable("usage_store_unavailable", usage)
             }
-        })
+            lifecycle::export::ExportError::Store(store) => store.into(),
+            lifecycle::export::ExportError::ClientGone => ApiError::internal(error),
+        })?;
+    // The slot lives as long as the body: it is freed when the download ends or breaks.
+    let body = futures_util::stream::unfold((chunks, slot), |(mut chunks, slot)| async move {
+        chunks.recv().await.map(|chunk| (chunk, (chunks, slot)))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// 422 when an operator asks for `upgrading` to a cheaper plan, or the reverse.

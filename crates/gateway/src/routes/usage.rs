@@ -127,6 +127,22 @@ fn ingest_error(error: IngestError) -> ApiError {
             error.retry_after_secs = Some(retry_after_secs);
             error
         }
+        IngestError::EventLimit {
+            metric,
+            limit,
+            retry_after_secs,
+        } => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "event_limit_reached",
+                format!(
+                    "the batch would take {metric} past this period's {limit} events \
+                     (the plan's event_limit); nothing was metered"
+                ),
+            );
+            error.retry_after_secs = Some(retry_after_secs);
+            error
+        }
         IngestError::Overflow(metric) => ApiError::unprocessable(
             "usage_overflow",
             format!("the period's {metric} usage would exceed 2^64 - 1"),
