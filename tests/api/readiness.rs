@@ -1,9 +1,21 @@
 //! /readiness against the live stack, and with parts of it missing.
 
-use integration_tests::{FaultProxy, Stack, TestApp};
+use integration_tests::{FaultProxy, OPERATOR_TOKEN, Stack, TestApp, error_code};
 use serde_json::Value;
 
+/// A live run, as an operator asks it.
 async fn readiness(app: &TestApp) -> (u16, Value) {
+    let response = app
+        .get("/readiness")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// What anyone without the token gets.
+async fn public_readiness(app: &TestApp) -> (u16, Value) {
     let response = app.get("/readiness").send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
 }
@@ -45,6 +57,7 @@ async fn all_four_checks_pass_on_the_live_stack() {
     // The readable summary, in the notebook's style.
     let text = app
         .get("/readiness")
+        .bearer_auth(OPERATOR_TOKEN)
         .header("accept", "text/plain")
         .send()
         .await
@@ -155,10 +168,70 @@ async fn the_cli_prints_the_summary_of_a_running_instance() {
         "{text}"
     );
 
+    // With the operator token, a live run that says what each check saw.
+    let live = tokio::process::Command::new(integration_tests::saas_binary())
+        .args(["readiness", "--url", &app.address])
+        .env("SAAS_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let live_text = String::from_utf8(live.stdout).unwrap();
+    assert!(live.status.success(), "{live_text}");
+    assert!(
+        live_text.contains("synthetic signup completed"),
+        "{live_text}"
+    );
+    assert!(!text.contains("synthetic signup completed"), "{text}");
+
     let down = tokio::process::Command::new(integration_tests::saas_binary())
         .args(["readiness", "--url", "http://127.0.0.1:9"])
         .output()
         .await
         .unwrap();
     assert!(!down.status.success());
+}
+
+#[tokio::test]
+async fn without_the_operator_token_the_latest_result_comes_without_internals() {
+    let app = TestApp::spawn_with(|config| {
+        config.readiness.cache_ms = 0;
+        config.readiness.public_max_age_ms = 600_000;
+    })
+    .await;
+    let (status, first) = public_readiness(&app).await;
+    assert_eq!(status, 200, "{first:#}");
+    for check in first["checks"].as_array().unwrap() {
+        assert_eq!(check["status"], "pass");
+        assert!(check.get("detail").is_none(), "{check}");
+    }
+    // Asking again runs nothing: the same result, however often anyone asks.
+    for _ in 0..3 {
+        let (_, again) = public_readiness(&app).await;
+        assert_eq!(again["checked_at"], first["checked_at"]);
+    }
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("readiness_runs_total 1"), "{metrics}");
+    // The operator gets a live run, with what each check saw.
+    let (status, live) = readiness(&app).await;
+    assert_eq!(status, 200);
+    assert_ne!(live["checked_at"], first["checked_at"]);
+    for check in live["checks"].as_array().unwrap() {
+        assert!(!check["detail"].as_str().unwrap().is_empty(), "{check}");
+    }
+    // A wrong token is refused, not served.
+    let response = app
+        .get("/readiness")
+        .bearer_auth("not-the-operator-token-0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(error_code(response).await, "invalid_operator_token");
 }

@@ -90,6 +90,7 @@ pub struct DashboardConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReadinessConfig {
     pub cache_ms: u64,
+    pub public_max_age_ms: u64,
     pub check_timeout_ms: u64,
 }
 

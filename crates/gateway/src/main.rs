@@ -26,6 +26,10 @@ enum Command {
         /// The instance's address.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// With the operator token: a live run, with what each check saw. Without: the
+        /// latest result, without it.
+        #[arg(long, env = "SAAS_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
     },
 }
 
@@ -35,8 +39,11 @@ async fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     match &command {
         Command::Openapi => return print(&openapi_document()),
-        Command::Readiness { url } => {
-            let (ready, summary) = gateway::readiness::ask(url).await?;
+        Command::Readiness {
+            url,
+            operator_token,
+        } => {
+            let (ready, summary) = gateway::readiness::ask(url, operator_token.as_deref()).await?;
             print(summary.trim_end())?;
             std::process::exit(if ready { 0 } else { 1 });
         }

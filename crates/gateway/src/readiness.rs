@@ -56,7 +56,9 @@ pub struct Check {
     pub name: &'static str,
     pub status: CheckStatus,
     pub duration_ms: u64,
-    pub detail: String,
+    /// What the check saw, errors included: shown to operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -74,6 +76,11 @@ impl Report {
     pub fn as_text(&self) -> String {
         let mut text = String::new();
         for check in &self.checks {
+            let detail = check.detail.as_deref().unwrap_or(match check.status {
+                CheckStatus::Pass => "ok",
+                CheckStatus::Fail => "failed",
+                CheckStatus::Skip => "not configured",
+            });
             let mark = if check.status == CheckStatus::Pass {
                 "✅"
             } else {
@@ -86,7 +93,7 @@ impl Report {
             };
             text.push_str(&format!(
                 "{mark} {}: {status}{} ({} ms)\n",
-                check.name, check.detail, check.duration_ms
+                check.name, detail, check.duration_ms
             ));
         }
         text.push_str(&format!(
@@ -96,6 +103,15 @@ impl Report {
             self.duration_ms as f64 / 1000.0
         ));
         text
+    }
+
+    /// The report for anyone who asks: what passed and how long it took, without what
+    /// the checks saw (error text, versions, ids), which is for operators.
+    pub fn without_internals(mut self) -> Report {
+        for check in &mut self.checks {
+            check.detail = None;
+        }
+        self
     }
 }
 
@@ -173,7 +189,7 @@ async fn timed(name: &'static str, limit: Duration, check: impl Future<Output = 
         name,
         status,
         duration_ms,
-        detail,
+        detail: Some(detail),
     }
 }
 
@@ -588,13 +604,15 @@ async fn wait_settled(state: &AppState) -> Result<String, String> {
 
 /// Asks a running instance at `base_url` for its readiness summary (the CLI's
 /// `saas readiness`): whether it is ready, and the text.
-pub async fn ask(base_url: &str) -> anyhow::Result<(bool, String)> {
-    let response = reqwest::Client::new()
+pub async fn ask(base_url: &str, operator_token: Option<&str>) -> anyhow::Result<(bool, String)> {
+    let mut request = reqwest::Client::new()
         .get(format!("{}/readiness", base_url.trim_end_matches('/')))
         .header(reqwest::header::ACCEPT, "text/plain")
-        .timeout(ONBOARDING_LIMIT + Duration::from_secs(30))
-        .send()
-        .await?;
+        .timeout(ONBOARDING_LIMIT + Duration::from_secs(30));
+    if let Some(token) = operator_token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
     let ready = response.status().is_success();
     Ok((ready, response.text().await?))
 }

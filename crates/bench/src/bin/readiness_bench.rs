@@ -12,6 +12,9 @@ use anyhow::bail;
 use bench::{Service, fresh_database, out, percentile};
 use clap::Parser;
 
+/// A live run needs the operator.
+const BENCH_OPERATOR_TOKEN: &str = "readiness-bench-operator-token";
+
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value_t = 10)]
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             ("SAAS_STRIPE__SECRET_KEY", "sk_test_readiness_bench"),
             ("SAAS_STRIPE__API_BASE", &args.stripe_api_base),
             ("SAAS_READINESS__CACHE_MS", "0"),
+            ("SAAS_OPERATOR_TOKEN", BENCH_OPERATOR_TOKEN),
         ],
     )
     .await?;
@@ -43,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let response = client
             .get(service.url("/readiness"))
+            .bearer_auth(BENCH_OPERATOR_TOKEN)
             .header("accept", "text/plain")
             .send()
             .await?;

@@ -1,11 +1,13 @@
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Operator;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,16 +40,39 @@ async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse 
     )
 }
 
-/// Runs the four checks live (metering, Stripe billing, onboarding, lifecycle), each for
-/// real and with its own time limit: 200 when all pass, 503 otherwise. JSON, or with
+/// The four checks (metering, Stripe billing, onboarding, lifecycle), each exercising its
+/// part for real with its own time limit: 200 when all pass, 503 otherwise. JSON, or with
 /// `Accept: text/plain` a summary ending in `N/4 checks ready`. Concurrent callers share
-/// one run, and a result is reused for `readiness.cache_ms`.
+/// one run.
+///
+/// With the operator token (or an operator session), a live run (reused for
+/// `readiness.cache_ms`) and what each check saw. Without, the latest result, at most
+/// `readiness.public_max_age_ms` old, without what the checks saw: anyone may ask, but
+/// nobody without the token can make the checks run more often than that.
 #[utoipa::path(get, path = "/readiness", tag = "operations",
+    security((), ("operator_token" = [])),
     responses((status = 200, body = crate::readiness::Report),
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 429, body = crate::error::ErrorBody),
               (status = 503, body = crate::readiness::Report, description = "not ready")))]
-async fn readiness(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    let max_age = std::time::Duration::from_millis(state.config.readiness.cache_ms);
-    let report = state.readiness.report(&state, max_age).await;
+async fn readiness(State(state): State<AppState>, mut parts: Parts) -> Response {
+    let credentials = parts.headers.contains_key(header::AUTHORIZATION)
+        || crate::auth::cookie(&parts, crate::auth::OPERATOR_SESSION_COOKIE).is_some();
+    let report = if credentials {
+        if let Err(refused) = Operator::from_request_parts(&mut parts, &state).await {
+            return refused.into_response();
+        }
+        let max_age = std::time::Duration::from_millis(state.config.readiness.cache_ms);
+        state.readiness.report(&state, max_age).await
+    } else {
+        let max_age = std::time::Duration::from_millis(state.config.readiness.public_max_age_ms);
+        state
+            .readiness
+            .report(&state, max_age)
+            .await
+            .without_internals()
+    };
+    let headers = &parts.headers;
     let status = if report.ready {
         StatusCode::OK
     } else {
