@@ -463,12 +463,23 @@ async fn a_retry_that_pays_ends_dunning_and_the_tenant_stays_active() {
         tenant_record(&app, tenant.id).await.state,
         saas_core::TenantState::Active
     );
-    // No retry is queued after the payment.
-    let retries: Vec<String> =
-        sqlx::query_scalar("SELECT status FROM jobs WHERE kind = 'billing.retry_payment'")
-            .fetch_all(&app.owner_pool)
-            .await
-            .unwrap();
+    // No retry is queued after the payment. The retry's job is marked done just after
+    // the payment it made commits, so wait for that.
+    let retries = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM jobs WHERE kind = 'billing.retry_payment'",
+        )
+        .fetch_all(&app.owner_pool)
+        .await
+        .unwrap()
+    };
+    wait_for(
+        "the retry's job to end",
+        Duration::from_secs(30),
+        || async { retries().await.iter().all(|status| status != "pending") },
+    )
+    .await;
+    let retries = retries().await;
     assert_eq!(retries, ["done"], "{retries:?}");
 }
 

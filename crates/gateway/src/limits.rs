@@ -31,18 +31,25 @@ impl TenantWriteLimiter {
     /// Takes one write from `tenant`'s allowance, or answers 429 with when to retry.
     pub fn check(&self, tenant: TenantId) -> Result<(), ApiError> {
         self.0.check_key(&tenant).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+            rate_limited(
+                &not_until,
                 "too many changes of this kind for this tenant; retry later",
-            );
-            error.retry_after_secs = Some(wait.as_secs().max(1));
-            error
+            )
         })
     }
+}
+
+/// 429 `rate_limited`, with `Retry-After` when the limiter allows the next request.
+pub fn rate_limited(
+    not_until: &governor::NotUntil<governor::clock::QuantaInstant>,
+    message: &'static str,
+) -> ApiError {
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    error.retry_after_secs = Some(wait.as_secs().max(1));
+    error
 }
 
 /// Beyond this many client addresses the failure table starts over rather than grow.

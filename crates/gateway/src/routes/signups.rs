@@ -48,18 +48,15 @@ async fn create_signup(
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(request): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    if let Err(not_until) = state.signup_limiter.check_key(&client.ip()) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        let mut error = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many signups from this address; retry later",
-        );
-        error.retry_after_secs = Some(wait.as_secs().max(1));
-        return Err(error);
-    }
+    state
+        .signup_limiter
+        .check_key(&client.ip())
+        .map_err(|not_until| {
+            crate::limits::rate_limited(
+                &not_until,
+                "too many signups from this address; retry later",
+            )
+        })?;
     let plans = {
         let mut conn = state.db.pool().acquire().await?;
         tenancy::plans::list(&mut conn).await?
