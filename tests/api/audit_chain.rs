@@ -14,7 +14,7 @@ async fn verify(app: &TestApp) -> Value {
     response.json().await.unwrap()
 }
 
-/// Runs `sql` as the owner with the append-only trigger off: what someone with database
+/// Runs `sql` as the owner with the append-only triggers off: what someone with database
 /// access could do behind the service's back.
 async fn tamper(app: &TestApp, sql: &str) {
     let mut tx = app.owner_pool.begin().await.unwrap();
@@ -22,7 +22,7 @@ async fn tamper(app: &TestApp, sql: &str) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -30,7 +30,7 @@ async fn tamper(app: &TestApp, sql: &str) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+    sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -133,4 +133,98 @@ async fn a_changed_entry_or_a_removed_tail_is_detected() {
     let report = verify(&app).await;
     assert_eq!(report["valid"], false);
     assert_eq!(report["first_broken_seq"], 5);
+}
+
+#[tokio::test]
+async fn audited_writes_of_different_tenants_never_wait_for_each_other() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (
+        app.create_tenant("pro").await,
+        app.create_tenant("pro").await,
+    );
+    let entry = |tenant: saas_core::TenantId| {
+        tenancy::audit::AuditEntry::new(
+            Some(tenant),
+            tenancy::audit::Actor::System("test"),
+            "test.audited",
+        )
+    };
+    // Alice's transaction has audited and is still open (a slow provisioning, say).
+    let mut slow = app.db.tenant_tx(alice.id).await.unwrap();
+    tenancy::audit::record(&mut slow, &entry(alice.id))
+        .await
+        .unwrap();
+    // Bob's audited write goes through meanwhile, with no lock to wait for.
+    let mut quick = app.db.tenant_tx(bob.id).await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '500ms'")
+        .execute(&mut *quick)
+        .await
+        .unwrap();
+    tenancy::audit::record(&mut quick, &entry(bob.id))
+        .await
+        .expect("no wait behind another tenant's audit entry");
+    quick.commit().await.unwrap();
+    slow.commit().await.unwrap();
+
+    // Both end up in one valid chain, in the order they were appended.
+    let report = verify(&app).await;
+    assert_eq!(report["valid"], true, "{report}");
+    let page: Value = app
+        .get("/v1/admin/audit")
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenants: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "test.audited")
+        .map(|e| e["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, [alice.id.to_string(), bob.id.to_string()]);
+}
+
+#[tokio::test]
+async fn sealing_sets_the_chain_fields_and_nothing_else() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let tenant = app.create_tenant("pro").await;
+    let response = app
+        .post_as(&tenant.api_key, "/v1/api-keys", &json!({"name": "k"}))
+        .await;
+    assert_eq!(response.status(), 201);
+    // Waiting to be sealed, the entry's content still cannot change, even for the
+    // table's owner (whom row-level security binds, so it acts as the system here).
+    let owner_pool = &app.owner_pool;
+    let owner_update = |sql: &'static str| async move {
+        let mut tx = owner_pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.system', 'on', true)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut *tx).await
+    };
+    let changed = owner_update(
+        "UPDATE audit_log SET reason = 'rewritten', chain_seq = 99, prev_hash = '\\x00', \
+                hash = '\\x00' WHERE hash IS NULL",
+    )
+    .await;
+    assert!(
+        changed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("append-only")),
+        "{changed:?}"
+    );
+    // Sealed, it cannot change at all.
+    assert_eq!(verify(&app).await["entries"], 1);
+    let changed = owner_update("UPDATE audit_log SET hash = '\\x00'").await;
+    assert!(
+        changed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("append-only")),
+        "{changed:?}"
+    );
 }

@@ -235,3 +235,78 @@ async fn without_the_operator_token_the_latest_result_comes_without_internals() 
     assert_eq!(response.status(), 401);
     assert_eq!(error_code(response).await, "invalid_operator_token");
 }
+
+/// Rows in every table the probes write to.
+async fn probe_footprint(app: &TestApp) -> Vec<(String, i64)> {
+    let mut counts = Vec::new();
+    for table in [
+        "tenants",
+        "signups",
+        "signup_steps",
+        "api_keys",
+        "tenant_transitions",
+        "tenant_deletions",
+        "jobs",
+        "usage_counters",
+        "audit_log",
+        "notifications",
+    ] {
+        let mut tx = app.db.system_tx("test footprint").await.unwrap();
+        let count: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        counts.push((table.to_owned(), count));
+    }
+    counts
+}
+
+/// A live run, then until its erasure and plan-change jobs are done.
+async fn run_and_settle(app: &TestApp) {
+    let (status, report) = readiness(app).await;
+    assert_eq!(status, 200, "{report:#}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut tx = app.db.system_tx("test jobs").await.unwrap();
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'pending'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        if pending == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "probe jobs stuck");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn repeated_runs_leave_nothing_that_grows() {
+    let started = chrono::Utc::now().timestamp();
+    let app = TestApp::spawn_with(|config| config.readiness.cache_ms = 0).await;
+    run_and_settle(&app).await;
+    run_and_settle(&app).await;
+    let after_two = probe_footprint(&app).await;
+    for _ in 0..3 {
+        run_and_settle(&app).await;
+    }
+    let after_five = probe_footprint(&app).await;
+    assert_eq!(after_five, after_two, "probing must not grow the store");
+    let audit = after_five.iter().find(|(t, _)| t == "audit_log").unwrap().1;
+    assert_eq!(audit, 0, "probes stay out of the audit log");
+    // No customer is made at Stripe for a probe.
+    let customers = integration_tests::stripe_get("/v1/customers?limit=100").await;
+    let probes = customers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["created"].as_i64().is_some_and(|at| at >= started)
+                && c["email"]
+                    .as_str()
+                    .is_some_and(|email| email.ends_with("@readiness.invalid"))
+        })
+        .count();
+    assert_eq!(probes, 0, "{customers}");
+}

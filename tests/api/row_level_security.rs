@@ -159,7 +159,7 @@ async fn the_audit_log_is_append_only_even_for_the_owner() {
     tenancy::audit::record(&mut tx, &entry).await.unwrap();
     tx.commit().await.unwrap();
 
-    // The service role has no UPDATE or DELETE grant.
+    // The service role may not update an entry's content (only seal it) nor delete.
     let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
     assert!(
         sqlx::query("UPDATE audit_log SET reason = 'x'")

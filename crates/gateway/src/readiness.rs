@@ -12,9 +12,10 @@
 //! 4. `lifecycle_state_machine`: the transition table is consistent, and of two
 //!    concurrent upgrades of a synthetic tenant exactly one is taken.
 //!
-//! Probe tenants are synthetic: never billed, never listed to operators. Concurrent
-//! callers share one run, and a result is reused for a short time, so the endpoint
-//! cannot be used to load the system.
+//! Probe tenants are synthetic: never billed, never listed to operators, never in the
+//! audit log, and purged at the start of each run, so probing leaves nothing that grows.
+//! Concurrent callers share one run, and a result is reused for a short time, so the
+//! endpoint cannot be used to load the system.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -195,6 +196,7 @@ async fn timed(name: &'static str, limit: Duration, check: impl Future<Output = 
 
 async fn run(state: &AppState) -> Report {
     let started = Instant::now();
+    purge_probes(state).await;
     let limit = Duration::from_millis(state.config.readiness.check_timeout_ms);
     // Metering first: billing rates the usage it leaves. The other two run alongside.
     let metering_then_billing = async {
@@ -228,6 +230,25 @@ async fn run(state: &AppState) -> Report {
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         checked_at: Utc::now(),
+    }
+}
+
+/// Removes what earlier runs left: erased onboarding probes whole, the standing probes'
+/// finished transitions and old counters (`purge_readiness_probes` in the migrations).
+/// Probes write no audit entries, so with this a run leaves nothing that grows.
+async fn purge_probes(state: &AppState) {
+    let purged = async {
+        let mut tx = state.db.system_tx("readiness purge").await?;
+        let purged: i32 = sqlx::query_scalar("SELECT purge_readiness_probes()")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, tenancy::StoreError>(purged)
+    }
+    .await;
+    match purged {
+        Ok(rows) => tracing::debug!(rows, "readiness probes purged"),
+        Err(error) => tracing::warn!(%error, "could not purge what readiness probes left"),
     }
 }
 

@@ -57,6 +57,7 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         tokio::spawn(relay.run(stop.clone())),
         tokio::spawn(jobs.run(stop.clone())),
         tokio::spawn(invoice_runs(state.clone(), stop.clone())),
+        tokio::spawn(audit_sealer(state.clone(), stop.clone())),
     ];
     match config.mailer() {
         Ok(Some(mailer)) => workers.push(tokio::spawn(outbox::run(
@@ -70,6 +71,44 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         Err(error) => tracing::error!(%error, "SMTP settings rejected; outbox not delivered"),
     }
     workers
+}
+
+/// How often waiting audit entries are sealed into the chain.
+const AUDIT_SEAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Seals appended audit entries into the hash chain, a batch per short transaction.
+/// Several instances may run it: the chain head's lock orders them.
+async fn audit_sealer(state: AppState, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let sealed = async {
+            let mut tx = state.db.system_tx("audit sealing").await?;
+            let sealed = tenancy::audit::seal_pending(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<_, tenancy::StoreError>(sealed)
+        }
+        .await;
+        let wait = match sealed {
+            Ok(sealed) => {
+                metrics::counter!("audit_entries_sealed_total").increment(sealed);
+                // A full batch: more are waiting, go on at once.
+                if sealed >= u64::try_from(tenancy::audit::SEAL_BATCH).unwrap_or(u64::MAX) {
+                    continue;
+                }
+                AUDIT_SEAL_INTERVAL
+            }
+            Err(error) => {
+                tracing::warn!(%error, "audit sealing failed; retrying");
+                AUDIT_SEAL_INTERVAL
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// A collection still not done this long after its invoice was made has lost its job

@@ -1,4 +1,10 @@
-//! The audit log: append-only, one row per state change or operator action.
+//! The audit log: append-only, one row per state change or operator action, sealed into
+//! a hash chain.
+//!
+//! Writers append plain rows and never wait for each other. [`seal_pending`] (a worker
+//! of the service, every second, and every operator read of the log) gives the waiting
+//! entries their place in the chain and their hash under the chain head's lock, in one
+//! short transaction; [`verify_chain`] recomputes the sealed chain.
 
 use saas_core::{TenantId, TenantState};
 use serde_json::Value;
@@ -51,11 +57,18 @@ impl AuditEntry {
     }
 }
 
-pub async fn record(conn: &mut PgConnection, entry: &AuditEntry) -> Result<i64, StoreError> {
-    let (id,): (i64,) = sqlx::query_as(
+/// Appends `entry`; returns its id. Readiness probes (synthetic tenants) are kept out of
+/// the log by design: their entries are not written, so probing leaves no trace in it.
+pub async fn record(
+    conn: &mut PgConnection,
+    entry: &AuditEntry,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
         "INSERT INTO audit_log (tenant_id, actor, action, from_state, to_state, reason, \
                                 request_id, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+         WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE id = $1 AND synthetic) \
+         RETURNING id",
     )
     .bind(entry.tenant_id.map(|id| id.as_uuid()))
     .bind(entry.actor.as_text())
@@ -65,9 +78,21 @@ pub async fn record(conn: &mut PgConnection, entry: &AuditEntry) -> Result<i64, 
     .bind(&entry.reason)
     .bind(&entry.request_id)
     .bind(&entry.details)
-    .fetch_one(conn)
-    .await?;
-    Ok(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Entries sealed per call: a bounded transaction, however far behind the sealer is.
+pub const SEAL_BATCH: i32 = 10_000;
+
+/// Seals up to [`SEAL_BATCH`] waiting entries, in the order they were appended; returns
+/// how many. Needs a system transaction (the chain spans tenants).
+pub async fn seal_pending(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let sealed: i32 = sqlx::query_scalar("SELECT audit_seal($1)")
+        .bind(SEAL_BATCH)
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(sealed).unwrap_or_default())
 }
 
 /// One stored entry, as operators read it.
@@ -98,6 +123,7 @@ pub async fn list(
         "SELECT chain_seq, tenant_id, actor, action, from_state, to_state, reason, request_id, \
                 details, created_at, hash \
          FROM audit_log WHERE ($1::uuid IS NULL OR tenant_id = $1) AND chain_seq > $2 \
+               AND hash IS NOT NULL \
          ORDER BY chain_seq LIMIT $3",
     )
     .bind(tenant.map(|t| t.as_uuid()))
@@ -125,8 +151,8 @@ pub async fn verify_chain(conn: &mut PgConnection) -> Result<ChainReport, StoreE
                     lag(chain_seq) OVER (ORDER BY chain_seq) AS previous_seq, \
                     audit_entry_hash(prev_hash, chain_seq, tenant_id, actor, action, from_state, \
                         to_state, reason, request_id, details, created_at) AS recomputed \
-             FROM audit_log) \
-         SELECT (SELECT count(*) FROM audit_log), \
+             FROM audit_log WHERE hash IS NOT NULL) \
+         SELECT (SELECT count(*) FROM audit_log WHERE hash IS NOT NULL), \
                 min(chain_seq) FILTER (WHERE hash <> recomputed \
                     OR prev_hash IS DISTINCT FROM coalesce(previous_hash, sha256(''::bytea)) \
                     OR chain_seq <> coalesce(previous_seq, 0) + 1) \
@@ -139,10 +165,12 @@ pub async fn verify_chain(conn: &mut PgConnection) -> Result<ChainReport, StoreE
         sqlx::query_as("SELECT chain_seq, hash FROM audit_chain_head")
             .fetch_one(&mut *conn)
             .await?;
-    let last: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT chain_seq, hash FROM audit_log ORDER BY chain_seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
+    let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT chain_seq, hash FROM audit_log WHERE hash IS NOT NULL \
+         ORDER BY chain_seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let tail_intact = match &last {
         Some((seq, hash)) => *seq == head_seq && *hash == head_hash,
         None => head_seq == 0,

@@ -76,6 +76,7 @@ async fn list_audit(
         .map(|id| id.parse::<TenantId>())
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_tenant_id", e.to_string()))?;
+    seal(&state).await?;
     let mut tx = state.db.system_tx("operator audit list").await?;
     let entries = audit::list(&mut tx, tenant, params.after.unwrap_or(0), limit).await?;
     tx.commit().await?;
@@ -121,6 +122,7 @@ async fn verify_audit(
     State(state): State<AppState>,
     _operator: Operator,
 ) -> ApiResult<Json<ChainVerification>> {
+    seal(&state).await?;
     let mut tx = state.db.system_tx("audit chain verification").await?;
     let report = audit::verify_chain(&mut tx).await?;
     tx.commit().await?;
@@ -129,6 +131,14 @@ async fn verify_audit(
         entries: report.entries,
         first_broken_seq: report.first_broken,
     }))
+}
+
+/// Seals what is waiting, so that an operator reads the log up to this moment.
+async fn seal(state: &AppState) -> ApiResult<()> {
+    let mut tx = state.db.system_tx("audit sealing").await?;
+    audit::seal_pending(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn hex_string(bytes: &[u8]) -> String {
