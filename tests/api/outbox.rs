@@ -36,8 +36,44 @@ async fn delivery_state(app: &TestApp, id: uuid::Uuid) -> (bool, bool, i32) {
     .unwrap()
 }
 
+/// The confirmation token in a mail as the sink received it.
+fn token_in(mail: &str) -> String {
+    let text = mail.replace("=\r\n", "");
+    let at = text.find("ev_").expect("a confirmation token in the mail");
+    text[at..at + 67].to_owned()
+}
+
+async fn wait_for_mails(sink: &SmtpSink, count: usize) -> Vec<integration_tests::ReceivedMail> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.received().len() < count {
+        assert!(Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a further delivery every chance to happen, then return what there is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.received()
+}
+
+/// Queues a notice to `tenant`, as win-back and the other tenant mails are.
+async fn queue_notice(app: &TestApp, tenant: saas_core::TenantId, recipient: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    let mut tx = app.db.system_tx("test message").await.unwrap();
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body) \
+         VALUES ($1, $2, 'winback', $3, 'We miss you', 'Come back')",
+    )
+    .bind(id)
+    .bind(tenant.as_uuid())
+    .bind(recipient)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
 #[tokio::test]
-async fn the_welcome_mail_of_a_signup_is_sent_once() {
+async fn a_signup_mails_only_a_fixed_confirmation_and_more_only_once_confirmed() {
     let sink = SmtpSink::start().await;
     let url = sink.url();
     let app = TestApp::spawn_with(move |config| {
@@ -46,36 +82,111 @@ async fn the_welcome_mail_of_a_signup_is_sent_once() {
     })
     .await;
     let email = format!("founder+{}@example.com", uuid::Uuid::new_v4().simple());
+    let company = "Buy Cheap Pills At spam.example";
     let response = app
         .post("/v1/signups")
-        .json(&json!({"email": email, "company": "Mail Test Ltd", "plan": "free"}))
+        .json(&json!({"email": email, "company": company, "plan": "free"}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
+    let signup: serde_json::Value = response.json().await.unwrap();
+    let tenant: saas_core::TenantId = signup["id"]
+        .as_str()
+        .unwrap()
+        .replace("sgn_", "ten_")
+        .parse()
+        .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sink.received().is_empty() {
-        assert!(Instant::now() < deadline, "no mail arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Give a second delivery every chance to happen, then check there was none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mails = sink.received();
+    let mails = wait_for_mails(&sink, 1).await;
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert_eq!(mails[0].recipients, vec![email.clone()]);
     assert!(
-        mails[0].data.contains("Subject: Welcome"),
-        "{}",
-        mails[0].data
+        mails[0]
+            .data
+            .contains("Subject: Confirm your email address")
     );
     assert!(mails[0].data.contains("@outbox.saas>"), "{}", mails[0].data);
-    let unsent: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE sent_at IS NULL")
-            .fetch_one(&app.owner_pool)
+    assert!(
+        !mails[0].data.contains("Pills") && !mails[0].data.contains("spam.example"),
+        "nothing the signer-up wrote is mailed: {}",
+        mails[0].data
+    );
+
+    // Before confirmation, a notice to the address is not sent.
+    let early = queue_notice(&app, tenant, &email).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivery_state(&app, early).await == (false, false, 0) {
+        assert!(Instant::now() < deadline, "the notice was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivery_state(&app, early).await, (false, true, 0));
+    assert_eq!(sink.received().len(), 1);
+
+    // Confirmed with the mailed token (once), later notices go out.
+    let token = token_in(&mails[0].data);
+    let confirm = || {
+        app.post("/v1/email-verifications")
+            .json(&json!({"token": token}))
+            .send()
+    };
+    let response = confirm().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let confirmed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(confirmed["tenant_id"], tenant.to_string());
+    assert_eq!(confirm().await.unwrap().status(), 404, "a token works once");
+    let later = queue_notice(&app, tenant, &email).await;
+    let mails = wait_for_mails(&sink, 2).await;
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(mails[1].data.contains("Subject: We miss you"));
+    assert_eq!(delivery_state(&app, later).await.0, true);
+}
+
+#[tokio::test]
+async fn an_address_gets_at_most_three_confirmations_a_day() {
+    let app = TestApp::spawn().await;
+    let email = format!("victim+{}@example.com", uuid::Uuid::new_v4().simple());
+    for i in 0..5 {
+        let response = app
+            .post("/v1/signups")
+            .json(&json!({"email": email, "company": format!("Company {i}"), "plan": "free"}))
+            .send()
             .await
             .unwrap();
-    assert_eq!(unsent, 0);
+        assert_eq!(response.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut tx = app.db.system_tx("test read").await.unwrap();
+        let (provisioned, confirmations): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tenants WHERE email = $1), \
+                    (SELECT count(*) FROM notifications WHERE recipient = $1)",
+        )
+        .bind(&email)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        if provisioned == 5 {
+            assert_eq!(confirmations, 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "signups stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_confirmation_token_is_a_404_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    for token in ["", "ev_nope", &format!("ev_{}", "0".repeat(64))] {
+        let response = app
+            .post("/v1/email-verifications")
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{token}");
+    }
 }
 
 #[tokio::test]
@@ -119,7 +230,14 @@ async fn an_unreachable_server_is_retried_and_a_refusal_is_final() {
     let sink = SmtpSink::start().await;
     let up = Mailer::new(&sink.url(), FROM).unwrap();
     let delivered = deliver_pending(&app.db, &up, 10).await.unwrap();
-    assert_eq!(delivered, Delivered { sent: 1, failed: 0 });
+    assert_eq!(
+        delivered,
+        Delivered {
+            sent: 1,
+            failed: 0,
+            unconfirmed: 0
+        }
+    );
     assert_eq!(
         deliver_pending(&app.db, &up, 10).await.unwrap(),
         Delivered::default()
@@ -132,7 +250,14 @@ async fn an_unreachable_server_is_retried_and_a_refusal_is_final() {
     let refusing = SmtpSink::refusing().await;
     let mailer = Mailer::new(&refusing.url(), FROM).unwrap();
     let delivered = deliver_pending(&app.db, &mailer, 10).await.unwrap();
-    assert_eq!(delivered, Delivered { sent: 0, failed: 1 });
+    assert_eq!(
+        delivered,
+        Delivered {
+            sent: 0,
+            failed: 1,
+            unconfirmed: 0
+        }
+    );
     assert_eq!(
         deliver_pending(&app.db, &mailer, 10).await.unwrap(),
         Delivered::default()

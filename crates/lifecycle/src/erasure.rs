@@ -126,7 +126,7 @@ impl JobHandler for ErasureWorkflow {
         // The Stripe ids go only with the customer (without billing configured here, they
         // stay, so that the customer can still be deleted later).
         stripped += sqlx::query(
-            "UPDATE tenants SET name = 'erased', email = NULL, \
+            "UPDATE tenants SET name = 'erased', email = NULL, email_verification_hash = NULL, \
                     stripe_customer_id = CASE WHEN $2 THEN NULL ELSE stripe_customer_id END, \
                     stripe_subscription_id = CASE WHEN $2 THEN NULL ELSE stripe_subscription_id END, \
                     scheduled_plan_code = NULL, scheduled_plan_at = NULL, updated_at = now() \

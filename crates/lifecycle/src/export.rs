@@ -29,7 +29,10 @@ impl From<sqlx::Error> for ExportError {
 /// Each tenant-owned table, the query that exports its rows, under the name it gets in
 /// the document. Static SQL; `$1` is the tenant.
 const SECTIONS: &[(&str, &str)] = &[
-    ("tenant", "SELECT to_jsonb(t) FROM tenants t WHERE id = $1"),
+    (
+        "tenant",
+        "SELECT to_jsonb(t) - 'email_verification_hash' FROM tenants t WHERE id = $1",
+    ),
     (
         "signup",
         "SELECT to_jsonb(s) - 'token_hash' - 'request_hash' - 'first_response' - 'api_key_secret' \

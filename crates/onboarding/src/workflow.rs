@@ -19,6 +19,7 @@ use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
+use tenancy::email_verification;
 use tenancy::tenants::NewTenant;
 use tenancy::{Db, StoreError};
 
@@ -405,22 +406,28 @@ impl OnboardingWorkflow {
         store::record_step(&mut tx, signup.id, steps::TENANT_PROVISIONED, "done")
             .await
             .map_err(retry)?;
-        // A readiness probe's signup has nobody to welcome.
-        let welcome = if signup.synthetic { "skipped" } else { "done" };
-        if !signup.synthetic {
+        // The first mail asks the recipient to confirm the address; nothing else is mailed
+        // to it before that. A readiness probe's signup has nobody to write to, and an
+        // address named by too many signups today gets no more.
+        let mail = !signup.synthetic
+            && email_verification::may_mail(&mut tx, &signup.email)
+                .await
+                .map_err(retry)?;
+        let welcome = if mail { "done" } else { "skipped" };
+        if mail {
+            let token = email_verification::start(&mut tx, tenant_id)
+                .await
+                .map_err(retry)?;
             sqlx::query(
                 "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
-                 VALUES ($1, $2, 'welcome', $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+                 VALUES ($1, $2, 'email_verification', $3, $4, $5, $6) \
+                 ON CONFLICT (dedup_key) DO NOTHING",
             )
             .bind(uuid::Uuid::now_v7())
             .bind(tenant_id.as_uuid())
             .bind(&signup.email)
-            .bind(format!("Welcome to the platform, {}", signup.company))
-            .bind(format!(
-                "Your account {tenant_id} is ready on the {} plan. Your first API key is shown once \
-                 when you next check your signup.",
-                signup.plan_code
-            ))
+            .bind("Confirm your email address")
+            .bind(confirmation_body(&token))
             .bind(format!("welcome-{tenant_id}"))
             .execute(&mut *tx)
             .await
@@ -490,4 +497,16 @@ fn payment_retry(error: PaymentError) -> JobError {
     } else {
         JobError::Permanent(error.to_string())
     }
+}
+
+/// The confirmation mail. Fixed text and our token only: nothing the signer-up wrote, so
+/// naming someone else's address sends them nothing of the signer-up's choosing.
+fn confirmation_body(token: &str) -> String {
+    format!(
+        "An account was opened with this email address. If that was you, confirm the\n\
+         address to receive the account's notices: post this token to\n\
+         /v1/email-verifications, as {{\"token\": \"...\"}}:\n\n\
+         {token}\n\n\
+         If it was not you, ignore this message: nothing more will be sent to you."
+    )
 }

@@ -80,6 +80,8 @@ struct Pending {
 pub struct Delivered {
     pub sent: usize,
     pub failed: usize,
+    /// Not sent: the recipient has not confirmed the address.
+    pub unconfirmed: u64,
 }
 
 /// Sends up to `limit` messages that are due, oldest first. Several workers may run this
@@ -91,6 +93,7 @@ pub async fn deliver_pending(
     limit: usize,
 ) -> Result<Delivered, OutboxError> {
     let mut done = Delivered::default();
+    done.unconfirmed = drop_unconfirmed(db).await?;
     for _ in 0..limit {
         let mut tx = db.system_tx("outbox claim").await?;
         // A claim lasts two minutes (well past the SMTP timeout); a sender that died
@@ -100,6 +103,10 @@ pub async fn deliver_pending(
              WHERE id = (SELECT id FROM notifications \
                  WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
                    AND (claimed_until IS NULL OR claimed_until < now()) \
+                   AND (kind = 'email_verification' OR tenant_id IS NULL OR EXISTS ( \
+                        SELECT 1 FROM tenants t WHERE t.id = notifications.tenant_id \
+                        AND t.email_verified_at IS NOT NULL \
+                        AND lower(t.email) = lower(notifications.recipient))) \
                  ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, recipient, subject, body, attempts",
         )
@@ -154,6 +161,31 @@ pub async fn deliver_pending(
         }
     }
     Ok(done)
+}
+
+/// Mail to a tenant goes only to an address its owner confirmed; the confirmation mail
+/// itself is the one exception. What waits for an address that is not confirmed is not
+/// sent: it is marked failed, with the reason, for the operator to see.
+async fn drop_unconfirmed(db: &Db) -> Result<u64, OutboxError> {
+    let mut tx = db.system_tx("outbox unconfirmed").await?;
+    let dropped = sqlx::query(
+        "UPDATE notifications n SET failed_at = now(), \
+                last_error = 'the recipient has not confirmed this address' \
+         WHERE n.sent_at IS NULL AND n.failed_at IS NULL AND n.kind <> 'email_verification' \
+           AND n.tenant_id IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = n.tenant_id \
+                           AND t.email_verified_at IS NOT NULL \
+                           AND lower(t.email) = lower(n.recipient))",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if dropped > 0 {
+        metrics::counter!("notifications_unconfirmed_total").increment(dropped);
+        tracing::info!(dropped, "mail to unconfirmed addresses not sent");
+    }
+    Ok(dropped)
 }
 
 /// The pause after the `attempts`th failure: 30 s, doubling, at most 2 hours; ten

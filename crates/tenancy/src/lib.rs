@@ -9,6 +9,7 @@
 pub mod api_keys;
 pub mod audit;
 mod db;
+pub mod email_verification;
 mod error;
 pub mod payment_lock;
 pub mod plans;

@@ -5,6 +5,7 @@ mod admin_audit;
 mod admin_overview;
 mod admin_tenants;
 mod api_keys;
+mod email_verifications;
 mod health;
 mod invoices;
 mod plans;
@@ -73,6 +74,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(invoices::router())
         .merge(signups::router())
+        .merge(email_verifications::router())
         .merge(transitions::router())
         .merge(webhooks::router())
 }
