@@ -92,8 +92,10 @@ pub async fn deliver_pending(
     mailer: &Mailer,
     limit: usize,
 ) -> Result<Delivered, OutboxError> {
-    let mut done = Delivered::default();
-    done.unconfirmed = drop_unconfirmed(db).await?;
+    let mut done = Delivered {
+        unconfirmed: drop_unconfirmed(db).await?,
+        ..Delivered::default()
+    };
     for _ in 0..limit {
         let mut tx = db.system_tx("outbox claim").await?;
         // A claim lasts two minutes (well past the SMTP timeout); a sender that died
