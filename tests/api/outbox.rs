@@ -139,7 +139,10 @@ async fn a_signup_mails_only_a_fixed_confirmation_and_more_only_once_confirmed()
     let mails = wait_for_mails(&sink, 2).await;
     assert_eq!(mails.len(), 2, "{mails:?}");
     assert!(mails[1].data.contains("Subject: We miss you"));
-    assert_eq!(delivery_state(&app, later).await.0, true);
+    assert!(
+        delivery_state(&app, later).await.0,
+        "the later notice is sent"
+    );
 }
 
 #[tokio::test]
