@@ -41,8 +41,14 @@ pub async fn start(conn: &mut PgConnection, tenant: TenantId) -> Result<String, 
     Ok(token)
 }
 
-/// Whether another confirmation mail may go to `recipient` today.
+/// Whether another confirmation mail may go to `recipient` today. Takes a lock on the
+/// address until the transaction ends, so that signups provisioned at the same moment
+/// count each other's mail.
 pub async fn may_mail(conn: &mut PgConnection, recipient: &str) -> Result<bool, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('confirm:' || lower($1), 0))")
+        .bind(recipient)
+        .execute(&mut *conn)
+        .await?;
     let sent: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notifications WHERE kind = 'email_verification' \
          AND lower(recipient) = lower($1) AND created_at > now() - interval '1 day'",

@@ -31,6 +31,10 @@ struct IngestResponse {
     accepted: u64,
     /// Events whose id had been metered already (counted once, not again).
     duplicates: u64,
+    /// The billing period the accepted events were metered in (and will be invoiced
+    /// with), whatever their timestamps.
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
 }
 
 /// Metered calls are refused outside the states that serve them.
@@ -102,6 +106,8 @@ async fn ingest_events(
     let body = IngestResponse {
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
+        period_start: outcome.period.start,
+        period_end: outcome.period.end,
     };
     Ok((StatusCode::ACCEPTED, headers, Json(body)).into_response())
 }

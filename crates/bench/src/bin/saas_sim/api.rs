@@ -1,0 +1,98 @@
+//! The simulator's only way into the deployment: its public HTTP API. Every request is
+//! timed per endpoint, and every 5xx is counted.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub struct Api {
+    base: String,
+    client: reqwest::Client,
+    operator_token: String,
+    stats: Mutex<BTreeMap<&'static str, EndpointStats>>,
+}
+
+#[derive(Default, Clone)]
+pub struct EndpointStats {
+    pub latencies: Vec<Duration>,
+    pub server_errors: u64,
+}
+
+/// An answer: its status and its body (JSON, or `Null` when there is none).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+/// Who a request is made as.
+pub enum As<'a> {
+    Anyone,
+    Key(&'a str),
+    Operator,
+}
+
+impl Api {
+    pub fn new(base: String, operator_token: String) -> Self {
+        Self {
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("an HTTP client"),
+            operator_token,
+            stats: Mutex::default(),
+        }
+    }
+
+    /// Sends one request; `endpoint` names it in the report (a route template).
+    pub async fn call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        request = match who {
+            As::Anyone => request,
+            As::Key(key) => request.bearer_auth(key),
+            As::Operator => request.bearer_auth(&self.operator_token),
+        };
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let started = Instant::now();
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let took = started.elapsed();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = stats.entry(endpoint).or_default();
+        entry.latencies.push(took);
+        if status.is_server_error() {
+            entry.server_errors += 1;
+        }
+        drop(stats);
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Answer { status, body })
+    }
+
+    pub fn stats(&self) -> BTreeMap<&'static str, EndpointStats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,387 @@
+//! The books against the service, after the run: every acknowledged event invoiced once,
+//! every invoice re-rated, every Stripe invoice equal to ours and paid once, no hard
+//! limit passed, the audit chain intact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::api::{Api, As};
+use crate::books::{Books, Tally, Tenant};
+use crate::rerate::{self, Plan};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Verdict {
+    /// Per tenant and billing period: the invoiced quantities equal the acknowledged usage.
+    pub usage_invoiced_once: Tally,
+    /// Per invoice: its total equals the re-rating from the published plans.
+    pub rerated: Tally,
+    /// Per invoice to collect: one Stripe invoice, equal in total, paid once.
+    pub stripe_equal: Tally,
+    /// Per tenant, period and metric with a hard limit: the limit held.
+    pub limits_held: Tally,
+    /// Per tenant: the current period's usage as the summary shows it equals the books.
+    pub current_usage: Tally,
+    /// Per tenant: every ended period has exactly one period invoice, and no other does.
+    pub every_period_once: Tally,
+    pub audit_chain_valid: Tally,
+    pub invoices: u64,
+}
+
+fn instant(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Waits until every tenant's ended periods with acknowledged usage are invoiced and
+/// settled (paid, or open where nothing is collected), then checks everything.
+pub async fn verify(
+    api: &Api,
+    books: &Books,
+    tenants: &[Tenant],
+    plans: &BTreeMap<String, Plan>,
+    stripe: &mut StripeView,
+    settle_within: Duration,
+) -> anyhow::Result<Verdict> {
+    let mut verdict = Verdict::default();
+    let deadline = Instant::now() + settle_within;
+    for tenant in tenants {
+        let plan = plans.get(&tenant.plan).context("the tenant's plan")?;
+        let settled = settled_invoices(api, tenant, books, deadline).await?;
+        let (invoices, current_start) = (settled.invoices, settled.current);
+        verdict.invoices += invoices.len() as u64;
+        let mut starts: Vec<DateTime<Utc>> = invoices
+            .iter()
+            .filter(|i| i["kind"] == "period")
+            .filter_map(|i| instant(i["period_start"].as_str()?))
+            .collect();
+        starts.sort();
+        if !verdict.every_period_once.check(starts == settled.ended) {
+            books.violation(format!(
+                "{}: period invoices for {starts:?}, periods ended {:?}",
+                tenant.tenant_id, settled.ended
+            ));
+        }
+        let usage = books.usage_of(&tenant.tenant_id);
+        let by_period: HashMap<DateTime<Utc>, &Value> = invoices
+            .iter()
+            .filter(|i| i["kind"] == "period")
+            .filter_map(|i| Some((instant(i["period_start"].as_str()?)?, i)))
+            .collect();
+        for (start, metrics) in &usage {
+            let Some(start) = instant(start) else {
+                books.violation(format!("{}: unreadable period {start}", tenant.tenant_id));
+                continue;
+            };
+            for (metric, used) in metrics {
+                let limit = plan.metrics.get(metric).and_then(|t| t.limit);
+                if !verdict
+                    .limits_held
+                    .check(limit.is_none_or(|limit| *used <= limit))
+                {
+                    books.violation(format!(
+                        "{}: {metric} reached {used} past its limit {limit:?}",
+                        tenant.tenant_id
+                    ));
+                }
+            }
+            if Some(start) == current_start {
+                continue;
+            }
+            let Some(invoice) = by_period.get(&start) else {
+                verdict.usage_invoiced_once.check(false);
+                books.violation(format!("{}: period {start} not invoiced", tenant.tenant_id));
+                continue;
+            };
+            let invoiced = quantities(invoice);
+            let equal = rerate::METRICS.iter().all(|metric| {
+                invoiced.get(*metric).copied().unwrap_or(0)
+                    == metrics.get(*metric).copied().unwrap_or(0)
+            });
+            if !verdict.usage_invoiced_once.check(equal) {
+                books.violation(format!(
+                    "{}: period {start} invoiced {invoiced:?}, acknowledged {metrics:?}",
+                    tenant.tenant_id
+                ));
+            }
+        }
+        for invoice in invoices.iter().filter(|i| i["kind"] == "period") {
+            let start = invoice["period_start"].as_str().unwrap_or_default();
+            let used = instant(start)
+                .and_then(|start| {
+                    usage
+                        .iter()
+                        .find(|(s, _)| instant(s) == Some(start))
+                        .map(|(_, m)| m.clone())
+                })
+                .unwrap_or_default();
+            let expected = rerate::period_total(plan, plan, &used)?;
+            let total = invoice["total"].as_i64().map(i128::from);
+            if !verdict.rerated.check(total == Some(expected)) {
+                books.violation(format!(
+                    "{}: invoice {} totals {total:?}, re-rated {expected}",
+                    tenant.tenant_id, invoice["id"]
+                ));
+            }
+        }
+        for invoice in &invoices {
+            check_at_stripe(invoice, stripe, books, &mut verdict.stripe_equal).await?;
+        }
+        check_current_usage(api, books, tenant, &usage, &mut verdict.current_usage).await?;
+    }
+    let audit = api
+        .call(
+            "GET /v1/admin/audit/verify",
+            Method::GET,
+            "/v1/admin/audit/verify",
+            As::Operator,
+            None,
+        )
+        .await?;
+    if !verdict
+        .audit_chain_valid
+        .check(audit.status == 200 && audit.body["valid"] == true)
+    {
+        books.violation(format!("the audit chain does not verify: {}", audit.body));
+    }
+    Ok(verdict)
+}
+
+/// Per metric, the quantities an invoice bills (all its lines of the metric).
+fn quantities(invoice: &Value) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for line in invoice["lines"].as_array().into_iter().flatten() {
+        if let Some(metric) = line["metric"].as_str() {
+            *sums.entry(metric.to_owned()).or_default() += line["quantity"].as_u64().unwrap_or(0);
+        }
+    }
+    sums
+}
+
+/// Waits (up to `within` in all) until every tenant's ended periods are invoiced and
+/// collected.
+pub async fn wait_until_settled(
+    api: &Api,
+    books: &Books,
+    tenants: &[Tenant],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    for tenant in tenants {
+        settled_invoices(api, tenant, books, deadline).await?;
+    }
+    Ok(())
+}
+
+/// A tenant's invoices, the current period's start, and the starts of every period that
+/// ended before it.
+struct Settled {
+    invoices: Vec<Value>,
+    current: Option<DateTime<Utc>>,
+    ended: Vec<DateTime<Utc>>,
+}
+
+/// The tenant's invoices once every ended period has one and none is still being
+/// collected (or the deadline passed).
+async fn settled_invoices(
+    api: &Api,
+    tenant: &Tenant,
+    books: &Books,
+    deadline: Instant,
+) -> anyhow::Result<Settled> {
+    let first = instant(&tenant.first_period).context("the first period")?;
+    loop {
+        let summary = api
+            .call(
+                "GET /v1/usage/summary",
+                Method::GET,
+                "/v1/usage/summary",
+                As::Key(&tenant.api_key),
+                None,
+            )
+            .await?;
+        let current = summary.body["period_start"].as_str().and_then(instant);
+        let end = summary.body["period_end"].as_str().and_then(instant);
+        let ended: Vec<DateTime<Utc>> = match (current, end) {
+            (Some(current), Some(end)) if end > current => {
+                let cycle = end - current;
+                std::iter::successors(Some(first), |start| Some(*start + cycle))
+                    .take_while(|start| *start < current)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let listed = api
+            .call(
+                "GET /v1/invoices",
+                Method::GET,
+                "/v1/invoices",
+                As::Key(&tenant.api_key),
+                None,
+            )
+            .await?;
+        let invoices = listed.body["invoices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let invoiced: Vec<DateTime<Utc>> = invoices
+            .iter()
+            .filter(|i| i["kind"] == "period")
+            .filter_map(|i| instant(i["period_start"].as_str()?))
+            .collect();
+        let waiting_for_invoice = books
+            .usage_of(&tenant.tenant_id)
+            .keys()
+            .filter_map(|s| instant(s))
+            .chain(ended.iter().copied())
+            .any(|start| Some(start) != current && !invoiced.contains(&start));
+        let collecting = invoices
+            .iter()
+            .any(|i| i["status"] == "draft" || (i["status"] == "open" && i["total"] != 0));
+        if (!waiting_for_invoice && !collecting) || Instant::now() > deadline {
+            return Ok(Settled {
+                invoices,
+                current,
+                ended,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn check_at_stripe(
+    invoice: &Value,
+    stripe: &mut StripeView,
+    books: &Books,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let id = invoice["id"].as_str().unwrap_or_default();
+    let total = invoice["total"].as_i64().unwrap_or(0);
+    // Billing goes on while the checks run: an invoice made since Stripe was read is
+    // looked for again.
+    if total != 0 && !stripe.by_reference.contains_key(id) {
+        stripe.reload().await?;
+    }
+    let at_stripe = stripe
+        .by_reference
+        .get(id)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let ok = if total == 0 {
+        // Nothing to collect: paid as made, never sent to Stripe.
+        invoice["status"] == "paid" && at_stripe.is_empty()
+    } else {
+        matches!(at_stripe, [one] if one["total"].as_i64() == Some(total)
+            && one["amount_paid"].as_i64() == Some(total)
+            && one["status"] == "paid")
+            && invoice["status"] == "paid"
+    };
+    if !tally.check(ok) {
+        books.violation(format!(
+            "invoice {id} ({} of {total}) at Stripe: {at_stripe:?}",
+            invoice["status"]
+        ));
+    }
+    Ok(())
+}
+
+async fn check_current_usage(
+    api: &Api,
+    books: &Books,
+    tenant: &Tenant,
+    usage: &crate::books::PeriodUsage,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let summary = api
+        .call(
+            "GET /v1/usage/summary",
+            Method::GET,
+            "/v1/usage/summary",
+            As::Key(&tenant.api_key),
+            None,
+        )
+        .await?;
+    let current = summary.body["period_start"].as_str().and_then(instant);
+    let acknowledged = usage
+        .iter()
+        .find(|(start, _)| instant(start) == current)
+        .map(|(_, metrics)| metrics.clone())
+        .unwrap_or_default();
+    let equal = rerate::METRICS.iter().all(|metric| {
+        summary.body["metrics"][*metric]["used"].as_u64()
+            == Some(acknowledged.get(*metric).copied().unwrap_or(0))
+    });
+    if !tally.check(equal) {
+        books.violation(format!(
+            "{}: the summary shows {}, the books {acknowledged:?}",
+            tenant.tenant_id, summary.body["metrics"]
+        ));
+    }
+    Ok(())
+}
+
+/// Every invoice the Stripe fake holds, by our invoice id (its `saas_invoice` metadata).
+pub struct StripeView {
+    base: String,
+    key: String,
+    pub by_reference: HashMap<String, Vec<Value>>,
+    pub invoices: usize,
+}
+
+impl StripeView {
+    pub async fn load(base: &str, key: &str) -> anyhow::Result<StripeView> {
+        let mut view = StripeView {
+            base: base.to_owned(),
+            key: key.to_owned(),
+            by_reference: HashMap::new(),
+            invoices: 0,
+        };
+        view.reload().await?;
+        Ok(view)
+    }
+
+    pub async fn reload(&mut self) -> anyhow::Result<()> {
+        let (base, key) = (self.base.as_str(), self.key.as_str());
+        let client = reqwest::Client::new();
+        let mut by_reference: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut after: Option<String> = None;
+        let mut invoices = 0;
+        loop {
+            let mut url = format!("{base}/v1/invoices?limit=100");
+            if let Some(after) = &after {
+                url.push_str(&format!("&starting_after={after}"));
+            }
+            let page: Value = client
+                .get(url)
+                .basic_auth(key, Some(""))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            for invoice in &data {
+                invoices += 1;
+                if let Some(reference) = invoice["metadata"]["saas_invoice"].as_str() {
+                    by_reference
+                        .entry(reference.to_owned())
+                        .or_default()
+                        .push(invoice.clone());
+                }
+            }
+            after = data
+                .last()
+                .and_then(|i| i["id"].as_str())
+                .map(str::to_owned);
+            if page["has_more"] != true || after.is_none() {
+                self.by_reference = by_reference;
+                self.invoices = invoices;
+                return Ok(());
+            }
+        }
+    }
+}

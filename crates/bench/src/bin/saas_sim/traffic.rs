@@ -1,0 +1,268 @@
+//! Usage from every tenant for the length of the run, as clients send it: skewed across
+//! tenants, with retries of whole batches, twins inside a batch, late timestamps and
+//! bursts against hard limits. Isolation probes run alongside.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api::{Api, As};
+use crate::books::{Books, Tally, Tenant};
+use crate::rerate::METRICS;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrafficTally {
+    pub batches: u64,
+    pub events_acknowledged: u64,
+    /// Batches refused whole at a hard limit (429 `quota_exceeded`).
+    pub refused_at_limit: u64,
+    /// Retried batches, each answered with every event a duplicate.
+    pub retries: Tally,
+    /// Batches with a twin inside, the twin counted once.
+    pub twins: Tally,
+    pub isolation: Tally,
+}
+
+/// Sends usage until `until`, from `workers` concurrent clients.
+pub async fn run(
+    api: &Api,
+    books: &Books,
+    tenants: &[Tenant],
+    until: Instant,
+    workers: usize,
+    seed: u64,
+) -> TrafficTally {
+    let total_weight: f64 = tenants.iter().map(|t| t.weight).sum();
+    let next_id = AtomicU64::new(0);
+    let clients = (0..workers).map(|worker| {
+        let next_id = &next_id;
+        async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ (worker as u64 + 1));
+            let mut tally = TrafficTally::default();
+            while Instant::now() < until {
+                let tenant = pick(tenants, total_weight, &mut rng);
+                if worker == 0 && tenants.len() > 1 {
+                    probe_isolation(api, books, tenants, &mut rng, &mut tally.isolation).await;
+                }
+                send_batch(api, books, tenant, next_id, &mut rng, &mut tally).await;
+            }
+            tally
+        }
+    });
+    let tallies = futures_util::future::join_all(clients).await;
+    tallies
+        .into_iter()
+        .fold(TrafficTally::default(), |mut sum, t| {
+            sum.batches += t.batches;
+            sum.events_acknowledged += t.events_acknowledged;
+            sum.refused_at_limit += t.refused_at_limit;
+            for (into, from) in [
+                (&mut sum.retries, t.retries),
+                (&mut sum.twins, t.twins),
+                (&mut sum.isolation, t.isolation),
+            ] {
+                into.checked += from.checked;
+                into.violated += from.violated;
+            }
+            sum
+        })
+}
+
+fn pick<'a>(tenants: &'a [Tenant], total_weight: f64, rng: &mut StdRng) -> &'a Tenant {
+    let mut point = rng.random::<f64>() * total_weight;
+    for tenant in tenants {
+        point -= tenant.weight;
+        if point <= 0.0 {
+            return tenant;
+        }
+    }
+    &tenants[tenants.len() - 1]
+}
+
+async fn send_batch(
+    api: &Api,
+    books: &Books,
+    tenant: &Tenant,
+    next_id: &AtomicU64,
+    rng: &mut StdRng,
+    tally: &mut TrafficTally,
+) {
+    let size = rng.random_range(1..=20);
+    // Free tenants now and then burst against their hard limits.
+    let burst = tenant.plan == "free" && rng.random_bool(0.1);
+    let late = (chrono::Utc::now() - chrono::TimeDelta::minutes(5)).to_rfc3339();
+    let mut events: Vec<Value> = (0..size)
+        .map(|_| {
+            let metric = METRICS[rng.random_range(0..METRICS.len())];
+            let value: u64 = match (metric, burst) {
+                ("queries", true) => 3_000,
+                ("queries", false) => rng.random_range(1..=50),
+                ("tokens", _) => rng.random_range(1..=5_000),
+                _ => rng.random_range(1..=1_000_000),
+            };
+            let mut event = json!({
+                "id": format!("sim-{}", next_id.fetch_add(1, Ordering::Relaxed)),
+                "metric": metric,
+                "value": value,
+            });
+            if rng.random_bool(0.2) {
+                event["timestamp"] = json!(late);
+            }
+            event
+        })
+        .collect();
+    let unique = events.len() as u64;
+    let twin = rng.random_bool(0.05);
+    if twin {
+        events.push(events[0].clone());
+    }
+    let body = json!({ "events": events });
+    let Ok(answer) = ingest(api, tenant, &body).await else {
+        return;
+    };
+    tally.batches += 1;
+    match answer.status.as_u16() {
+        202 => {
+            let accepted = answer.body["accepted"].as_u64().unwrap_or(0);
+            if accepted != unique {
+                books.violation(format!(
+                    "{}: {accepted} of {unique} new events accepted",
+                    tenant.tenant_id
+                ));
+            }
+            if twin && !tally.twins.check(answer.body["duplicates"] == json!(1)) {
+                books.violation(format!("{}: a twin not counted once", tenant.tenant_id));
+            }
+            let period = answer.body["period_start"].as_str().unwrap_or_default();
+            for event in &events[..events.len() - usize::from(twin)] {
+                books.acknowledge(
+                    &tenant.tenant_id,
+                    period,
+                    event["metric"].as_str().unwrap_or_default(),
+                    event["value"].as_u64().unwrap_or(0),
+                );
+            }
+            tally.events_acknowledged += unique;
+            // A client that lost the answer sends the batch again.
+            if rng.random_bool(0.1)
+                && let Ok(again) = ingest(api, tenant, &body).await
+            {
+                let counted_once = again.status == 202
+                    && again.body["accepted"] == json!(0)
+                    && again.body["duplicates"] == json!(events.len());
+                if !tally.retries.check(counted_once) {
+                    books.violation(format!(
+                        "{}: a retried batch answered {} {}",
+                        tenant.tenant_id, again.status, again.body
+                    ));
+                }
+            }
+        }
+        429 if answer.code() == "quota_exceeded" => tally.refused_at_limit += 1,
+        status if status >= 500 => {} // counted by the API client, judged in the report
+        status => books.violation(format!(
+            "{}: a valid batch answered {status} {}",
+            tenant.tenant_id, answer.body
+        )),
+    }
+}
+
+async fn ingest(api: &Api, tenant: &Tenant, body: &Value) -> anyhow::Result<crate::api::Answer> {
+    api.call(
+        "POST /v1/usage/events",
+        Method::POST,
+        "/v1/usage/events",
+        As::Key(&tenant.api_key),
+        Some(body),
+    )
+    .await
+}
+
+/// One tenant reaches for another's key, signup and invoices: every answer must be a
+/// refusal, and the other's key must still work.
+async fn probe_isolation(
+    api: &Api,
+    books: &Books,
+    tenants: &[Tenant],
+    rng: &mut StdRng,
+    tally: &mut Tally,
+) {
+    let a = &tenants[rng.random_range(0..tenants.len())];
+    let b = &tenants[rng.random_range(0..tenants.len())];
+    if a.tenant_id == b.tenant_id {
+        return;
+    }
+    let mut attempts = vec![
+        (
+            "DELETE /v1/api-keys/{id}",
+            Method::DELETE,
+            format!("/v1/api-keys/{}", b.key_id),
+        ),
+        (
+            "GET /v1/signups/{id}",
+            Method::GET,
+            format!("/v1/signups/{}", b.signup_id),
+        ),
+        (
+            "GET /v1/tenant/transitions/{id}",
+            Method::GET,
+            format!(
+                "/v1/tenant/transitions/{}",
+                b.signup_id.replace("sgn_", "trn_")
+            ),
+        ),
+    ];
+    if let Ok(theirs) = api
+        .call(
+            "GET /v1/invoices",
+            Method::GET,
+            "/v1/invoices",
+            As::Key(&b.api_key),
+            None,
+        )
+        .await
+        && let Some(id) = theirs.body["invoices"][0]["id"].as_str()
+    {
+        attempts.push((
+            "GET /v1/invoices/{id}",
+            Method::GET,
+            format!("/v1/invoices/{id}"),
+        ));
+    }
+    for (endpoint, method, path) in attempts {
+        let Ok(answer) = api
+            .call(endpoint, method, &path, As::Key(&a.api_key), None)
+            .await
+        else {
+            continue;
+        };
+        if !tally.check(!answer.status.is_success()) {
+            books.violation(format!(
+                "{} reached {path} of {}: {} {}",
+                a.tenant_id, b.tenant_id, answer.status, answer.body
+            ));
+        }
+    }
+    if let Ok(me) = api
+        .call(
+            "GET /v1/tenant",
+            Method::GET,
+            "/v1/tenant",
+            As::Key(&b.api_key),
+            None,
+        )
+        .await
+        && !tally.check(me.status == 200 && me.body["id"] == json!(b.tenant_id))
+    {
+        books.violation(format!(
+            "{}'s key was touched by {}",
+            b.tenant_id, a.tenant_id
+        ));
+    }
+    // Spaced, so that usage stays most of the load.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
