@@ -26,6 +26,14 @@ async fn series_total(app: &TestApp, api_key: &str, metric: &str) -> u64 {
     series["total"].as_u64().unwrap()
 }
 
+/// An ingest answer's (accepted, duplicates).
+fn counts(answer: &Value) -> (u64, u64) {
+    (
+        answer["accepted"].as_u64().unwrap(),
+        answer["duplicates"].as_u64().unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn retries_and_in_batch_twins_are_counted_once_and_reported_as_duplicates() {
     let app = TestApp::spawn().await;
@@ -38,14 +46,15 @@ async fn retries_and_in_batch_twins_are_counted_once_and_reported_as_duplicates(
         .json()
         .await
         .unwrap();
-    assert_eq!(first, json!({"accepted": 50, "duplicates": 0}));
+    assert_eq!(counts(&first), (50, 0));
+    // The answer says which billing period the events were metered in.
+    let summary = app.get_json(&tenant.api_key, "/v1/usage/summary").await;
+    assert_eq!(first["period_start"], summary["period_start"]);
+    assert_eq!(first["period_end"], summary["period_end"]);
     // The whole batch again, as a client retrying after a lost response.
     let retry = app.ingest(&tenant.api_key, batch).await;
     assert_eq!(retry.status(), 202);
-    assert_eq!(
-        retry.json::<Value>().await.unwrap(),
-        json!({"accepted": 0, "duplicates": 50})
-    );
+    assert_eq!(counts(&retry.json::<Value>().await.unwrap()), (0, 50));
     // Twins inside one batch, and one id from before.
     let twins = json!([
         {"id": "b-1", "metric": "queries", "value": 5},
@@ -58,7 +67,7 @@ async fn retries_and_in_batch_twins_are_counted_once_and_reported_as_duplicates(
         .json()
         .await
         .unwrap();
-    assert_eq!(response, json!({"accepted": 1, "duplicates": 2}));
+    assert_eq!(counts(&response), (1, 2));
 
     // Exact the moment it is acknowledged, before and after the relay copies it.
     assert_eq!(used(&app, &tenant.api_key, "queries").await, 155);
@@ -184,11 +193,7 @@ async fn one_tenant_never_sees_or_affects_another_tenants_usage() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        bobs,
-        json!({"accepted": 10, "duplicates": 0}),
-        "event ids are per tenant"
-    );
+    assert_eq!(counts(&bobs), (10, 0), "event ids are per tenant");
     app.drain_relay().await;
 
     assert_eq!(used(&app, &alice.api_key, "queries").await, 10_000);
