@@ -45,10 +45,14 @@ pub async fn verify(
     books: &Books,
     tenants: &[Tenant],
     plans: &BTreeMap<String, Plan>,
-    stripe: &mut StripeView,
+    stripe: &StripeSource,
     settle_within: Duration,
-) -> anyhow::Result<Verdict> {
+) -> anyhow::Result<(Verdict, StripeView)> {
     let mut verdict = Verdict::default();
+    // Every invoice read here, to compare with Stripe once all are read: Stripe is read
+    // after them, so each one collected by then is there (billing goes on meanwhile, and
+    // what is invoiced after this point is not part of the check).
+    let mut to_compare = Vec::new();
     let deadline = Instant::now() + settle_within;
     for tenant in tenants {
         let plan = plans.get(&tenant.plan).context("the tenant's plan")?;
@@ -129,10 +133,12 @@ pub async fn verify(
                 ));
             }
         }
-        for invoice in &invoices {
-            check_at_stripe(invoice, stripe, books, &mut verdict.stripe_equal).await?;
-        }
+        to_compare.extend(invoices.iter().cloned());
         check_current_usage(api, books, tenant, &usage, &mut verdict.current_usage).await?;
+    }
+    let stripe = StripeView::load(&stripe.base, &stripe.key).await?;
+    for invoice in &to_compare {
+        check_at_stripe(invoice, &stripe, books, &mut verdict.stripe_equal);
     }
     let audit = api
         .call(
@@ -149,7 +155,7 @@ pub async fn verify(
     {
         books.violation(format!("the audit chain does not verify: {}", audit.body));
     }
-    Ok(verdict)
+    Ok((verdict, stripe))
 }
 
 /// Per metric, the quantities an invoice bills (all its lines of the metric).
@@ -196,17 +202,9 @@ async fn settled_invoices(
 ) -> anyhow::Result<Settled> {
     let first = instant(&tenant.first_period).context("the first period")?;
     loop {
-        let summary = api
-            .call(
-                "GET /v1/usage/summary",
-                Method::GET,
-                "/v1/usage/summary",
-                As::Key(&tenant.api_key),
-                None,
-            )
-            .await?;
-        let current = summary.body["period_start"].as_str().and_then(instant);
-        let end = summary.body["period_end"].as_str().and_then(instant);
+        let summary = usage_summary(api, tenant).await?;
+        let current = summary["period_start"].as_str().and_then(instant);
+        let end = summary["period_end"].as_str().and_then(instant);
         let ended: Vec<DateTime<Utc>> = match (current, end) {
             (Some(current), Some(end)) if end > current => {
                 let cycle = end - current;
@@ -254,19 +252,9 @@ async fn settled_invoices(
     }
 }
 
-async fn check_at_stripe(
-    invoice: &Value,
-    stripe: &mut StripeView,
-    books: &Books,
-    tally: &mut Tally,
-) -> anyhow::Result<()> {
+fn check_at_stripe(invoice: &Value, stripe: &StripeView, books: &Books, tally: &mut Tally) {
     let id = invoice["id"].as_str().unwrap_or_default();
     let total = invoice["total"].as_i64().unwrap_or(0);
-    // Billing goes on while the checks run: an invoice made since Stripe was read is
-    // looked for again.
-    if total != 0 && !stripe.by_reference.contains_key(id) {
-        stripe.reload().await?;
-    }
     let at_stripe = stripe
         .by_reference
         .get(id)
@@ -287,7 +275,6 @@ async fn check_at_stripe(
             invoice["status"]
         ));
     }
-    Ok(())
 }
 
 async fn check_current_usage(
@@ -297,7 +284,35 @@ async fn check_current_usage(
     usage: &crate::books::PeriodUsage,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
-    let summary = api
+    let summary = usage_summary(api, tenant).await?;
+    let current = summary["period_start"].as_str().and_then(instant);
+    let acknowledged = usage
+        .iter()
+        .find(|(start, _)| instant(start) == current)
+        .map(|(_, metrics)| metrics.clone())
+        .unwrap_or_default();
+    let equal = rerate::METRICS.iter().all(|metric| {
+        summary["metrics"][*metric]["used"].as_u64()
+            == Some(acknowledged.get(*metric).copied().unwrap_or(0))
+    });
+    if !tally.check(equal) {
+        books.violation(format!(
+            "{}: the summary shows {}, the books {acknowledged:?}",
+            tenant.tenant_id, summary["metrics"]
+        ));
+    }
+    Ok(())
+}
+
+/// Where the Stripe fake is, and the key to read it with.
+pub struct StripeSource {
+    pub base: String,
+    pub key: String,
+}
+
+/// The tenant's current period and its usage, as `GET /v1/usage/summary` shows them.
+async fn usage_summary(api: &Api, tenant: &Tenant) -> anyhow::Result<Value> {
+    Ok(api
         .call(
             "GET /v1/usage/summary",
             Method::GET,
@@ -305,48 +320,18 @@ async fn check_current_usage(
             As::Key(&tenant.api_key),
             None,
         )
-        .await?;
-    let current = summary.body["period_start"].as_str().and_then(instant);
-    let acknowledged = usage
-        .iter()
-        .find(|(start, _)| instant(start) == current)
-        .map(|(_, metrics)| metrics.clone())
-        .unwrap_or_default();
-    let equal = rerate::METRICS.iter().all(|metric| {
-        summary.body["metrics"][*metric]["used"].as_u64()
-            == Some(acknowledged.get(*metric).copied().unwrap_or(0))
-    });
-    if !tally.check(equal) {
-        books.violation(format!(
-            "{}: the summary shows {}, the books {acknowledged:?}",
-            tenant.tenant_id, summary.body["metrics"]
-        ));
-    }
-    Ok(())
+        .await?
+        .body)
 }
 
 /// Every invoice the Stripe fake holds, by our invoice id (its `saas_invoice` metadata).
 pub struct StripeView {
-    base: String,
-    key: String,
     pub by_reference: HashMap<String, Vec<Value>>,
     pub invoices: usize,
 }
 
 impl StripeView {
     pub async fn load(base: &str, key: &str) -> anyhow::Result<StripeView> {
-        let mut view = StripeView {
-            base: base.to_owned(),
-            key: key.to_owned(),
-            by_reference: HashMap::new(),
-            invoices: 0,
-        };
-        view.reload().await?;
-        Ok(view)
-    }
-
-    pub async fn reload(&mut self) -> anyhow::Result<()> {
-        let (base, key) = (self.base.as_str(), self.key.as_str());
         let client = reqwest::Client::new();
         let mut by_reference: HashMap<String, Vec<Value>> = HashMap::new();
         let mut after: Option<String> = None;
@@ -378,9 +363,10 @@ impl StripeView {
                 .and_then(|i| i["id"].as_str())
                 .map(str::to_owned);
             if page["has_more"] != true || after.is_none() {
-                self.by_reference = by_reference;
-                self.invoices = invoices;
-                return Ok(());
+                return Ok(StripeView {
+                    by_reference,
+                    invoices,
+                });
             }
         }
     }

@@ -9,7 +9,7 @@ use reqwest::Method;
 
 use crate::api::{Api, As};
 use crate::books::{Books, Tally};
-use crate::checks::{self, StripeView};
+use crate::checks::{self, StripeSource, StripeView};
 use crate::{population, rerate, traffic};
 
 const OPERATOR_TOKEN: &str = "saas-sim-operator-token";
@@ -103,13 +103,16 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_secs(settings.cycle_secs) + Duration::from_secs(2)).await;
     let settle = Duration::from_secs(settings.cycle_secs * 4 + 60);
     checks::wait_until_settled(&api, &books, &population.tenants, settle).await?;
-    let mut stripe_view = StripeView::load(&stripe.url, STRIPE_KEY).await?;
-    let verdict = checks::verify(
+    let source = StripeSource {
+        base: stripe.url.clone(),
+        key: STRIPE_KEY.to_owned(),
+    };
+    let (verdict, stripe_view) = checks::verify(
         &api,
         &books,
         &population.tenants,
         &plans,
-        &mut stripe_view,
+        &source,
         Duration::from_secs(60),
     )
     .await?;
