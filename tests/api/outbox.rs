@@ -178,10 +178,43 @@ async fn an_address_gets_at_most_three_confirmations_a_day() {
     }
 }
 
+/// Whether the tenant with `email` is confirmed, and whether its token is still waiting.
+async fn confirmation_state(app: &TestApp, email: &str) -> Option<(bool, bool)> {
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    sqlx::query_as(
+        "SELECT email_verified_at IS NOT NULL, email_verification_hash IS NOT NULL \
+         FROM tenants WHERE email = $1",
+    )
+    .bind(email)
+    .fetch_optional(&mut *tx)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_bad_confirmation_token_is_a_404_and_changes_nothing() {
     let app = TestApp::spawn().await;
-    for token in ["", "ev_nope", &format!("ev_{}", "0".repeat(64))] {
+    let email = format!("waiting+{}@example.com", uuid::Uuid::new_v4().simple());
+    let response = app
+        .post("/v1/signups")
+        .json(&json!({"email": email, "company": "Waiting", "plan": "free"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while confirmation_state(&app, &email).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the signup was never provisioned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(confirmation_state(&app, &email).await, Some((false, true)));
+
+    // Empty, malformed, and well formed but issued to nobody.
+    let unissued = tenancy::tokens::random("ev_");
+    for token in ["", "ev_nope", &format!("ev_{}", "0".repeat(64)), &unissued] {
         let response = app
             .post("/v1/email-verifications")
             .json(&json!({"token": token}))
@@ -189,7 +222,14 @@ async fn a_bad_confirmation_token_is_a_404_and_changes_nothing() {
             .await
             .unwrap();
         assert_eq!(response.status(), 404, "{token}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{token}: {body}");
     }
+    assert_eq!(
+        confirmation_state(&app, &email).await,
+        Some((false, true)),
+        "the waiting tenant is neither confirmed nor robbed of its token"
+    );
 }
 
 #[tokio::test]

@@ -233,13 +233,11 @@ impl FromRequestParts<AppState> for Operator {
         // that even a right guess answers 429 until its minute is over.
         let address = peer_address(parts);
         if let Some(wait) = address.and_then(|ip| state.operator_failures.blocked_for(ip)) {
-            let mut error = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
+            return Err(ApiError::too_many_requests(
                 "rate_limited",
                 "too many invalid operator tokens from this address; retry later",
-            );
-            error.retry_after_secs = Some(wait.as_secs().max(1));
-            return Err(error);
+                wait.as_secs(),
+            ));
         }
         if is_operator_token(state, presented) {
             return Ok(Operator);

@@ -115,7 +115,7 @@ fn sign_in_page(kind: SignIn, status: StatusCode, message: &str) -> Response {
             "The token is exchanged for a read-only session and is not kept by this page.",
         ),
     };
-    let token = tenancy::sessions::random_token("");
+    let token = tenancy::tokens::random("");
     let body = LOGIN_PAGE
         .replace("{{title}}", title)
         .replace("{{action}}", action)

@@ -80,6 +80,17 @@ impl ApiError {
         }
     }
 
+    /// 429: refused for now, to be tried again after `retry_after_secs` (at least 1).
+    pub fn too_many_requests(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        error.retry_after_secs = Some(retry_after_secs.max(1));
+        error
+    }
+
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }

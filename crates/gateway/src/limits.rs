@@ -10,7 +10,6 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use saas_core::TenantId;
 
@@ -47,9 +46,7 @@ pub fn rate_limited(
     let wait = not_until.wait_time_from(governor::clock::Clock::now(
         &governor::clock::DefaultClock::default(),
     ));
-    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
-    error.retry_after_secs = Some(wait.as_secs().max(1));
-    error
+    ApiError::too_many_requests("rate_limited", message, wait.as_secs())
 }
 
 /// Beyond this many client addresses the failure table starts over rather than grow.
@@ -120,13 +117,11 @@ impl ExportSlots {
     pub fn take(&self, tenant: TenantId) -> Result<ExportSlot, ApiError> {
         let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if !running.insert(tenant) {
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(ApiError::too_many_requests(
                 "export_in_progress",
                 "an export of this tenant is running; retry when it has finished",
-            );
-            error.retry_after_secs = Some(5);
-            return Err(error);
+                5,
+            ));
         }
         Ok(ExportSlot {
             slots: self.0.clone(),
@@ -154,6 +149,8 @@ pub fn peer_address(parts: &Parts) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]

@@ -237,16 +237,7 @@ async fn run(state: &AppState) -> Report {
 /// finished transitions and old counters (`purge_readiness_probes` in the migrations).
 /// Probes write no audit entries, so with this a run leaves nothing that grows.
 async fn purge_probes(state: &AppState) {
-    let purged = async {
-        let mut tx = state.db.system_tx("readiness purge").await?;
-        let purged: i32 = sqlx::query_scalar("SELECT purge_readiness_probes()")
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok::<_, tenancy::StoreError>(purged)
-    }
-    .await;
-    match purged {
+    match tenancy::probes::purge(&state.db).await {
         Ok(rows) => tracing::debug!(rows, "readiness probes purged"),
         Err(error) => tracing::warn!(%error, "could not purge what readiness probes left"),
     }

@@ -83,14 +83,7 @@ async fn audit_sealer(state: AppState, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let sealed = async {
-            let mut tx = state.db.system_tx("audit sealing").await?;
-            let sealed = tenancy::audit::seal_pending(&mut tx).await?;
-            tx.commit().await?;
-            Ok::<_, tenancy::StoreError>(sealed)
-        }
-        .await;
-        let wait = match sealed {
+        let wait = match tenancy::audit::seal_pending(&state.db).await {
             Ok(sealed) => {
                 metrics::counter!("audit_entries_sealed_total").increment(sealed);
                 // A full batch: more are waiting, go on at once.

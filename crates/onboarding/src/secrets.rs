@@ -3,7 +3,7 @@
 //! - **The first API key** is made when the signup is accepted, while its token is at
 //!   hand: the store gets the key's hash (the provisioning job creates the key from it)
 //!   and the key sealed under the signup token, which only the signer-up holds. A read
-//!   with the token opens it; reads within [`FIRST_KEY_WINDOW`] of the first one see it
+//!   with the token opens it; reads within [`FIRST_KEY_WINDOW_SECS`] of the first one see it
 //!   again (a lost response is not a lost key), and the first read after that erases it.
 //! - **The signup token**, for a request retried under the same `Idempotency-Key`, is
 //!   sealed under that key and the client's address. The key's scope is the same pair,

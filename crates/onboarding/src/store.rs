@@ -7,10 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use saas_core::{SignupId, TenantId};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use tenancy::StoreError;
 use uuid::Uuid;
@@ -117,13 +115,11 @@ pub struct Step {
 
 /// A fresh signup token: 256 random bits. Only its hash is stored.
 pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("st_{}", hex::encode(bytes))
+    tenancy::tokens::random("st_")
 }
 
 pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+    tenancy::tokens::hash(token)
 }
 
 /// A signup made under an `Idempotency-Key`: the digest of its scope, and the signup

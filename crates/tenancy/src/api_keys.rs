@@ -2,20 +2,16 @@
 //! a short display prefix.
 
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use saas_core::{ApiKeyId, TenantId, TenantState};
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{StoreError, tokens};
 
 /// Every secret starts with this, so leaked keys are easy to recognise in scanners.
 const SECRET_PREFIX: &str = "sk_";
 /// Characters of the secret kept for display: the prefix plus eight random ones.
 const DISPLAY_PREFIX_LEN: usize = SECRET_PREFIX.len() + 8;
-/// Random bytes in a secret, written as lowercase hex after the prefix.
-const SECRET_BYTES: usize = 32;
 /// Keys a tenant may have unrevoked at once: enough for every environment and rotation,
 /// few enough that a looping client cannot fill the store or the audit log.
 pub const MAX_ACTIVE_KEYS: i64 = 20;
@@ -68,25 +64,18 @@ impl From<ApiKeyRow> for ApiKey {
 }
 
 fn generate_secret() -> String {
-    let mut bytes = [0u8; SECRET_BYTES];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{SECRET_PREFIX}{}", hex::encode(bytes))
+    tokens::random(SECRET_PREFIX)
 }
 
 /// Whether `secret` has the shape of a secret we issue (`sk_` and 64 lowercase hex
 /// digits). Anything else is refused without asking the store.
 pub fn is_well_formed(secret: &str) -> bool {
-    secret.strip_prefix(SECRET_PREFIX).is_some_and(|random| {
-        random.len() == SECRET_BYTES * 2
-            && random
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    tokens::is_well_formed(secret, SECRET_PREFIX)
 }
 
 /// The SHA-256 of a secret: what the store keeps, and a safe key for caches.
 pub fn hash_secret(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
+    tokens::hash(secret)
 }
 
 /// The columns `ApiKeyRow` reads, as a literal so that queries stay static strings.

@@ -10,7 +10,7 @@ use saas_core::{TenantId, TenantState};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::StoreError;
+use crate::{Db, StoreError};
 
 /// Who acted. Rendered into the log as text that carries no personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +85,15 @@ pub async fn record(
 /// Entries sealed per call: a bounded transaction, however far behind the sealer is.
 pub const SEAL_BATCH: i32 = 10_000;
 
-/// Seals up to [`SEAL_BATCH`] waiting entries, in the order they were appended; returns
-/// how many. Needs a system transaction (the chain spans tenants).
-pub async fn seal_pending(conn: &mut PgConnection) -> Result<u64, StoreError> {
+/// Seals up to [`SEAL_BATCH`] waiting entries, in the order they were appended, in one
+/// short system transaction (the chain spans tenants); returns how many.
+pub async fn seal_pending(db: &Db) -> Result<u64, StoreError> {
+    let mut tx = db.system_tx("audit sealing").await?;
     let sealed: i32 = sqlx::query_scalar("SELECT audit_seal($1)")
         .bind(SEAL_BATCH)
-        .fetch_one(conn)
+        .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(u64::try_from(sealed).unwrap_or_default())
 }
 

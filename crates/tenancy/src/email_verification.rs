@@ -2,37 +2,25 @@
 //! only to confirmed addresses (the outbox checks), so a signup naming someone else's
 //! address can make us send that person one short, fixed message and nothing more.
 
-use rand::RngCore;
 use saas_core::TenantId;
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::StoreError;
+use crate::tokens::{self, hash};
 
 const TOKEN_PREFIX: &str = "ev_";
 /// Confirmation mails one address receives in a day, however many signups name it.
 pub const MAX_CONFIRMATIONS_PER_DAY: i64 = 3;
 
-fn hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
 /// Whether `token` has the shape of one we issue (`ev_` and 64 lowercase hex digits).
 pub fn is_well_formed(token: &str) -> bool {
-    token.strip_prefix(TOKEN_PREFIX).is_some_and(|random| {
-        random.len() == 64
-            && random
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    tokens::is_well_formed(token, TOKEN_PREFIX)
 }
 
 /// Starts a confirmation of `tenant`'s address: returns the token to mail (the store
 /// keeps its hash only), replacing any earlier one.
 pub async fn start(conn: &mut PgConnection, tenant: TenantId) -> Result<String, StoreError> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let token = tokens::random(TOKEN_PREFIX);
     sqlx::query("UPDATE tenants SET email_verification_hash = $2 WHERE id = $1")
         .bind(tenant.as_uuid())
         .bind(hash(&token))

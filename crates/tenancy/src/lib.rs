@@ -13,8 +13,10 @@ pub mod email_verification;
 mod error;
 pub mod payment_lock;
 pub mod plans;
+pub mod probes;
 pub mod sessions;
 pub mod tenants;
+pub mod tokens;
 
 pub use db::{Db, DbTx, MIGRATOR};
 pub use error::StoreError;

@@ -4,9 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
-use rand::RngCore;
 use saas_core::{ApiKeyId, TenantId};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -25,16 +24,7 @@ pub struct Session {
     pub csrf_token: String,
 }
 
-/// 256 random bits as hex, after `prefix`.
-pub fn random_token(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", hex::encode(bytes))
-}
-
-fn hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
+use crate::tokens::{hash, random as random_token};
 
 /// Opens a session for the key `owner`, valid for `ttl`.
 pub async fn create(

@@ -135,9 +135,7 @@ async fn verify_audit(
 
 /// Seals what is waiting, so that an operator reads the log up to this moment.
 async fn seal(state: &AppState) -> ApiResult<()> {
-    let mut tx = state.db.system_tx("audit sealing").await?;
-    audit::seal_pending(&mut tx).await?;
-    tx.commit().await?;
+    audit::seal_pending(&state.db).await?;
     Ok(())
 }
 

@@ -121,34 +121,26 @@ fn ingest_error(error: IngestError) -> ApiError {
             used,
             retry_after_secs,
             ..
-        } => {
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                format!(
-                    "the batch would take {metric} past this period's limit of {limit} \
-                     ({used} used); nothing was metered"
-                ),
-            );
-            error.retry_after_secs = Some(retry_after_secs);
-            error
-        }
+        } => ApiError::too_many_requests(
+            "quota_exceeded",
+            format!(
+                "the batch would take {metric} past this period's limit of {limit} \
+                 ({used} used); nothing was metered"
+            ),
+            retry_after_secs,
+        ),
         IngestError::EventLimit {
             metric,
             limit,
             retry_after_secs,
-        } => {
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "event_limit_reached",
-                format!(
-                    "the batch would take {metric} past this period's {limit} events \
-                     (the plan's event_limit); nothing was metered"
-                ),
-            );
-            error.retry_after_secs = Some(retry_after_secs);
-            error
-        }
+        } => ApiError::too_many_requests(
+            "event_limit_reached",
+            format!(
+                "the batch would take {metric} past this period's {limit} events \
+                 (the plan's event_limit); nothing was metered"
+            ),
+            retry_after_secs,
+        ),
         IngestError::Overflow(metric) => ApiError::unprocessable(
             "usage_overflow",
             format!("the period's {metric} usage would exceed 2^64 - 1"),
