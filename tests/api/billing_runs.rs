@@ -103,16 +103,22 @@ async fn a_full_cycle_of_120_tenants_bills_exactly_their_usage() {
     // Let the first period of every tenant end, and its grace pass.
     tokio::time::sleep(Duration::from_millis(6_500)).await;
     app.drain_relay().await;
+    let before = chrono::Utc::now();
     let report = run(&app).await;
     assert_eq!(report["failed"], 0, "{report}");
     assert!(
         report["invoices_created"].as_u64().unwrap() >= 120,
         "{report}"
     );
-    let again = run(&app).await;
+    // Run again as of a moment the first run covered (a later moment may have closed
+    // further 6-second periods by now).
+    let grace = Duration::from_millis(300);
+    let again = billing::invoices::run(&app.db, &app.clickhouse, before, grace, STRIPE)
+        .await
+        .unwrap();
     assert_eq!(
-        again["invoices_created"], 0,
-        "a second run invoices nothing: {again}"
+        again.invoices_created, 0,
+        "a second run invoices nothing: {again:?}"
     );
 
     for tenant in &tenants {
@@ -236,4 +242,57 @@ async fn killed_and_overlapping_runs_make_one_invoice_per_period() {
     .unwrap();
     assert_eq!(overage.len(), 30);
     assert!(overage.iter().all(|q| q == "5000000"), "{overage:?}");
+}
+
+#[tokio::test]
+async fn a_later_period_waits_while_an_earlier_one_waits_for_the_relay() {
+    // No relay runs until the test drains it.
+    let app = TestApp::spawn_with(|config| {
+        app_config(config);
+        config.workers.enabled = false;
+    })
+    .await;
+    let tenant = app
+        .create_tenant_on_cycle("pro", TenantState::Active, false, BillingCycle::Seconds(1))
+        .await;
+    let response = app
+        .ingest(
+            &tenant.api_key,
+            json!([{"id": "late", "metric": "tokens", "value": 21_000_000}]),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    // The first period (with the usage, not yet relayed) and the second (empty) end.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let grace = Duration::from_millis(300);
+    let now = chrono::Utc::now();
+    let report = billing::invoices::run(&app.db, &app.clickhouse, now, grace, STRIPE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.invoices_created, report.waiting_for_relay),
+        (0, 1),
+        "nothing is invoiced past a period that waits: {report:?}"
+    );
+
+    app.drain_relay().await;
+    let report = billing::invoices::run(&app.db, &app.clickhouse, now, grace, STRIPE)
+        .await
+        .unwrap();
+    assert_eq!(report.waiting_for_relay, 0, "{report:?}");
+    assert!(report.invoices_created >= 2, "{report:?}");
+    let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
+    let overage: Option<String> = sqlx::query_scalar(
+        "SELECT sum(l.quantity)::text FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id \
+         JOIN tenants t ON t.id = i.tenant_id \
+         WHERE i.period_start = t.billing_anchor AND l.kind = 'overage'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        overage.as_deref(),
+        Some("1000000"),
+        "the first period bills the 1,000,000 tokens past pro's included 20,000,000"
+    );
 }

@@ -106,23 +106,16 @@ pub async fn run(
         });
         for tenant in billable {
             report.tenants_checked += 1;
-            for period in ended_periods(&tenant, closed_before) {
-                let outcome =
-                    invoice_period(db, sink, &tenant, period, collection, &mut timings).await;
-                match outcome {
-                    Ok(Outcome::Created) => report.invoices_created += 1,
-                    Ok(Outcome::Exists) => {
-                        report.already_invoiced += 1;
-                        break; // older periods were handled before this one
-                    }
-                    Ok(Outcome::WaitingForRelay) => report.waiting_for_relay += 1,
-                    Err(InvoiceError::Rating(error)) => {
-                        report.failed += 1;
-                        tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
-                    }
-                    Err(InvoiceError::Run(error)) => return Err(error),
-                }
-            }
+            invoice_tenant(
+                db,
+                sink,
+                &tenant,
+                closed_before,
+                collection,
+                &mut report,
+                &mut timings,
+            )
+            .await?;
         }
     }
     report.clickhouse_ms = millis(timings.clickhouse);
@@ -133,6 +126,61 @@ pub async fn run(
     tracing::info!(run = %report.run_id, created = report.invoices_created,
         waiting = report.waiting_for_relay, total_ms = report.total_ms, "invoice run done");
     Ok(report)
+}
+
+/// Invoices the tenant's ended periods that have no invoice yet, oldest first. Each
+/// period's invoice bills the next one in advance, and a run may die at any point: in
+/// this order what a dead run leaves is always finished from where it stopped, and a
+/// later period is never invoiced while an earlier one waits (for the relay, or for a
+/// rating fix).
+async fn invoice_tenant(
+    db: &Db,
+    sink: &ClickHouseSink,
+    tenant: &Tenant,
+    closed_before: DateTime<Utc>,
+    collection: Collection,
+    report: &mut RunReport,
+    timings: &mut Timings,
+) -> Result<(), RunError> {
+    let mut ended = ended_periods(tenant, closed_before);
+    let Some(oldest) = ended.last() else {
+        return Ok(());
+    };
+    let clock = Instant::now();
+    let mut tx = db.tenant_tx(tenant.id).await?;
+    let invoiced: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT period_start FROM invoices WHERE tenant_id = $1 AND kind = 'period' \
+                                             AND period_start >= $2",
+    )
+    .bind(tenant.id.as_uuid())
+    .bind(oldest.start)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    timings.postgres += clock.elapsed();
+    ended.reverse();
+    for period in ended {
+        if invoiced.contains(&period.start) {
+            report.already_invoiced += 1;
+            continue;
+        }
+        match invoice_period(db, sink, tenant, period, collection, timings).await {
+            Ok(Outcome::Created) => report.invoices_created += 1,
+            // A concurrent run was first.
+            Ok(Outcome::Exists) => report.already_invoiced += 1,
+            Ok(Outcome::WaitingForRelay) => {
+                report.waiting_for_relay += 1;
+                break;
+            }
+            Err(InvoiceError::Rating(error)) => {
+                report.failed += 1;
+                tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
+                break;
+            }
+            Err(InvoiceError::Run(error)) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Periods of `tenant` that ended before `closed_before`, newest first, back to the
