@@ -8,7 +8,6 @@
 mod browser;
 mod child_process;
 mod database;
-mod fault_proxy;
 mod smtp_sink;
 mod stack;
 mod stripe_api;

@@ -24,6 +24,11 @@ pub fn clickhouse_url() -> String {
 
 /// Drops and recreates `database` (Postgres and ClickHouse) and migrates both.
 pub async fn fresh_database(database: &str) -> anyhow::Result<()> {
+    fresh_database_on(database, &clickhouse_url()).await
+}
+
+/// [`fresh_database`] with ClickHouse at `clickhouse`.
+pub async fn fresh_database_on(database: &str, clickhouse: &str) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(&pg_url(OWNER, "postgres"))
         .await
         .context("connect to Postgres as saas_owner (run scripts/stack.sh up first)")?;
@@ -37,7 +42,10 @@ pub async fn fresh_database(database: &str) -> anyhow::Result<()> {
     }
     let mut conn = PgConnection::connect(&pg_url(OWNER, database)).await?;
     tenancy::MIGRATOR.run(&mut conn).await?;
-    let settings = clickhouse_settings(database);
+    let settings = metering::ClickHouseSettings {
+        url: clickhouse.to_owned(),
+        ..clickhouse_settings(database)
+    };
     let server = clickhouse::Client::default().with_url(&settings.url);
     server
         .query(&format!("DROP DATABASE IF EXISTS {database}"))
@@ -61,10 +69,39 @@ pub fn clickhouse_settings(database: &str) -> metering::ClickHouseSettings {
 pub struct Service {
     pub port: u16,
     pub child: Child,
+    database: String,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
     pub async fn start(database: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<Service> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let env: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = Self::spawn(database, port, &env)?;
+        let service = Service {
+            port,
+            child,
+            database: database.to_owned(),
+            env,
+        };
+        service.wait_until_up().await?;
+        Ok(service)
+    }
+
+    /// Kills the process outright (SIGKILL: no shutdown, requests in flight cut), then
+    /// starts it again on the same port; returns once it answers.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        self.child = Self::spawn(&self.database, self.port, &self.env)?;
+        self.wait_until_up().await
+    }
+
+    fn spawn(database: &str, port: u16, env: &[(String, String)]) -> anyhow::Result<Child> {
         let binary: PathBuf = std::env::current_exe()?.with_file_name("saas");
         if !binary.exists() {
             bail!(
@@ -73,10 +110,7 @@ impl Service {
                 binary.display()
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(binary)
+        Ok(Command::new(binary)
             .arg("serve")
             .env("SAAS_LISTEN", format!("127.0.0.1:{port}"))
             .env("SAAS_DATABASE__URL", pg_url(APP, database))
@@ -85,21 +119,23 @@ impl Service {
             .env("SAAS_CLICKHOUSE__URL", clickhouse_url())
             .env("SAAS_CLICKHOUSE__DATABASE", database)
             .env("SAAS_LOG__FILTER", "warn")
-            .envs(extra_env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .kill_on_drop(true)
-            .spawn()?;
-        let service = Service { port, child };
+            .spawn()?)
+    }
+
+    async fn wait_until_up(&self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if client
-                .get(service.url("/healthz"))
+                .get(self.url("/healthz"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
             {
-                return Ok(service);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -180,6 +216,91 @@ impl OwnLocalstripe {
         std::fs::read_to_string(&self.request_log)
             .map(|log| log.lines().count())
             .unwrap_or(0)
+    }
+}
+
+/// A ClickHouse server of the program's own (the one `scripts/stack.sh` installs), with
+/// its data in a scratch directory, so that it can be stopped and started again without
+/// touching the shared one.
+pub struct OwnClickHouse {
+    pub url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnClickHouse {
+    pub async fn start() -> anyhow::Result<OwnClickHouse> {
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (http, tcp) = (free()?, free()?);
+        let dir = std::env::temp_dir().join(format!("bench-clickhouse-{http}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("log"))?;
+        let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/clickhouse");
+        let config = std::fs::read_to_string(scripts.join("config.xml.template"))?
+            .replace("@DIR@", &dir.to_string_lossy())
+            .replace("@HTTP_PORT@", &http.to_string())
+            .replace("@TCP_PORT@", &tcp.to_string());
+        std::fs::write(dir.join("config.xml"), config)?;
+        std::fs::copy(scripts.join("users.xml"), dir.join("users.xml"))?;
+        let mut server = OwnClickHouse {
+            url: format!("http://127.0.0.1:{http}"),
+            dir,
+            child: None,
+        };
+        server.resume().await?;
+        Ok(server)
+    }
+
+    /// Kills the server (SIGKILL: as a crash or a lost machine would).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on its data; returns once it answers queries.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("clickhouse-server")
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start clickhouse-server (scripts/stack.sh up installs it)")?;
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let answer = client
+                .get(format!("{}/?query=SELECT%201", self.url))
+                .send()
+                .await;
+            if let Ok(answer) = answer
+                && answer.status() == 200
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("ClickHouse did not start; see {}/log", self.dir.display())
+    }
+}
+
+impl Drop for OwnClickHouse {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

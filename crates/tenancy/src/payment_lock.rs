@@ -4,9 +4,10 @@
 //!
 //! The lease is a row, not a lock held by an open transaction, so that its holder talks
 //! to Stripe without a Postgres transaction (or a pooled connection) held meanwhile. It
-//! expires on its own after [`LEASE_TTL`], so a holder that dies blocks nobody for long;
-//! a holder renews it between invoices, and each Stripe call is bounded by the client's
-//! timeout, far below the TTL.
+//! expires on its own after [`LEASE_TTL`], so a holder that dies (a killed process)
+//! blocks the tenant's collection for at most that long. A holder renews it before each
+//! step at Stripe and gives a step at most [`STEP_LIMIT`], less than the TTL, so that a
+//! live holder never loses it.
 
 use std::time::Duration;
 
@@ -16,7 +17,10 @@ use uuid::Uuid;
 use crate::{Db, StoreError};
 
 /// How long a lease lasts unless renewed.
-pub const LEASE_TTL: Duration = Duration::from_secs(600);
+pub const LEASE_TTL: Duration = Duration::from_secs(90);
+/// The longest a holder may work between renewals.
+pub const STEP_LIMIT: Duration = Duration::from_secs(60);
+const _: () = assert!(STEP_LIMIT.as_secs() < LEASE_TTL.as_secs());
 /// How long `acquire` waits for another holder before giving up (the caller retries).
 const ACQUIRE_WAIT: Duration = Duration::from_secs(60);
 

@@ -31,8 +31,7 @@ impl Collector {
         let lock = self.lock(tenant).await?;
         let drafts = self.drafts(tenant).await?;
         for draft in drafts {
-            lock.renew().await?;
-            let pushed = self.push(tenant, draft, &customer).await;
+            let pushed = Self::step(&lock, self.push(tenant, draft, &customer)).await;
             match pushed {
                 Ok(()) => {}
                 Err(error) if draft == invoice => {
@@ -45,8 +44,7 @@ impl Collector {
             }
         }
         for state in self.uncharged(tenant).await? {
-            lock.renew().await?;
-            self.charge(tenant, &state, "collect").await?;
+            Self::step(&lock, self.charge(tenant, &state, "collect")).await?;
         }
         lock.release().await?;
         self.uphold_dunning(tenant, invoice).await
@@ -78,7 +76,7 @@ impl Collector {
             state
         };
         if state.status == "open" && state.payment_attempts == attempt - 1 {
-            self.charge(tenant, &state, "retry").await?;
+            Self::step(&lock, self.charge(tenant, &state, "retry")).await?;
         }
         lock.release().await?;
         self.uphold_dunning(tenant, invoice).await
@@ -96,7 +94,7 @@ impl Collector {
         };
         let mut paid = 0;
         for state in open {
-            match self.charge(tenant, &state, "settle").await? {
+            match Self::step(&lock, self.charge(tenant, &state, "settle")).await? {
                 ChargeOutcome::Paid => paid += 1,
                 ChargeOutcome::Closed { .. } => {}
                 ChargeOutcome::Declined { code, .. } => {

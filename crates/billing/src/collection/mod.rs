@@ -118,6 +118,23 @@ impl Collector {
         Ok(tenancy::payment_lock::acquire(&self.db, tenant).await?)
     }
 
+    /// Renews the lease, then does one step of work at Stripe (pushing an invoice,
+    /// charging one), cut off at `STEP_LIMIT` so that it cannot outlive the lease. A step
+    /// cut off is retried later like any failed call: every step is idempotent.
+    pub(super) async fn step<T>(
+        lease: &tenancy::payment_lock::PaymentLease,
+        work: impl Future<Output = Result<T, CollectError>>,
+    ) -> Result<T, CollectError> {
+        lease.renew().await?;
+        tokio::time::timeout(tenancy::payment_lock::STEP_LIMIT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CollectError::Payment(PaymentError::Unavailable(
+                    "a step at Stripe outlasted the payment lease's limit".into(),
+                )))
+            })
+    }
+
     pub(super) async fn customer(&self, tenant: TenantId) -> Result<String, CollectError> {
         let mut tx = self.db.tenant_tx(tenant).await?;
         let record = tenancy::tenants::get(&mut tx, tenant).await?;

@@ -18,7 +18,10 @@ pub struct Api {
 #[derive(Default, Clone)]
 pub struct EndpointStats {
     pub latencies: Vec<Duration>,
-    pub server_errors: u64,
+    /// When each 5xx was answered, and its status.
+    pub server_errors: Vec<(Instant, u16)>,
+    /// Requests that got no answer (connection refused or cut).
+    pub unanswered: u64,
 }
 
 /// An answer: its status and its body (JSON, or `Null` when there is none).
@@ -73,15 +76,25 @@ impl Api {
             request = request.json(body);
         }
         let started = Instant::now();
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
+        let answered = async {
+            let response = request.send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        }
+        .await;
         let took = started.elapsed();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         let entry = stats.entry(endpoint).or_default();
+        let (status, text) = match answered {
+            Ok(answered) => answered,
+            Err(error) => {
+                entry.unanswered += 1;
+                return Err(error.into());
+            }
+        };
         entry.latencies.push(took);
         if status.is_server_error() {
-            entry.server_errors += 1;
+            entry.server_errors.push((Instant::now(), status.as_u16()));
         }
         drop(stats);
         let body = if text.is_empty() {

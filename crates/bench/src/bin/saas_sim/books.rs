@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use chrono::{DateTime, SecondsFormat, Utc};
+
 /// A tenant as the simulator knows it.
 #[derive(Debug, Clone)]
 pub struct Tenant {
@@ -24,23 +26,63 @@ pub type MetricUsage = BTreeMap<String, u64>;
 /// Per billing period (its start, as the service said when it acknowledged), the usage.
 pub type PeriodUsage = BTreeMap<String, MetricUsage>;
 
+/// A batch stored by an attempt whose answer was lost, across a period's end: it was
+/// counted in one of `periods` (its starts), which one the client cannot know.
+#[derive(Debug, Clone)]
+pub struct Uncertain {
+    pub periods: Vec<DateTime<Utc>>,
+    pub usage: MetricUsage,
+}
+
 /// Acknowledged usage, per tenant.
 #[derive(Default)]
 pub struct Books {
     usage: Mutex<BTreeMap<String, PeriodUsage>>,
+    uncertain: Mutex<BTreeMap<String, Vec<Uncertain>>>,
     violations: Mutex<Vec<String>>,
 }
 
+/// One spelling per instant, whichever the service used.
+fn canonical(period: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(period)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 impl Books {
-    pub fn acknowledge(&self, tenant: &str, period_start: &str, metric: &str, value: u64) {
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        *usage
-            .entry(tenant.to_owned())
-            .or_default()
-            .entry(period_start.to_owned())
-            .or_default()
-            .entry(metric.to_owned())
-            .or_default() += value;
+    /// A batch's usage, acknowledged as counted in one of `periods`.
+    pub fn acknowledge_batch(&self, tenant: &str, periods: Vec<String>, usage: MetricUsage) {
+        let periods: Vec<DateTime<Utc>> = periods.iter().filter_map(|p| canonical(p)).collect();
+        match periods.as_slice() {
+            [one] => {
+                let mut books = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                let period = books
+                    .entry(tenant.to_owned())
+                    .or_default()
+                    .entry(one.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+                    .or_default();
+                for (metric, value) in usage {
+                    *period.entry(metric).or_default() += value;
+                }
+            }
+            [] => self.violation(format!("{tenant}: a batch acknowledged in no period")),
+            _ => self
+                .uncertain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(tenant.to_owned())
+                .or_default()
+                .push(Uncertain { periods, usage }),
+        }
+    }
+
+    pub fn uncertain_of(&self, tenant: &str) -> Vec<Uncertain> {
+        self.uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Per period start, per metric, what `tenant` was acknowledged.

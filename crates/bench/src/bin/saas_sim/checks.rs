@@ -2,7 +2,7 @@
 //! every invoice re-rated, every Stripe invoice equal to ours and paid once, no hard
 //! limit passed, the audit chain intact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::api::{Api, As};
-use crate::books::{Books, Tally, Tenant};
+use crate::books::{Books, MetricUsage, Tally, Tenant};
 use crate::rerate::{self, Plan};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,6 +29,8 @@ pub struct Verdict {
     /// Per tenant: every ended period has exactly one period invoice, and no other does.
     pub every_period_once: Tally,
     pub audit_chain_valid: Tally,
+    /// Per tenant with batches whose answers were lost: those batches counted once.
+    pub lost_answers_counted_once: Tally,
     pub invoices: u64,
 }
 
@@ -46,7 +48,7 @@ pub async fn verify(
     tenants: &[Tenant],
     plans: &BTreeMap<String, Plan>,
     stripe: &StripeSource,
-    settle_within: Duration,
+    (cutoff, settle_within): (DateTime<Utc>, Duration),
 ) -> anyhow::Result<(Verdict, StripeView)> {
     let mut verdict = Verdict::default();
     // Every invoice read here, to compare with Stripe once all are read: Stripe is read
@@ -56,7 +58,7 @@ pub async fn verify(
     let deadline = Instant::now() + settle_within;
     for tenant in tenants {
         let plan = plans.get(&tenant.plan).context("the tenant's plan")?;
-        let settled = settled_invoices(api, tenant, books, deadline).await?;
+        let settled = settled_invoices(api, tenant, books, (cutoff, deadline)).await?;
         let (invoices, current_start) = (settled.invoices, settled.current);
         verdict.invoices += invoices.len() as u64;
         let mut starts: Vec<DateTime<Utc>> = invoices
@@ -72,17 +74,35 @@ pub async fn verify(
             ));
         }
         let usage = books.usage_of(&tenant.tenant_id);
+        let uncertain = books.uncertain_of(&tenant.tenant_id);
         let by_period: HashMap<DateTime<Utc>, &Value> = invoices
             .iter()
             .filter(|i| i["kind"] == "period")
             .filter_map(|i| Some((instant(i["period_start"].as_str()?)?, i)))
             .collect();
-        for (start, metrics) in &usage {
-            let Some(start) = instant(start) else {
-                books.violation(format!("{}: unreadable period {start}", tenant.tenant_id));
-                continue;
-            };
-            for (metric, used) in metrics {
+        let exact_in = |start: DateTime<Utc>| -> MetricUsage {
+            usage
+                .iter()
+                .filter(|(s, _)| instant(s) == Some(start))
+                .flat_map(|(_, m)| m.clone())
+                .collect()
+        };
+        let maybe_in = |start: DateTime<Utc>| -> MetricUsage {
+            let mut sum = MetricUsage::new();
+            for batch in uncertain.iter().filter(|b| b.periods.contains(&start)) {
+                add(&mut sum, &batch.usage);
+            }
+            sum
+        };
+        let mut periods: BTreeSet<DateTime<Utc>> =
+            usage.keys().filter_map(|s| instant(s)).collect();
+        periods.extend(uncertain.iter().flat_map(|b| b.periods.iter().copied()));
+        // What the service counted beyond the batches whose period is known: it must be
+        // the batches whose answers were lost, each counted once.
+        let mut surplus = MetricUsage::new();
+        for start in periods {
+            let exact = exact_in(start);
+            for (metric, used) in &exact {
                 let limit = plan.metrics.get(metric).and_then(|t| t.limit);
                 if !verdict
                     .limits_held
@@ -103,27 +123,28 @@ pub async fn verify(
                 continue;
             };
             let invoiced = quantities(invoice);
-            let equal = rerate::METRICS.iter().all(|metric| {
-                invoiced.get(*metric).copied().unwrap_or(0)
-                    == metrics.get(*metric).copied().unwrap_or(0)
-            });
-            if !verdict.usage_invoiced_once.check(equal) {
+            if !verdict.usage_invoiced_once.check(within(
+                &invoiced,
+                &exact,
+                &maybe_in(start),
+                &mut surplus,
+            )) {
                 books.violation(format!(
-                    "{}: period {start} invoiced {invoiced:?}, acknowledged {metrics:?}",
-                    tenant.tenant_id
+                    "{}: period {start} invoiced {invoiced:?}, acknowledged {exact:?} \
+                     and perhaps {:?}",
+                    tenant.tenant_id,
+                    maybe_in(start)
                 ));
             }
         }
         for invoice in invoices.iter().filter(|i| i["kind"] == "period") {
             let start = invoice["period_start"].as_str().unwrap_or_default();
-            let used = instant(start)
-                .and_then(|start| {
-                    usage
-                        .iter()
-                        .find(|(s, _)| instant(s) == Some(start))
-                        .map(|(_, m)| m.clone())
-                })
-                .unwrap_or_default();
+            // Where a lost answer leaves the period's usage open, the invoiced quantities
+            // (bounded above) are re-rated.
+            let used = match instant(start) {
+                Some(start) if maybe_in(start).is_empty() => exact_in(start),
+                _ => quantities(invoice),
+            };
             let expected = rerate::period_total(plan, plan, &used)?;
             let total = invoice["total"].as_i64().map(i128::from);
             if !verdict.rerated.check(total == Some(expected)) {
@@ -134,7 +155,29 @@ pub async fn verify(
             }
         }
         to_compare.extend(invoices.iter().cloned());
-        check_current_usage(api, books, tenant, &usage, &mut verdict.current_usage).await?;
+        let current = current_start.unwrap_or_default();
+        check_current_usage(
+            api,
+            books,
+            tenant,
+            (&exact_in(current), &maybe_in(current)),
+            &mut surplus,
+            &mut verdict.current_usage,
+        )
+        .await?;
+        if !uncertain.is_empty() {
+            let mut lost = MetricUsage::new();
+            for batch in &uncertain {
+                add(&mut lost, &batch.usage);
+            }
+            surplus.retain(|_, units| *units > 0);
+            if !verdict.lost_answers_counted_once.check(surplus == lost) {
+                books.violation(format!(
+                    "{}: batches whose answers were lost sum to {lost:?}, counted {surplus:?}",
+                    tenant.tenant_id
+                ));
+            }
+        }
     }
     let stripe = StripeView::load(&stripe.base, &stripe.key).await?;
     for invoice in &to_compare {
@@ -175,11 +218,12 @@ pub async fn wait_until_settled(
     api: &Api,
     books: &Books,
     tenants: &[Tenant],
+    cutoff: DateTime<Utc>,
     within: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     for tenant in tenants {
-        settled_invoices(api, tenant, books, deadline).await?;
+        settled_invoices(api, tenant, books, (cutoff, deadline)).await?;
     }
     Ok(())
 }
@@ -192,13 +236,15 @@ struct Settled {
     ended: Vec<DateTime<Utc>>,
 }
 
-/// The tenant's invoices once every ended period has one and none is still being
-/// collected (or the deadline passed).
+/// The tenant's invoices of periods that started before `cutoff` (the end of the
+/// traffic), once every such period that ended has one and none is still being collected
+/// (or the deadline passed). Later periods keep closing while the checks run; their
+/// invoices bill base fees only and are left out.
 async fn settled_invoices(
     api: &Api,
     tenant: &Tenant,
     books: &Books,
-    deadline: Instant,
+    (cutoff, deadline): (DateTime<Utc>, Instant),
 ) -> anyhow::Result<Settled> {
     let first = instant(&tenant.first_period).context("the first period")?;
     loop {
@@ -209,7 +255,7 @@ async fn settled_invoices(
             (Some(current), Some(end)) if end > current => {
                 let cycle = end - current;
                 std::iter::successors(Some(first), |start| Some(*start + cycle))
-                    .take_while(|start| *start < current)
+                    .take_while(|start| *start < current && *start < cutoff)
                     .collect()
             }
             _ => Vec::new(),
@@ -223,10 +269,13 @@ async fn settled_invoices(
                 None,
             )
             .await?;
-        let invoices = listed.body["invoices"]
+        let invoices: Vec<Value> = listed.body["invoices"]
             .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["period_start"].as_str().and_then(instant) < Some(cutoff))
             .cloned()
-            .unwrap_or_default();
+            .collect();
         let invoiced: Vec<DateTime<Utc>> = invoices
             .iter()
             .filter(|i| i["kind"] == "period")
@@ -270,8 +319,17 @@ fn check_at_stripe(invoice: &Value, stripe: &StripeView, books: &Books, tally: &
             && invoice["status"] == "paid"
     };
     if !tally.check(ok) {
+        let seen: Vec<String> = at_stripe
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {} total {} paid {}",
+                    i["id"], i["status"], i["total"], i["amount_paid"]
+                )
+            })
+            .collect();
         books.violation(format!(
-            "invoice {id} ({} of {total}) at Stripe: {at_stripe:?}",
+            "invoice {id} ({} of {total}) at Stripe: {seen:?}",
             invoice["status"]
         ));
     }
@@ -281,27 +339,48 @@ async fn check_current_usage(
     api: &Api,
     books: &Books,
     tenant: &Tenant,
-    usage: &crate::books::PeriodUsage,
+    (exact, maybe): (&MetricUsage, &MetricUsage),
+    surplus: &mut MetricUsage,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
     let summary = usage_summary(api, tenant).await?;
-    let current = summary["period_start"].as_str().and_then(instant);
-    let acknowledged = usage
+    let shown: MetricUsage = rerate::METRICS
         .iter()
-        .find(|(start, _)| instant(start) == current)
-        .map(|(_, metrics)| metrics.clone())
-        .unwrap_or_default();
-    let equal = rerate::METRICS.iter().all(|metric| {
-        summary["metrics"][*metric]["used"].as_u64()
-            == Some(acknowledged.get(*metric).copied().unwrap_or(0))
-    });
-    if !tally.check(equal) {
+        .map(|metric| {
+            let used = summary["metrics"][*metric]["used"].as_u64().unwrap_or(0);
+            ((*metric).to_owned(), used)
+        })
+        .collect();
+    if !tally.check(within(&shown, exact, maybe, surplus)) {
         books.violation(format!(
-            "{}: the summary shows {}, the books {acknowledged:?}",
+            "{}: the summary shows {}, the books {exact:?} and perhaps {maybe:?}",
             tenant.tenant_id, summary["metrics"]
         ));
     }
     Ok(())
+}
+
+/// Whether every metric of `counted` lies between `exact` and `exact + maybe`; adds
+/// what it counted beyond `exact` to `surplus`.
+fn within(
+    counted: &BTreeMap<String, u64>,
+    exact: &MetricUsage,
+    maybe: &MetricUsage,
+    surplus: &mut MetricUsage,
+) -> bool {
+    rerate::METRICS.iter().all(|metric| {
+        let get = |usage: &BTreeMap<String, u64>| usage.get(*metric).copied().unwrap_or(0);
+        let (counted, low) = (get(counted), get(exact));
+        let high = low + get(maybe);
+        *surplus.entry((*metric).to_owned()).or_default() += counted.saturating_sub(low);
+        low <= counted && counted <= high
+    })
+}
+
+fn add(into: &mut MetricUsage, usage: &MetricUsage) {
+    for (metric, units) in usage {
+        *into.entry(metric.clone()).or_default() += units;
+    }
 }
 
 /// Where the Stripe fake is, and the key to read it with.

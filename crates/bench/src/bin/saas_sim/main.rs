@@ -14,6 +14,7 @@
 mod api;
 mod books;
 mod checks;
+mod faults;
 mod population;
 mod rerate;
 mod run;
@@ -53,14 +54,18 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "saas_sim")]
     database: String,
+    /// Rounds of every fault kind during the traffic (default by profile: 1 short, 3
+    /// full; 0 for none).
+    #[arg(long)]
+    fault_rounds: Option<u32>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (tenants, cycles, cycle_secs) = match args.profile {
-        Profile::Short => (100, 3, 12),
-        Profile::Full => (1_000, 5, 60),
+    let (tenants, cycles, cycle_secs, fault_rounds) = match args.profile {
+        Profile::Short => (100, 3, 12, 1),
+        Profile::Full => (1_000, 5, 60, 3),
     };
     let settings = run::Settings {
         tenants: args.tenants.unwrap_or(tenants),
@@ -70,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         decline_share: args.decline_share,
         seed: args.seed,
         database: args.database,
+        fault_rounds: args.fault_rounds.unwrap_or(fault_rounds),
     };
     let clean = run::simulate(&settings).await?;
     std::process::exit(if clean { 0 } else { 1 });

@@ -5,13 +5,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, As};
-use crate::books::{Books, Tally, Tenant};
+use crate::books::{Books, MetricUsage, Tally, Tenant};
 use crate::rerate::METRICS;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -20,6 +22,9 @@ pub struct TrafficTally {
     pub events_acknowledged: u64,
     /// Batches refused whole at a hard limit (429 `quota_exceeded`).
     pub refused_at_limit: u64,
+    /// Batches stored by an attempt whose answer never came (a fault cut it), found
+    /// stored whole when the client sent them again.
+    pub answers_lost: u64,
     /// Retried batches, each answered with every event a duplicate.
     pub retries: Tally,
     /// Batches with a twin inside, the twin counted once.
@@ -60,6 +65,7 @@ pub async fn run(
             sum.batches += t.batches;
             sum.events_acknowledged += t.events_acknowledged;
             sum.refused_at_limit += t.refused_at_limit;
+            sum.answers_lost += t.answers_lost;
             for (into, from) in [
                 (&mut sum.retries, t.retries),
                 (&mut sum.twins, t.twins),
@@ -121,36 +127,48 @@ async fn send_batch(
         events.push(events[0].clone());
     }
     let body = json!({ "events": events });
-    let Ok(answer) = ingest(api, tenant, &body).await else {
+    let Some(sent) = ingest_until_answered(api, books, tenant, &body).await else {
         return;
     };
+    let answer = sent.answer;
     tally.batches += 1;
     match answer.status.as_u16() {
         202 => {
             let accepted = answer.body["accepted"].as_u64().unwrap_or(0);
-            if accepted != unique {
+            let duplicates = answer.body["duplicates"].as_u64().unwrap_or(0);
+            // A batch is all or nothing: new here, or stored whole by an attempt whose
+            // answer was lost (then every event is a duplicate).
+            let stored_before = sent.attempts > 1 && accepted == 0;
+            let fresh = if stored_before {
+                duplicates == events.len() as u64
+            } else {
+                accepted == unique && (!twin || duplicates == 1)
+            };
+            if !fresh {
                 books.violation(format!(
-                    "{}: {accepted} of {unique} new events accepted",
-                    tenant.tenant_id
+                    "{}: {accepted} of {unique} new events accepted, {duplicates} duplicates \
+                     (attempt {})",
+                    tenant.tenant_id, sent.attempts
                 ));
             }
-            if twin && !tally.twins.check(answer.body["duplicates"] == json!(1)) {
-                books.violation(format!("{}: a twin not counted once", tenant.tenant_id));
+            tally.answers_lost += u64::from(stored_before);
+            if twin && !stored_before {
+                tally.twins.check(duplicates == 1);
             }
+            let metrics = batch_usage(&events[..events.len() - usize::from(twin)]);
             let period = answer.body["period_start"].as_str().unwrap_or_default();
-            for event in &events[..events.len() - usize::from(twin)] {
-                books.acknowledge(
-                    &tenant.tenant_id,
-                    period,
-                    event["metric"].as_str().unwrap_or_default(),
-                    event["value"].as_u64().unwrap_or(0),
-                );
-            }
+            let candidates = if stored_before {
+                periods_since(&answer.body, sent.first_sent)
+            } else {
+                vec![period.to_owned()]
+            };
+            books.acknowledge_batch(&tenant.tenant_id, candidates, metrics);
             tally.events_acknowledged += unique;
             // A client that lost the answer sends the batch again.
             if rng.random_bool(0.1)
-                && let Ok(again) = ingest(api, tenant, &body).await
+                && let Some(again) = ingest_until_answered(api, books, tenant, &body).await
             {
+                let again = again.answer;
                 let counted_once = again.status == 202
                     && again.body["accepted"] == json!(0)
                     && again.body["duplicates"] == json!(events.len());
@@ -163,12 +181,92 @@ async fn send_batch(
             }
         }
         429 if answer.code() == "quota_exceeded" => tally.refused_at_limit += 1,
-        status if status >= 500 => {} // counted by the API client, judged in the report
         status => books.violation(format!(
             "{}: a valid batch answered {status} {}",
             tenant.tenant_id, answer.body
         )),
     }
+}
+
+/// Per metric, the units of `events`.
+fn batch_usage(events: &[Value]) -> MetricUsage {
+    let mut usage = MetricUsage::new();
+    for event in events {
+        *usage
+            .entry(event["metric"].as_str().unwrap_or_default().to_owned())
+            .or_default() += event["value"].as_u64().unwrap_or(0);
+    }
+    usage
+}
+
+/// The starts of the periods from the one current at `since` to the one `answer` names:
+/// where a batch stored by an earlier attempt, whose answer was lost, may have been
+/// counted.
+fn periods_since(answer: &Value, since: DateTime<Utc>) -> Vec<String> {
+    let instant = |field: &str| {
+        answer[field]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(start), Some(end)) = (instant("period_start"), instant("period_end")) else {
+        return Vec::new();
+    };
+    let cycle = end - start;
+    let mut periods = vec![start];
+    while cycle > TimeDelta::zero() && periods[periods.len() - 1] > since {
+        periods.push(periods[periods.len() - 1] - cycle);
+    }
+    periods
+        .into_iter()
+        .map(|p| p.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .collect()
+}
+
+/// An answer, after however many attempts it took.
+struct Sent {
+    answer: crate::api::Answer,
+    attempts: u32,
+    first_sent: DateTime<Utc>,
+}
+
+/// How long a client keeps sending a batch that gets no answer (or a 5xx), as a client
+/// that must not lose usage would: longer than any injected fault lasts.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(90);
+
+/// Sends the batch until the service gives a definite answer (not a 5xx, not a broken
+/// connection), with the same event ids every time.
+async fn ingest_until_answered(
+    api: &Api,
+    books: &Books,
+    tenant: &Tenant,
+    body: &Value,
+) -> Option<Sent> {
+    let first_sent = Utc::now();
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    for attempts in 1.. {
+        if let Ok(answer) = ingest(api, tenant, body).await
+            && !answer.status.is_server_error()
+        {
+            return Some(Sent {
+                answer,
+                attempts,
+                first_sent,
+            });
+        }
+        if started.elapsed() > GIVE_UP_AFTER {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+    books.violation(format!(
+        "{}: a batch got no answer in {} s",
+        tenant.tenant_id,
+        GIVE_UP_AFTER.as_secs()
+    ));
+    None
 }
 
 async fn ingest(api: &Api, tenant: &Tenant, body: &Value) -> anyhow::Result<crate::api::Answer> {
@@ -240,6 +338,9 @@ async fn probe_isolation(
         else {
             continue;
         };
+        if answer.status.is_server_error() {
+            continue; // a fault in force: neither a refusal nor a leak
+        }
         if !tally.check(!answer.status.is_success()) {
             books.violation(format!(
                 "{} reached {path} of {}: {} {}",
@@ -256,6 +357,7 @@ async fn probe_isolation(
             None,
         )
         .await
+        && !me.status.is_server_error()
         && !tally.check(me.status == 200 && me.body["id"] == json!(b.tenant_id))
     {
         books.violation(format!(
