@@ -21,8 +21,11 @@ pub const LEASE_TTL: Duration = Duration::from_secs(90);
 /// The longest a holder may work between renewals.
 pub const STEP_LIMIT: Duration = Duration::from_secs(60);
 const _: () = assert!(STEP_LIMIT.as_secs() < LEASE_TTL.as_secs());
-/// How long `acquire` waits for another holder before giving up (the caller retries).
-const ACQUIRE_WAIT: Duration = Duration::from_secs(60);
+/// How long `acquire` waits for another holder before giving up. Short: a holder's
+/// usual hold is a few Stripe calls, and a caller that gives up retries later (a job
+/// with backoff) instead of keeping a job worker waiting out a dead holder's lease,
+/// which would starve every other job.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(2);
 
 /// A held lease; release it with [`PaymentLease::release`]. Dropped unreleased (an early
 /// return on an error), it is released in the background.
@@ -34,7 +37,7 @@ pub struct PaymentLease {
     released: bool,
 }
 
-/// Takes the tenant's payment lease, waiting for its holder up to a minute.
+/// Takes the tenant's payment lease, waiting for its holder up to [`ACQUIRE_WAIT`].
 pub async fn acquire(db: &Db, tenant: TenantId) -> Result<PaymentLease, StoreError> {
     let holder = Uuid::new_v4();
     let deadline = tokio::time::Instant::now() + ACQUIRE_WAIT;

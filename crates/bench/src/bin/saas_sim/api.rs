@@ -37,6 +37,7 @@ impl Answer {
 }
 
 /// Who a request is made as.
+#[derive(Clone, Copy)]
 pub enum As<'a> {
     Anyone,
     Key(&'a str),
@@ -66,7 +67,47 @@ impl Api {
         who: As<'_>,
         body: Option<&Value>,
     ) -> anyhow::Result<Answer> {
+        self.send(endpoint, method, path, who, body, None).await
+    }
+
+    /// Sends a write with an `Idempotency-Key` until the service answers it (not a 5xx,
+    /// not a broken connection), as a client that must know whether it happened does;
+    /// gives up after a minute.
+    pub async fn call_idempotent(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+        body: &Value,
+    ) -> anyhow::Result<Answer> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = self
+                .send(endpoint, method.clone(), path, who, Some(body), Some(&key))
+                .await;
+            match answer {
+                Ok(answer) if !answer.status.is_server_error() => return Ok(answer),
+                _ if Instant::now() > deadline => anyhow::bail!("{endpoint}: no answer in 60 s"),
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Answer> {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
         request = match who {
             As::Anyone => request,
             As::Key(key) => request.bearer_auth(key),

@@ -2,7 +2,7 @@
 //! store, and compared with it at the end.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -12,13 +12,80 @@ pub struct Tenant {
     pub index: usize,
     pub tenant_id: String,
     pub signup_id: String,
-    pub api_key: String,
-    pub key_id: String,
+    /// The plan it signed up on; [`Live::plan_at`] knows the changes.
     pub plan: String,
     /// The start of the tenant's first billing period (its activation).
     pub first_period: String,
     /// Share of the traffic: a few tenants are hot, most are small.
     pub weight: f64,
+    pub live: Arc<Live>,
+}
+
+impl Tenant {
+    /// The key the tenant uses now.
+    pub fn key(&self) -> String {
+        self.live.state().api_key.clone()
+    }
+
+    pub fn key_id(&self) -> String {
+        self.live.state().key_id.clone()
+    }
+}
+
+/// What changes in a tenant's life, and the gate that keeps its usage out while a
+/// change is under way: usage goes in under `gate.read()`, a change under
+/// `gate.write()`, so that the books know which side of a change each batch fell on.
+#[derive(Debug)]
+pub struct Live {
+    pub gate: tokio::sync::RwLock<()>,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveState {
+    pub api_key: String,
+    pub key_id: String,
+    pub suspended: bool,
+    pub changes: Vec<PlanChange>,
+}
+
+/// A plan change as the simulator asked for it and saw it take effect.
+#[derive(Debug, Clone)]
+pub struct PlanChange {
+    pub to: String,
+    pub effective_at: DateTime<Utc>,
+    /// Taken at once (an upgrade): its base fees are prorated, and the period's usage so
+    /// far stays rated under `from`.
+    pub at_once: bool,
+    /// For a change taken at once: the period's usage acknowledged before it.
+    pub usage_before: MetricUsage,
+}
+
+impl Live {
+    pub fn new(api_key: String, key_id: String) -> Arc<Live> {
+        Arc::new(Live {
+            gate: tokio::sync::RwLock::new(()),
+            state: Mutex::new(LiveState {
+                api_key,
+                key_id,
+                suspended: false,
+                changes: Vec::new(),
+            }),
+        })
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plan in effect at `at`, from `first` and the changes.
+    pub fn plan_at(&self, first: &str, at: DateTime<Utc>) -> String {
+        self.state()
+            .changes
+            .iter()
+            .rfind(|c| c.effective_at <= at)
+            .map_or_else(|| first.to_owned(), |c| c.to.clone())
+    }
 }
 
 /// Per metric, the units acknowledged.

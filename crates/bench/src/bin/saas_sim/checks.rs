@@ -57,8 +57,14 @@ pub async fn verify(
     let mut to_compare = Vec::new();
     let deadline = Instant::now() + settle_within;
     for tenant in tenants {
-        let plan = plans.get(&tenant.plan).context("the tenant's plan")?;
+        let changes = tenant.live.state().changes.clone();
         let settled = settled_invoices(api, tenant, books, (cutoff, deadline)).await?;
+        let settled_cycle = settled.cycle;
+        // The plan whose limits held at the end of the period starting at `start`.
+        let limits_of = |start: DateTime<Utc>| {
+            let last_use = start + settled_cycle - chrono::TimeDelta::milliseconds(1);
+            plans.get(&tenant.live.plan_at(&tenant.plan, last_use))
+        };
         let (invoices, current_start) = (settled.invoices, settled.current);
         verdict.invoices += invoices.len() as u64;
         let mut starts: Vec<DateTime<Utc>> = invoices
@@ -102,6 +108,7 @@ pub async fn verify(
         let mut surplus = MetricUsage::new();
         for start in periods {
             let exact = exact_in(start);
+            let plan = limits_of(start).context("the tenant's plan")?;
             for (metric, used) in &exact {
                 let limit = plan.metrics.get(metric).and_then(|t| t.limit);
                 if !verdict
@@ -145,7 +152,17 @@ pub async fn verify(
                 Some(start) if maybe_in(start).is_empty() => exact_in(start),
                 _ => quantities(invoice),
             };
-            let expected = rerate::period_total(plan, plan, &used)?;
+            let end = invoice["period_end"].as_str().and_then(instant);
+            let expected = match (instant(start), end) {
+                (Some(start), Some(end)) => rerate::period_invoice_total(
+                    plans,
+                    &tenant.plan,
+                    &changes,
+                    (start, end),
+                    &used,
+                )?,
+                _ => anyhow::bail!("invoice {} without its period", invoice["id"]),
+            };
             let total = invoice["total"].as_i64().map(i128::from);
             if !verdict.rerated.check(total == Some(expected)) {
                 books.violation(format!(
@@ -234,6 +251,7 @@ struct Settled {
     invoices: Vec<Value>,
     current: Option<DateTime<Utc>>,
     ended: Vec<DateTime<Utc>>,
+    cycle: chrono::TimeDelta,
 }
 
 /// The tenant's invoices of periods that started before `cutoff` (the end of the
@@ -251,9 +269,12 @@ async fn settled_invoices(
         let summary = usage_summary(api, tenant).await?;
         let current = summary["period_start"].as_str().and_then(instant);
         let end = summary["period_end"].as_str().and_then(instant);
+        let cycle = match (current, end) {
+            (Some(current), Some(end)) => end - current,
+            _ => chrono::TimeDelta::zero(),
+        };
         let ended: Vec<DateTime<Utc>> = match (current, end) {
-            (Some(current), Some(end)) if end > current => {
-                let cycle = end - current;
+            (Some(current), Some(_)) if cycle > chrono::TimeDelta::zero() => {
                 std::iter::successors(Some(first), |start| Some(*start + cycle))
                     .take_while(|start| *start < current && *start < cutoff)
                     .collect()
@@ -265,7 +286,7 @@ async fn settled_invoices(
                 "GET /v1/invoices",
                 Method::GET,
                 "/v1/invoices",
-                As::Key(&tenant.api_key),
+                As::Key(&tenant.key()),
                 None,
             )
             .await?;
@@ -295,6 +316,7 @@ async fn settled_invoices(
                 invoices,
                 current,
                 ended,
+                cycle,
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -396,7 +418,7 @@ async fn usage_summary(api: &Api, tenant: &Tenant) -> anyhow::Result<Value> {
             "GET /v1/usage/summary",
             Method::GET,
             "/v1/usage/summary",
-            As::Key(&tenant.api_key),
+            As::Key(&tenant.key()),
             None,
         )
         .await?

@@ -15,6 +15,7 @@ mod api;
 mod books;
 mod checks;
 mod faults;
+mod life;
 mod population;
 mod rerate;
 mod run;

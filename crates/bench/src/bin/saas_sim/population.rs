@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::api::{Api, As};
-use crate::books::{Books, Tally, Tenant};
+use crate::books::{Books, Live, Tally, Tenant};
 
 /// Plans, and the share of signups that pick each: most small, a few large.
 const PLAN_MIX: [(&str, f64); 4] = [
@@ -174,11 +174,10 @@ async fn one(api: &Api, planned: Planned) -> anyhow::Result<(bool, Option<Tenant
         index: planned.index,
         tenant_id: view["tenant_id"].as_str().context("tenant id")?.to_owned(),
         signup_id: id,
-        api_key,
-        key_id,
         plan: planned.plan.to_owned(),
         first_period,
         weight: 0.0,
+        live: Live::new(api_key, key_id),
     };
     Ok((!planned.declines, Some(tenant)))
 }

@@ -14,7 +14,7 @@ use crate::api::{Api, As};
 use crate::books::{Books, Tally};
 use crate::checks::{self, StripeSource, StripeView};
 use crate::faults::{self, Deployment, Windows};
-use crate::{population, rerate, traffic};
+use crate::{life, population, rerate, traffic};
 
 const OPERATOR_TOKEN: &str = "saas-sim-operator-token";
 const STRIPE_KEY: &str = "sk_test_saas_sim";
@@ -110,20 +110,36 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
     let schedule = faults::schedule(traffic_length, settings.fault_rounds);
     faults::print(&schedule);
     let windows = Windows::default();
-    let (traffic, injected) = tokio::join!(
-        traffic::run(
+    let ((traffic, traffic_took), life, injected) = tokio::join!(
+        async {
+            let tally = traffic::run(
+                &api,
+                &books,
+                &population.tenants,
+                until,
+                settings.concurrency,
+                settings.seed,
+            )
+            .await;
+            (tally, traffic_started.elapsed())
+        },
+        life::run(
             &api,
             &books,
             &population.tenants,
             until,
-            settings.concurrency,
+            Duration::from_millis(500),
             settings.seed,
         ),
         faults::inject(&deployment, &schedule, traffic_started, &windows),
     );
     injected?;
-    let traffic_took = traffic_started.elapsed();
     let traffic_ended = chrono::Utc::now();
+    out(format!(
+        "life: {} keys rotated, {} suspensions, {} upgrades at once, {} downgrades at \
+         the period's end, {} changes turned down as busy",
+        life.rotations.checked, life.suspensions.checked, life.upgrades, life.downgrades, life.busy
+    ));
     out(format!(
         "traffic: {} batches, {} events acknowledged, {} refused at hard limits, {} stored \
          by an attempt whose answer was lost, in {:.1} s",
@@ -162,6 +178,7 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         &books,
         &population,
         &traffic,
+        &life,
         &verdict,
         &stripe_view,
         &windows,
@@ -203,6 +220,7 @@ fn report(
     books: &Books,
     population: &population::Population,
     traffic: &traffic::TrafficTally,
+    life: &life::LifeTally,
     verdict: &checks::Verdict,
     stripe: &StripeView,
     windows: &Windows,
@@ -274,6 +292,14 @@ fn report(
     line("retried batches counted once", traffic.retries);
     line("in-batch twins counted once", traffic.twins);
     line("isolation probes refused", traffic.isolation);
+    line(
+        "rotated keys: new one works, revoked one refused",
+        life.rotations,
+    );
+    line(
+        "suspended tenants served again once reactivated",
+        life.suspensions,
+    );
     line(
         "acknowledged usage = invoiced usage (tenant, period)",
         verdict.usage_invoiced_once,

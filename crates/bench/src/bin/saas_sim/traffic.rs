@@ -22,6 +22,8 @@ pub struct TrafficTally {
     pub events_acknowledged: u64,
     /// Batches refused whole at a hard limit (429 `quota_exceeded`).
     pub refused_at_limit: u64,
+    /// Batches of suspended tenants, refused (403 `tenant_suspended`).
+    pub refused_suspended: u64,
     /// Batches stored by an attempt whose answer never came (a fault cut it), found
     /// stored whole when the client sent them again.
     pub answers_lost: u64,
@@ -65,6 +67,7 @@ pub async fn run(
             sum.batches += t.batches;
             sum.events_acknowledged += t.events_acknowledged;
             sum.refused_at_limit += t.refused_at_limit;
+            sum.refused_suspended += t.refused_suspended;
             sum.answers_lost += t.answers_lost;
             for (into, from) in [
                 (&mut sum.retries, t.retries),
@@ -127,12 +130,20 @@ async fn send_batch(
         events.push(events[0].clone());
     }
     let body = json!({ "events": events });
+    // No change of the tenant's life takes effect while its batch is in flight.
+    let _gate = tenant.live.gate.read().await;
+    let suspended = tenant.live.state().suspended;
     let Some(sent) = ingest_until_answered(api, books, tenant, &body).await else {
         return;
     };
     let answer = sent.answer;
     tally.batches += 1;
     match answer.status.as_u16() {
+        403 if suspended && answer.code() == "tenant_suspended" => tally.refused_suspended += 1,
+        _ if suspended => books.violation(format!(
+            "{}: a suspended tenant's batch answered {} {}",
+            tenant.tenant_id, answer.status, answer.body
+        )),
         202 => {
             let accepted = answer.body["accepted"].as_u64().unwrap_or(0);
             let duplicates = answer.body["duplicates"].as_u64().unwrap_or(0);
@@ -274,7 +285,7 @@ async fn ingest(api: &Api, tenant: &Tenant, body: &Value) -> anyhow::Result<crat
         "POST /v1/usage/events",
         Method::POST,
         "/v1/usage/events",
-        As::Key(&tenant.api_key),
+        As::Key(&tenant.key()),
         Some(body),
     )
     .await
@@ -298,7 +309,7 @@ async fn probe_isolation(
         (
             "DELETE /v1/api-keys/{id}",
             Method::DELETE,
-            format!("/v1/api-keys/{}", b.key_id),
+            format!("/v1/api-keys/{}", b.key_id()),
         ),
         (
             "GET /v1/signups/{id}",
@@ -319,7 +330,7 @@ async fn probe_isolation(
             "GET /v1/invoices",
             Method::GET,
             "/v1/invoices",
-            As::Key(&b.api_key),
+            As::Key(&b.key()),
             None,
         )
         .await
@@ -333,7 +344,7 @@ async fn probe_isolation(
     }
     for (endpoint, method, path) in attempts {
         let Ok(answer) = api
-            .call(endpoint, method, &path, As::Key(&a.api_key), None)
+            .call(endpoint, method, &path, As::Key(&a.key()), None)
             .await
         else {
             continue;
@@ -353,7 +364,7 @@ async fn probe_isolation(
             "GET /v1/tenant",
             Method::GET,
             "/v1/tenant",
-            As::Key(&b.api_key),
+            As::Key(&b.key()),
             None,
         )
         .await
