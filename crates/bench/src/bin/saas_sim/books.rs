@@ -30,6 +30,24 @@ impl Tenant {
     pub fn key_id(&self) -> String {
         self.live.state().key_id.clone()
     }
+
+    pub fn erased(&self) -> bool {
+        self.live.state().erased
+    }
+
+    /// The address it signed up with (personal data, gone after an erasure).
+    pub fn email(&self) -> String {
+        Self::email_of(self.index)
+    }
+
+    pub fn email_of(index: usize) -> String {
+        format!("sim+{index}@example.com")
+    }
+
+    /// The company name it signed up with.
+    pub fn company_of(index: usize) -> String {
+        format!("Simulated tenant {index}")
+    }
 }
 
 /// What changes in a tenant's life, and the gate that keeps its usage out while a
@@ -46,6 +64,8 @@ pub struct LiveState {
     pub api_key: String,
     pub key_id: String,
     pub suspended: bool,
+    /// Asked to be erased: no more usage, and checked for what it left.
+    pub erased: bool,
     pub changes: Vec<PlanChange>,
 }
 
@@ -69,6 +89,7 @@ impl Live {
                 api_key,
                 key_id,
                 suspended: false,
+                erased: false,
                 changes: Vec::new(),
             }),
         })

@@ -24,6 +24,8 @@ pub struct LifeTally {
     pub rotations: Tally,
     /// Per suspension: usage refused while suspended, served again once reactivated.
     pub suspensions: Tally,
+    /// Per erasure: the export held the tenant's data, and the erasure was taken.
+    pub erasures: Tally,
     pub upgrades: u64,
     pub downgrades: u64,
     /// Changes the service turned down because another transition was running.
@@ -52,10 +54,20 @@ pub async fn run(
         }
         suspended.retain(|(due, _)| *due > now);
         let tenant = &tenants[rng.random_range(0..tenants.len())];
-        if tenant.live.state().suspended || suspended.iter().any(|(_, t)| t.index == tenant.index) {
+        if tenant.live.state().suspended
+            || tenant.erased()
+            || suspended.iter().any(|(_, t)| t.index == tenant.index)
+        {
             continue;
         }
-        let outcome = match rng.random_range(0..4) {
+        // A few tenants leave: one in twenty at most.
+        let may_erase = tally.erasures.checked < (tenants.len() as u64 / 20).max(1);
+        let outcome = match rng.random_range(0..if may_erase { 5 } else { 4 }) {
+            4 => erase(api, tenant).await.map(|ok| {
+                tally.erasures.check(ok);
+                ok.then_some(())
+                    .ok_or("the export or the erasure did not behave")
+            }),
             0 => rotate_key(api, tenant).await.map(|ok| {
                 tally.rotations.check(ok);
                 ok.then_some(())
@@ -163,6 +175,41 @@ async fn rotate_key(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
     )
     .await?;
     Ok(old.status == 401 && new.status == 200 && new.body["id"] == json!(tenant.tenant_id))
+}
+
+/// The tenant exports its data, then asks to be erased; whether the export held its
+/// data and the erasure was taken. What the erasure leaves is checked at the end.
+async fn erase(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
+    let _gate = tenant.live.gate.write().await;
+    let key = tenant.key();
+    let export = call(
+        api,
+        "GET /v1/tenant/export",
+        Method::GET,
+        "/v1/tenant/export",
+        As::Key(&key),
+        None,
+    )
+    .await?;
+    let exported = export.status == 200 && export.body.to_string().contains(&tenant.email());
+    let asked = api
+        .call_idempotent(
+            "POST /v1/tenant/erasure",
+            Method::POST,
+            "/v1/tenant/erasure",
+            As::Key(&key),
+            &json!({}),
+        )
+        .await
+        .map_err(|_| Busy)?;
+    if asked.status == 409 {
+        return Err(Busy);
+    }
+    let taken = asked.status == 202;
+    if taken {
+        tenant.live.state().erased = true;
+    }
+    Ok(exported && taken)
 }
 
 /// An operator suspends the tenant; whether its usage is then refused.

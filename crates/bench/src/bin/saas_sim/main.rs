@@ -14,12 +14,14 @@
 mod api;
 mod books;
 mod checks;
+mod erasure_checks;
 mod faults;
 mod life;
 mod population;
 mod rerate;
 mod run;
 mod traffic;
+mod usage_store;
 
 use clap::{Parser, ValueEnum};
 

@@ -98,8 +98,8 @@ pub async fn sign_up(
 /// One signup through to its end: whether it ended as its card says, and the tenant.
 async fn one(api: &Api, planned: Planned) -> anyhow::Result<(bool, Option<Tenant>)> {
     let body = json!({
-        "email": format!("sim+{}@example.com", planned.index),
-        "company": format!("Simulated tenant {}", planned.index),
+        "email": Tenant::email_of(planned.index),
+        "company": Tenant::company_of(planned.index),
         "plan": planned.plan,
         "payment_method": planned.card,
     });

@@ -14,7 +14,8 @@ use crate::api::{Api, As};
 use crate::books::{Books, Tally};
 use crate::checks::{self, StripeSource, StripeView};
 use crate::faults::{self, Deployment, Windows};
-use crate::{life, population, rerate, traffic};
+use crate::usage_store::UsageStore;
+use crate::{erasure_checks, life, population, rerate, traffic};
 
 const OPERATOR_TOKEN: &str = "saas-sim-operator-token";
 const STRIPE_KEY: &str = "sk_test_saas_sim";
@@ -162,13 +163,30 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         base: stripe.url.clone(),
         key: STRIPE_KEY.to_owned(),
     };
+    let clickhouse_url = deployment.clickhouse.lock().await.url.clone();
+    let stored = UsageStore::load(&clickhouse_url, &settings.database).await?;
     let (verdict, stripe_view) = checks::verify(
         &api,
         &books,
         &population.tenants,
         &plans,
         &source,
+        &stored,
         (traffic_ended, Duration::from_secs(60)),
+    )
+    .await?;
+    let erasures = erasure_checks::check(
+        &api,
+        &books,
+        &population.tenants,
+        &erasure_checks::Stores {
+            clickhouse_url: &clickhouse_url,
+            database: &settings.database,
+            postgres_url: &bench::pg_url(bench::OWNER, &settings.database),
+            stripe_base: &stripe.url,
+            stripe_key: STRIPE_KEY,
+        },
+        Duration::from_secs(180),
     )
     .await?;
     let total_took = started.elapsed();
@@ -179,6 +197,7 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         &population,
         &traffic,
         &life,
+        erasures,
         &verdict,
         &stripe_view,
         &windows,
@@ -221,6 +240,7 @@ fn report(
     population: &population::Population,
     traffic: &traffic::TrafficTally,
     life: &life::LifeTally,
+    erasures: Tally,
     verdict: &checks::Verdict,
     stripe: &StripeView,
     windows: &Windows,
@@ -301,8 +321,20 @@ fn report(
         life.suspensions,
     );
     line(
+        "exports hold the tenant's data, erasures taken",
+        life.erasures,
+    );
+    line(
+        "erased: nothing left in the API, Postgres, ClickHouse, Stripe",
+        erasures,
+    );
+    line(
         "acknowledged usage = invoiced usage (tenant, period)",
         verdict.usage_invoiced_once,
+    );
+    line(
+        "ClickHouse = acknowledged usage, each event once",
+        verdict.clickhouse_equal,
     );
     line("invoice total = independent re-rating", verdict.rerated);
     line("Stripe invoice = ours, paid once", verdict.stripe_equal);

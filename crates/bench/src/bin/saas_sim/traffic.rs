@@ -130,9 +130,19 @@ async fn send_batch(
         events.push(events[0].clone());
     }
     let body = json!({ "events": events });
-    // No change of the tenant's life takes effect while its batch is in flight.
-    let _gate = tenant.live.gate.read().await;
-    let suspended = tenant.live.state().suspended;
+    // No change of the tenant's life takes effect while its batch is in flight. While
+    // one is under way, this client moves on to another tenant rather than wait.
+    let Ok(_gate) = tenant.live.gate.try_read() else {
+        tokio::task::yield_now().await;
+        return;
+    };
+    let (suspended, erased) = {
+        let state = tenant.live.state();
+        (state.suspended, state.erased)
+    };
+    if erased {
+        return; // it left: its key is revoked, and its client stopped
+    }
     let Some(sent) = ingest_until_answered(api, books, tenant, &body).await else {
         return;
     };
@@ -302,7 +312,7 @@ async fn probe_isolation(
 ) {
     let a = &tenants[rng.random_range(0..tenants.len())];
     let b = &tenants[rng.random_range(0..tenants.len())];
-    if a.tenant_id == b.tenant_id {
+    if a.tenant_id == b.tenant_id || a.erased() || b.erased() {
         return;
     }
     let mut attempts = vec![
