@@ -579,3 +579,50 @@ async fn a_retried_reactivation_gets_its_first_answer() {
         .count();
     assert_eq!(reactivations, 1);
 }
+
+#[tokio::test]
+async fn a_tenant_comes_back_right_after_a_suspension_made_behind_the_key_cache() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("starter").await;
+    // The key's owner, with its state (active), is now in the key cache.
+    assert_eq!(
+        app.get_json(&tenant.api_key, "/v1/tenant").await["state"],
+        "active"
+    );
+    // Dunning suspends from a job: the cache of this process is not told.
+    let suspension = lifecycle::TransitionRequest {
+        tenant_id: tenant.id,
+        change: lifecycle::Change::Suspend {
+            tenant_may_reactivate: true,
+        },
+        actor: tenancy::audit::Actor::System("dunning"),
+        reason: Some("invoice unpaid (exhausted)".into()),
+        request_id: None,
+        idempotency_key: None,
+    };
+    lifecycle::transitions::begin(&app.db, &suspension)
+        .await
+        .unwrap();
+    wait_for_state(&app, tenant.id, "suspended").await;
+    // Within the cache's time to live, the tenant pays its way back.
+    let back = app
+        .post_as(&tenant.api_key, "/v1/tenant/reactivation", &json!({}))
+        .await;
+    assert_eq!(back.status(), 202, "{:?}", back.text().await);
+    wait_for_state(&app, tenant.id, "active").await;
+}
+
+/// Waits until the operator's view shows the tenant in `state`.
+async fn wait_for_state(app: &TestApp, tenant: TenantId, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = app
+            .operator_get(&format!("/v1/admin/tenants/{tenant}"))
+            .await;
+        if seen["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {state}: {seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

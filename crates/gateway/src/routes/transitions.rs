@@ -426,22 +426,24 @@ async fn request_reactivation(
         ));
     }
     state.tenant_writes.check(tenant.tenant_id)?;
-    if tenant.state != TenantState::Suspended {
-        return Err(ApiError::unprocessable(
-            "invalid_transition",
-            format!(
-                "only a suspended tenant can be reactivated; this one is {}",
-                tenant.state
-            ),
-        ));
-    }
-    let allowed = {
+    // The state as stored, not as the key cache remembers it: dunning suspends tenants
+    // from a job, behind the cache's back, and a tenant comes back right after.
+    let (current, allowed) = {
         let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
+        let current = tenancy::tenants::get(&mut tx, tenant.tenant_id)
+            .await?
+            .state;
         let allowed =
             lifecycle::transitions::tenant_may_reactivate(&mut tx, tenant.tenant_id).await?;
         tx.commit().await?;
-        allowed
+        (current, allowed)
     };
+    if current != TenantState::Suspended {
+        return Err(ApiError::unprocessable(
+            "invalid_transition",
+            format!("only a suspended tenant can be reactivated; this one is {current}"),
+        ));
+    }
     if !allowed {
         return Err(ApiError::forbidden(
             "reactivation_not_allowed",

@@ -66,6 +66,9 @@ pub struct LiveState {
     pub suspended: bool,
     /// Asked to be erased: no more usage, and checked for what it left.
     pub erased: bool,
+    /// Its card declines: dunning may suspend it at any moment, until it comes back
+    /// with a new card.
+    pub declining: bool,
     pub changes: Vec<PlanChange>,
 }
 
@@ -90,6 +93,7 @@ impl Live {
                 key_id,
                 suspended: false,
                 erased: false,
+                declining: false,
                 changes: Vec::new(),
             }),
         })

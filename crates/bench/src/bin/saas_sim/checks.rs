@@ -24,7 +24,7 @@ pub struct Verdict {
     pub clickhouse_equal: Tally,
     /// Per invoice: its total equals the re-rating from the published plans.
     pub rerated: Tally,
-    /// Per invoice to collect: one Stripe invoice, equal in total, paid once.
+    /// Per invoice to collect: one Stripe invoice, equal line for line, paid once.
     pub stripe_equal: Tally,
     /// Per tenant, period and metric with a hard limit: the limit held.
     pub limits_held: Tally,
@@ -341,6 +341,20 @@ async fn settled_invoices(
     }
 }
 
+/// The amounts of an invoice's lines, sorted; of ours only those Stripe is sent (a line
+/// of nothing is not).
+fn line_amounts(lines: &Value, ours: bool) -> Vec<i64> {
+    let mut amounts: Vec<i64> = lines
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|line| line["amount"].as_i64())
+        .filter(|amount| !ours || *amount != 0)
+        .collect();
+    amounts.sort_unstable();
+    amounts
+}
+
 fn check_at_stripe(invoice: &Value, stripe: &StripeView, books: &Books, tally: &mut Tally) {
     let id = invoice["id"].as_str().unwrap_or_default();
     let total = invoice["total"].as_i64().unwrap_or(0);
@@ -355,7 +369,9 @@ fn check_at_stripe(invoice: &Value, stripe: &StripeView, books: &Books, tally: &
     } else {
         matches!(at_stripe, [one] if one["total"].as_i64() == Some(total)
             && one["amount_paid"].as_i64() == Some(total)
-            && one["status"] == "paid")
+            && one["status"] == "paid"
+            && line_amounts(&invoice["lines"], true) == line_amounts(&one["lines"]["data"], false)
+            && one["lines"]["has_more"] != true)
             && invoice["status"] == "paid"
     };
     if !tally.check(ok) {
@@ -423,10 +439,62 @@ fn add(into: &mut MetricUsage, usage: &MetricUsage) {
     }
 }
 
-/// Where the Stripe fake is, and the key to read it with.
+/// Where the Stripe fake is, and the key to reach it with.
 pub struct StripeSource {
     pub base: String,
     pub key: String,
+}
+
+impl StripeSource {
+    /// A form-encoded POST, as Stripe's API takes them.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let answer = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .basic_auth(&self.key, Some(""))
+            .form(form)
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "{path}: {}", answer.status());
+        Ok(answer.json().await?)
+    }
+
+    /// Every customer, read page by page.
+    pub async fn customers(&self) -> anyhow::Result<Vec<Value>> {
+        let client = reqwest::Client::new();
+        let (mut customers, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let mut url = format!("{}/v1/customers?limit=100", self.base);
+            if let Some(after) = &after {
+                url.push_str(&format!("&starting_after={after}"));
+            }
+            let page: Value = client
+                .get(url)
+                .basic_auth(&self.key, Some(""))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            after = data
+                .last()
+                .and_then(|c| c["id"].as_str())
+                .map(str::to_owned);
+            customers.extend(data);
+            if page["has_more"] != true || after.is_none() {
+                return Ok(customers);
+            }
+        }
+    }
+
+    pub async fn customer_with_email(&self, email: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .customers()
+            .await?
+            .iter()
+            .find(|c| c["email"] == email)
+            .and_then(|c| c["id"].as_str())
+            .map(str::to_owned))
+    }
 }
 
 /// The tenant's current period and its usage, as `GET /v1/usage/summary` shows them.

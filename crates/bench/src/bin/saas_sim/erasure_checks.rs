@@ -12,14 +12,14 @@ use sqlx::{Connection, PgConnection};
 
 use crate::api::{Api, As};
 use crate::books::{Books, Tally, Tenant};
+use crate::checks::StripeSource;
 
 /// Where an erased tenant's data could be left.
 pub struct Stores<'a> {
     pub clickhouse_url: &'a str,
     pub database: &'a str,
     pub postgres_url: &'a str,
-    pub stripe_base: &'a str,
-    pub stripe_key: &'a str,
+    pub stripe: &'a StripeSource,
 }
 
 /// Waits (up to `within`) for each erasure to finish, then checks what it left; one
@@ -47,7 +47,7 @@ pub async fn check(
     )
     .fetch_all(&mut postgres)
     .await?;
-    let customers = stripe_customers(stores).await?;
+    let customers = stores.stripe.customers().await?;
     for tenant in erased {
         let mut left = Vec::new();
         loop {
@@ -175,32 +175,4 @@ async fn gone_from_postgres(
         }
     }
     Ok(())
-}
-
-/// Every customer the Stripe fake holds.
-async fn stripe_customers(stores: &Stores<'_>) -> anyhow::Result<Vec<Value>> {
-    let client = reqwest::Client::new();
-    let (mut customers, mut after) = (Vec::new(), None::<String>);
-    loop {
-        let mut url = format!("{}/v1/customers?limit=100", stores.stripe_base);
-        if let Some(after) = &after {
-            url.push_str(&format!("&starting_after={after}"));
-        }
-        let page: Value = client
-            .get(url)
-            .basic_auth(stores.stripe_key, Some(""))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let data = page["data"].as_array().cloned().unwrap_or_default();
-        after = data
-            .last()
-            .and_then(|c| c["id"].as_str())
-            .map(str::to_owned);
-        customers.extend(data);
-        if page["has_more"] != true || after.is_none() {
-            return Ok(customers);
-        }
-    }
 }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Api, As};
 use crate::books::{Books, MetricUsage, PlanChange, Tally, Tenant};
+use crate::checks::StripeSource;
 
 /// Paid plans in order of price: upgrades move right, downgrades left.
 const LADDER: [&str; 3] = ["starter", "pro", "enterprise"];
@@ -24,6 +26,9 @@ pub struct LifeTally {
     pub rotations: Tally,
     /// Per suspension: usage refused while suspended, served again once reactivated.
     pub suspensions: Tally,
+    /// Per tenant whose card started declining: dunning suspended it, and it came back
+    /// by itself with a new card.
+    pub dunning: Tally,
     /// Per erasure: the export held the tenant's data, and the erasure was taken.
     pub erasures: Tally,
     pub upgrades: u64,
@@ -37,6 +42,7 @@ pub async fn run(
     api: &Api,
     books: &Books,
     tenants: &[Tenant],
+    stripe: &StripeSource,
     until: Instant,
     every: Duration,
     seed: u64,
@@ -44,6 +50,7 @@ pub async fn run(
     let mut rng = StdRng::seed_from_u64(seed ^ 0x11fe);
     let mut tally = LifeTally::default();
     let mut suspended: Vec<(Instant, &Tenant)> = Vec::new();
+    let mut declined = 0;
     while Instant::now() < until {
         tokio::time::sleep(every).await;
         // Reactivations that are due come first.
@@ -54,15 +61,39 @@ pub async fn run(
         }
         suspended.retain(|(due, _)| *due > now);
         let tenant = &tenants[rng.random_range(0..tenants.len())];
+        // A tenant whose card declines is left to dunning and to itself.
         if tenant.live.state().suspended
+            || tenant.live.state().declining
             || tenant.erased()
             || suspended.iter().any(|(_, t)| t.index == tenant.index)
         {
             continue;
         }
-        // A few tenants leave: one in twenty at most.
-        let may_erase = tally.erasures.checked < (tenants.len() as u64 / 20).max(1);
-        let outcome = match rng.random_range(0..if may_erase { 5 } else { 4 }) {
+        // Tenants dunning suspended come back with a new card.
+        for tenant in tenants.iter().filter(|t| t.live.state().declining) {
+            if let Some(done) = come_back(api, tenant).await {
+                note(
+                    books,
+                    tenant,
+                    "coming back after dunning",
+                    done,
+                    &mut tally.dunning,
+                );
+            }
+        }
+        // A few tenants leave, and a few cards start declining: one in twenty at most.
+        let few = (tenants.len() as u64 / 20).max(1);
+        let may_decline = declined < few && tenant.plan != "free";
+        let may_erase = tally.erasures.checked < few;
+        let outcome = match rng.random_range(0..6) {
+            5 if may_decline => {
+                declined += 1;
+                start_declining(stripe, tenant)
+                    .await
+                    .map(|()| Ok(()))
+                    .map_err(|_| Busy)
+            }
+            4 | 5 if !may_erase => continue,
             4 => erase(api, tenant).await.map(|ok| {
                 tally.erasures.check(ok);
                 ok.then_some(())
@@ -98,6 +129,26 @@ pub async fn run(
     for (_, tenant) in suspended {
         let done = reactivate(api, tenant).await;
         note(books, tenant, "reactivation", done, &mut tally.suspensions);
+    }
+    // Dunning goes on after the traffic: wait for each suspension, and come back.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for tenant in tenants.iter().filter(|t| t.live.state().declining) {
+        let done = loop {
+            if let Some(done) = come_back(api, tenant).await {
+                break done;
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!("dunning never suspended it"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        note(
+            books,
+            tenant,
+            "coming back after dunning",
+            done,
+            &mut tally.dunning,
+        );
     }
     tally
 }
@@ -210,6 +261,106 @@ async fn erase(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
         tenant.live.state().erased = true;
     }
     Ok(exported && taken)
+}
+
+/// Stripe's test card that attaches and then declines every charge
+/// (https://docs.stripe.com/testing#declined-payments).
+const DECLINING_CARD: &str = "4000000000000341";
+
+/// The tenant's card starts declining: a card that declines every charge becomes its
+/// Stripe customer's default, as the card holder's bank would make it.
+async fn start_declining(stripe: &StripeSource, tenant: &Tenant) -> anyhow::Result<()> {
+    let customer = stripe
+        .customer_with_email(&tenant.email())
+        .await?
+        .context("the tenant's Stripe customer")?;
+    let card = stripe
+        .post(
+            "/v1/payment_methods",
+            &[
+                ("type", "card"),
+                ("card[number]", DECLINING_CARD),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2030"),
+                ("card[cvc]", "123"),
+            ],
+        )
+        .await?;
+    let card = card["id"].as_str().context("a payment method id")?;
+    stripe
+        .post(
+            &format!("/v1/payment_methods/{card}/attach"),
+            &[("customer", customer.as_str())],
+        )
+        .await?;
+    stripe
+        .post(
+            &format!("/v1/customers/{customer}"),
+            &[("invoice_settings[default_payment_method]", card)],
+        )
+        .await?;
+    tenant.live.state().declining = true;
+    Ok(())
+}
+
+/// A tenant whose card declines, once dunning suspended it, comes back by itself with a
+/// new card: `None` while it is not suspended yet, else whether it is served again.
+async fn come_back(api: &Api, tenant: &Tenant) -> Option<anyhow::Result<bool>> {
+    let _gate = tenant.live.gate.write().await;
+    let key = tenant.key();
+    let me = call(
+        api,
+        "GET /v1/tenant",
+        Method::GET,
+        "/v1/tenant",
+        As::Key(&key),
+        None,
+    )
+    .await
+    .ok()?;
+    if me.body["state"] != "suspended" {
+        return None;
+    }
+    let asked = api
+        .call_idempotent(
+            "POST /v1/tenant/reactivation",
+            Method::POST,
+            "/v1/tenant/reactivation",
+            As::Key(&key),
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    let asked = match asked {
+        Ok(asked) if asked.status == 202 => asked,
+        Ok(asked) => {
+            return Some(Err(anyhow::anyhow!(
+                "reactivation answered {} {}",
+                asked.status,
+                asked.body
+            )));
+        }
+        Err(error) => return Some(Err(error)),
+    };
+    drop(asked);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(me) = call(
+            api,
+            "GET /v1/tenant",
+            Method::GET,
+            "/v1/tenant",
+            As::Key(&key),
+            None,
+        )
+        .await
+            && me.body["state"] == "active"
+        {
+            tenant.live.state().declining = false;
+            return Some(Ok(true));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(Ok(false))
 }
 
 /// An operator suspends the tenant; whether its usage is then refused.

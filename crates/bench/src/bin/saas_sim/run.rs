@@ -65,6 +65,8 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
             ("SAAS_BILLING__CYCLE", &cycle),
             ("SAAS_BILLING__CLOSE_GRACE_MS", "1000"),
             ("SAAS_BILLING__RUN_INTERVAL_MS", "500"),
+            // Dunning in seconds, so that a declining card ends in a suspension in time.
+            ("SAAS_BILLING__DUNNING_RETRIES", "2s,4s,6s"),
             ("SAAS_SIGNUPS__RATE_PER_MINUTE", "1000000"),
             ("SAAS_HTTP__SENSITIVE_WRITES_PER_MINUTE", "1000000"),
             ("SAAS_WORKERS__JOB_CONCURRENCY", "16"),
@@ -105,6 +107,10 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         postgres: postgres_proxy,
         stripe: stripe_proxy,
     };
+    let source = StripeSource {
+        base: stripe.url.clone(),
+        key: STRIPE_KEY.to_owned(),
+    };
     let traffic_started = Instant::now();
     let traffic_length = Duration::from_secs(settings.cycle_secs * u64::from(settings.cycles));
     let until = traffic_started + traffic_length;
@@ -128,6 +134,7 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
             &api,
             &books,
             &population.tenants,
+            &source,
             until,
             Duration::from_millis(500),
             settings.seed,
@@ -137,9 +144,15 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
     injected?;
     let traffic_ended = chrono::Utc::now();
     out(format!(
-        "life: {} keys rotated, {} suspensions, {} upgrades at once, {} downgrades at \
-         the period's end, {} changes turned down as busy",
-        life.rotations.checked, life.suspensions.checked, life.upgrades, life.downgrades, life.busy
+        "life: {} keys rotated, {} suspensions, {} cards declining, {} erasures, {} upgrades \
+         at once, {} downgrades at the period's end, {} changes turned down as busy",
+        life.rotations.checked,
+        life.suspensions.checked,
+        life.dunning.checked,
+        life.erasures.checked,
+        life.upgrades,
+        life.downgrades,
+        life.busy
     ));
     out(format!(
         "traffic: {} batches, {} events acknowledged, {} refused at hard limits, {} stored \
@@ -159,10 +172,6 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         + tenancy::payment_lock::LEASE_TTL
         + Duration::from_secs(60);
     checks::wait_until_settled(&api, &books, &population.tenants, traffic_ended, settle).await?;
-    let source = StripeSource {
-        base: stripe.url.clone(),
-        key: STRIPE_KEY.to_owned(),
-    };
     let clickhouse_url = deployment.clickhouse.lock().await.url.clone();
     let stored = UsageStore::load(&clickhouse_url, &settings.database).await?;
     let (verdict, stripe_view) = checks::verify(
@@ -183,8 +192,7 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
             clickhouse_url: &clickhouse_url,
             database: &settings.database,
             postgres_url: &bench::pg_url(bench::OWNER, &settings.database),
-            stripe_base: &stripe.url,
-            stripe_key: STRIPE_KEY,
+            stripe: &source,
         },
         Duration::from_secs(180),
     )
@@ -321,6 +329,10 @@ fn report(
         life.suspensions,
     );
     line(
+        "declining cards: suspended by dunning, back with a new card",
+        life.dunning,
+    );
+    line(
         "exports hold the tenant's data, erasures taken",
         life.erasures,
     );
@@ -337,7 +349,10 @@ fn report(
         verdict.clickhouse_equal,
     );
     line("invoice total = independent re-rating", verdict.rerated);
-    line("Stripe invoice = ours, paid once", verdict.stripe_equal);
+    line(
+        "Stripe invoice = ours line for line, paid once",
+        verdict.stripe_equal,
+    );
     line(
         "hard limits held (tenant, period, metric)",
         verdict.limits_held,

@@ -136,9 +136,9 @@ async fn send_batch(
         tokio::task::yield_now().await;
         return;
     };
-    let (suspended, erased) = {
+    let (suspended, erased, declining) = {
         let state = tenant.live.state();
-        (state.suspended, state.erased)
+        (state.suspended, state.erased, state.declining)
     };
     if erased {
         return; // it left: its key is revoked, and its client stopped
@@ -149,7 +149,9 @@ async fn send_batch(
     let answer = sent.answer;
     tally.batches += 1;
     match answer.status.as_u16() {
-        403 if suspended && answer.code() == "tenant_suspended" => tally.refused_suspended += 1,
+        403 if (suspended || declining) && answer.code() == "tenant_suspended" => {
+            tally.refused_suspended += 1;
+        }
         _ if suspended => books.violation(format!(
             "{}: a suspended tenant's batch answered {} {}",
             tenant.tenant_id, answer.status, answer.body
