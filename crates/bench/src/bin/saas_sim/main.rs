@@ -1,12 +1,15 @@
-//! `saas-sim`: the whole business at once, driven only through the public API and
-//! Stripe's (the fake's), with books of its own checked against the service at the end.
+//! `saas-sim`: the whole business at once, driven only through the public API, Stripe's
+//! (the fake's) and process signals, with books of its own checked against the service
+//! at the end.
 //!
 //! Tenants sign up on every plan (some with cards that decline), meter usage with a
 //! skewed load (a few hot tenants, many small; retries, in-batch twins, late timestamps,
-//! bursts against hard limits) through several short billing cycles, and probe each
-//! other's data all along. Then every invoice is compared with the simulator's books and
-//! with a re-rating written here from the published plan terms, every Stripe invoice with
-//! ours, and the audit chain is verified. Exits 1 on any violation.
+//! bursts against hard limits) through several short billing cycles, probe each other's
+//! data, and live their lives (keys rotated, suspensions, plan changes, cards that start
+//! declining, erasures), while faults strike on a printed schedule. Then every invoice is
+//! compared with the simulator's books, with ClickHouse and with a re-rating written here
+//! from the published plan terms, every Stripe invoice with ours, what erasures left is
+//! searched for, and the audit chain is verified. Exits 1 on any violation.
 //!
 //! `cargo build --release --bin saas --bin saas-sim && target/release/saas-sim`
 //! (`--profile short` for the CI run).
