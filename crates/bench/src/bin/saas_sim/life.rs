@@ -6,19 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, As};
-use crate::books::{Books, MetricUsage, PlanChange, Tally, Tenant};
+use crate::books::{Books, Tally, Tenant};
 use crate::checks::StripeSource;
-
-/// Paid plans in order of price: upgrades move right, downgrades left.
-const LADDER: [&str; 3] = ["starter", "pro", "enterprise"];
+use crate::{dunning, plan_changes};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LifeTally {
@@ -71,7 +67,7 @@ pub async fn run(
         }
         // Tenants dunning suspended come back with a new card.
         for tenant in tenants.iter().filter(|t| t.live.state().declining) {
-            if let Some(done) = come_back(api, tenant).await {
+            if let Some(done) = dunning::come_back(api, tenant).await {
                 note(
                     books,
                     tenant,
@@ -88,7 +84,7 @@ pub async fn run(
         let outcome = match rng.random_range(0..6) {
             5 if may_decline => {
                 declined += 1;
-                start_declining(stripe, tenant)
+                dunning::start_declining(stripe, tenant)
                     .await
                     .map(|()| Ok(()))
                     .map_err(|_| Busy)
@@ -110,14 +106,18 @@ pub async fn run(
                 }
                 Ok(())
             }),
-            2 => change_plan(api, books, tenant, true).await.map(|done| {
-                tally.upgrades += u64::from(done);
-                Ok(())
-            }),
-            _ => change_plan(api, books, tenant, false).await.map(|done| {
-                tally.downgrades += u64::from(done);
-                Ok(())
-            }),
+            2 => plan_changes::change(api, books, tenant, true)
+                .await
+                .map(|done| {
+                    tally.upgrades += u64::from(done);
+                    Ok(())
+                }),
+            _ => plan_changes::change(api, books, tenant, false)
+                .await
+                .map(|done| {
+                    tally.downgrades += u64::from(done);
+                    Ok(())
+                }),
         };
         match outcome {
             Ok(Ok(())) => {}
@@ -134,7 +134,7 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(120);
     for tenant in tenants.iter().filter(|t| t.live.state().declining) {
         let done = loop {
-            if let Some(done) = come_back(api, tenant).await {
+            if let Some(done) = dunning::come_back(api, tenant).await {
                 break done;
             }
             if Instant::now() > deadline {
@@ -166,7 +166,7 @@ fn note(books: &Books, tenant: &Tenant, what: &str, done: anyhow::Result<bool>, 
 
 /// The service turned a change down (another transition running) or could not be
 /// reached (a fault): the change is skipped.
-struct Busy;
+pub struct Busy;
 
 /// A new key, the old one revoked with it; whether the new key works and the old one is
 /// refused at once.
@@ -207,24 +207,8 @@ async fn rotate_key(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
         state.api_key = new_key.to_owned();
         state.key_id = new_id.to_owned();
     }
-    let old = call(
-        api,
-        "GET /v1/tenant",
-        Method::GET,
-        "/v1/tenant",
-        As::Key(&old_key),
-        None,
-    )
-    .await?;
-    let new = call(
-        api,
-        "GET /v1/tenant",
-        Method::GET,
-        "/v1/tenant",
-        As::Key(new_key),
-        None,
-    )
-    .await?;
+    let old = get(api, "GET /v1/tenant", &old_key).await?;
+    let new = get(api, "GET /v1/tenant", new_key).await?;
     Ok(old.status == 401 && new.status == 200 && new.body["id"] == json!(tenant.tenant_id))
 }
 
@@ -233,15 +217,7 @@ async fn rotate_key(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
 async fn erase(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
     let _gate = tenant.live.gate.write().await;
     let key = tenant.key();
-    let export = call(
-        api,
-        "GET /v1/tenant/export",
-        Method::GET,
-        "/v1/tenant/export",
-        As::Key(&key),
-        None,
-    )
-    .await?;
+    let export = get(api, "GET /v1/tenant/export", &key).await?;
     let exported = export.status == 200 && export.body.to_string().contains(&tenant.email());
     let asked = api
         .call_idempotent(
@@ -261,106 +237,6 @@ async fn erase(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
         tenant.live.state().erased = true;
     }
     Ok(exported && taken)
-}
-
-/// Stripe's test card that attaches and then declines every charge
-/// (https://docs.stripe.com/testing#declined-payments).
-const DECLINING_CARD: &str = "4000000000000341";
-
-/// The tenant's card starts declining: a card that declines every charge becomes its
-/// Stripe customer's default, as the card holder's bank would make it.
-async fn start_declining(stripe: &StripeSource, tenant: &Tenant) -> anyhow::Result<()> {
-    let customer = stripe
-        .customer_with_email(&tenant.email())
-        .await?
-        .context("the tenant's Stripe customer")?;
-    let card = stripe
-        .post(
-            "/v1/payment_methods",
-            &[
-                ("type", "card"),
-                ("card[number]", DECLINING_CARD),
-                ("card[exp_month]", "12"),
-                ("card[exp_year]", "2030"),
-                ("card[cvc]", "123"),
-            ],
-        )
-        .await?;
-    let card = card["id"].as_str().context("a payment method id")?;
-    stripe
-        .post(
-            &format!("/v1/payment_methods/{card}/attach"),
-            &[("customer", customer.as_str())],
-        )
-        .await?;
-    stripe
-        .post(
-            &format!("/v1/customers/{customer}"),
-            &[("invoice_settings[default_payment_method]", card)],
-        )
-        .await?;
-    tenant.live.state().declining = true;
-    Ok(())
-}
-
-/// A tenant whose card declines, once dunning suspended it, comes back by itself with a
-/// new card: `None` while it is not suspended yet, else whether it is served again.
-async fn come_back(api: &Api, tenant: &Tenant) -> Option<anyhow::Result<bool>> {
-    let _gate = tenant.live.gate.write().await;
-    let key = tenant.key();
-    let me = call(
-        api,
-        "GET /v1/tenant",
-        Method::GET,
-        "/v1/tenant",
-        As::Key(&key),
-        None,
-    )
-    .await
-    .ok()?;
-    if me.body["state"] != "suspended" {
-        return None;
-    }
-    let asked = api
-        .call_idempotent(
-            "POST /v1/tenant/reactivation",
-            Method::POST,
-            "/v1/tenant/reactivation",
-            As::Key(&key),
-            &json!({"payment_method": "pm_card_visa"}),
-        )
-        .await;
-    let asked = match asked {
-        Ok(asked) if asked.status == 202 => asked,
-        Ok(asked) => {
-            return Some(Err(anyhow::anyhow!(
-                "reactivation answered {} {}",
-                asked.status,
-                asked.body
-            )));
-        }
-        Err(error) => return Some(Err(error)),
-    };
-    drop(asked);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(me) = call(
-            api,
-            "GET /v1/tenant",
-            Method::GET,
-            "/v1/tenant",
-            As::Key(&key),
-            None,
-        )
-        .await
-            && me.body["state"] == "active"
-        {
-            tenant.live.state().declining = false;
-            return Some(Ok(true));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Some(Ok(false))
 }
 
 /// An operator suspends the tenant; whether its usage is then refused.
@@ -439,139 +315,13 @@ async fn operator_transition(api: &Api, tenant: &Tenant, to: &str) -> Result<boo
     Ok(false)
 }
 
-/// An upgrade taken at once, or a downgrade at the period's end, to the next plan on the
-/// ladder; whether it was made. One plan change per tenant in a run.
-async fn change_plan(api: &Api, books: &Books, tenant: &Tenant, up: bool) -> Result<bool, Busy> {
-    if !tenant.live.state().changes.is_empty() {
-        return Ok(false);
-    }
-    let Some(step) = LADDER.iter().position(|p| *p == tenant.plan) else {
-        return Ok(false); // free tenants have no card to pay a paid plan with
-    };
-    let to = if up {
-        LADDER.get(step + 1)
-    } else {
-        step.checked_sub(1).and_then(|s| LADDER.get(s))
-    };
-    let Some(to) = to else {
-        return Ok(false);
-    };
-    let _gate = tenant.live.gate.write().await;
-    let key = tenant.key();
-    let summary = call(
-        api,
-        "GET /v1/usage/summary",
-        Method::GET,
-        "/v1/usage/summary",
-        As::Key(&key),
-        None,
-    )
-    .await?;
-    let (Some(start), Some(end)) = (
-        time(&summary.body["period_start"]),
-        time(&summary.body["period_end"]),
-    ) else {
-        return Err(Busy);
-    };
-    // A downgrade asked just before the period ends could fall on either side of it.
-    if !up && end - Utc::now() < chrono::TimeDelta::seconds(2) {
-        return Ok(false);
-    }
-    let effective = if up { "now" } else { "period_end" };
-    let asked = api
-        .call_idempotent(
-            "POST /v1/tenant/plan-changes",
-            Method::POST,
-            "/v1/tenant/plan-changes",
-            As::Key(&key),
-            &json!({"plan": to, "effective": effective}),
-        )
-        .await
-        .map_err(|_| Busy)?;
-    if asked.status == 409 {
-        return Err(Busy);
-    }
-    let Some(id) = asked.body["transition"]["id"]
-        .as_str()
-        .filter(|_| asked.status == 202)
-    else {
-        books.violation(format!(
-            "{}: a plan change answered {} {}",
-            tenant.tenant_id, asked.status, asked.body
-        ));
-        return Ok(false);
-    };
-    let path = format!("/v1/tenant/transitions/{id}");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let effective_at = loop {
-        if Instant::now() > deadline {
-            books.violation(format!(
-                "{}: plan change {id} never took effect",
-                tenant.tenant_id
-            ));
-            return Ok(false);
-        }
-        if let Ok(seen) = call(
-            api,
-            "GET /v1/tenant/transitions/{id}",
-            Method::GET,
-            &path,
-            As::Key(&key),
-            None,
-        )
-        .await
-        {
-            match (seen.body["state"].as_str(), up) {
-                (Some("completed"), true) => break time(&seen.body["completed_at"]),
-                (Some("scheduled" | "completed"), false) => break Some(end),
-                (Some("failed" | "canceled"), _) => {
-                    books.violation(format!(
-                        "{}: plan change {id} ended {}",
-                        tenant.tenant_id, seen.body
-                    ));
-                    return Ok(false);
-                }
-                _ => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let Some(effective_at) = effective_at else {
-        return Ok(false);
-    };
-    // The usage of the period the change fell in, acknowledged before it: no batch is in
-    // flight (the gate is held), so the books hold all of it.
-    let cycle = end - start;
-    let mut period = start;
-    while period + cycle <= effective_at {
-        period += cycle;
-    }
-    let usage_before: MetricUsage = if up {
-        books
-            .usage_of(&tenant.tenant_id)
-            .into_iter()
-            .filter(|(s, _)| time(&json!(s)) == Some(period))
-            .flat_map(|(_, usage)| usage)
-            .collect()
-    } else {
-        MetricUsage::new()
-    };
-    tenant.live.state().changes.push(PlanChange {
-        to: (*to).to_owned(),
-        effective_at,
-        at_once: up,
-        usage_before,
-    });
-    Ok(true)
+/// A GET of a fixed route with the tenant's key; `endpoint` is "GET <path>".
+pub async fn get(api: &Api, endpoint: &'static str, key: &str) -> Result<crate::api::Answer, Busy> {
+    let path = endpoint.trim_start_matches("GET ");
+    call(api, endpoint, Method::GET, path, As::Key(key), None).await
 }
 
-fn time(value: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-async fn call(
+pub async fn call(
     api: &Api,
     endpoint: &'static str,
     method: Method,

@@ -17,9 +17,11 @@
 mod api;
 mod books;
 mod checks;
+mod dunning;
 mod erasure_checks;
 mod faults;
 mod life;
+mod plan_changes;
 mod population;
 mod rerate;
 mod run;
