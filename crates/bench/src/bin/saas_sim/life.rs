@@ -190,26 +190,48 @@ async fn rotate_key(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
     else {
         return Ok(false);
     };
-    let revoked = call(
-        api,
-        "DELETE /v1/api-keys/{id}",
-        Method::DELETE,
-        &format!("/v1/api-keys/{old_id}"),
-        As::Key(new_key),
-        None,
-    )
-    .await?;
-    if !revoked.status.is_success() {
-        return Ok(false);
-    }
+    // From here on the tenant uses the new key, whatever becomes of the old one.
     {
         let mut state = tenant.live.state();
         state.api_key = new_key.to_owned();
         state.key_id = new_id.to_owned();
     }
-    let old = get(api, "GET /v1/tenant", &old_key).await?;
-    let new = get(api, "GET /v1/tenant", new_key).await?;
+    // Revoking is sent until answered; a retry after a lost answer finds it revoked.
+    let path = format!("/v1/api-keys/{old_id}");
+    let revoked = until_answered(|| {
+        call(
+            api,
+            "DELETE /v1/api-keys/{id}",
+            Method::DELETE,
+            &path,
+            As::Key(new_key),
+            None,
+        )
+    })
+    .await?;
+    if !(revoked.status.is_success() || revoked.status == 404) {
+        return Ok(false);
+    }
+    let old = until_answered(|| get(api, "GET /v1/tenant", &old_key)).await?;
+    let new = until_answered(|| get(api, "GET /v1/tenant", new_key)).await?;
     Ok(old.status == 401 && new.status == 200 && new.body["id"] == json!(tenant.tenant_id))
+}
+
+/// Sends a request until the service answers it (a fault may be in force), for up to a
+/// minute.
+async fn until_answered<F, Fut>(send: F) -> Result<crate::api::Answer, Busy>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<crate::api::Answer, Busy>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match send().await {
+            Ok(answer) => return Ok(answer),
+            Err(Busy) if Instant::now() > deadline => return Err(Busy),
+            Err(Busy) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// The tenant exports its data, then asks to be erased; whether the export held its
@@ -253,26 +275,40 @@ async fn suspend(api: &Api, tenant: &Tenant) -> Result<bool, Busy> {
 async fn reactivate(api: &Api, tenant: &Tenant) -> anyhow::Result<bool> {
     let _gate = tenant.live.gate.write().await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    // A fault may be in force: ask again until the service answers.
+    // A fault may be in force: ask again until the service answers, and stop asking
+    // once an earlier request, whose answer was lost, has done it.
     while !operator_transition(api, tenant, "active")
         .await
         .unwrap_or(false)
     {
+        if operator_sees(api, tenant).await.as_deref() == Some("active") {
+            break;
+        }
         anyhow::ensure!(Instant::now() < deadline, "not reactivated in 120 s");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tenant.live.state().suspended = false;
-    let me = call(
+    let key = tenant.key();
+    let me = until_answered(|| get(api, "GET /v1/tenant", &key))
+        .await
+        .map_err(|Busy| anyhow::anyhow!("no answer in a minute"))?;
+    Ok(me.status == 200 && me.body["state"] == "active")
+}
+
+/// The tenant's state as the operator's view shows it, when the service answers.
+async fn operator_sees(api: &Api, tenant: &Tenant) -> Option<String> {
+    let path = format!("/v1/admin/tenants/{}", tenant.tenant_id);
+    let seen = call(
         api,
-        "GET /v1/tenant",
+        "GET /v1/admin/tenants/{id}",
         Method::GET,
-        "/v1/tenant",
-        As::Key(&tenant.key()),
+        &path,
+        As::Operator,
         None,
     )
     .await
-    .map_err(|_| anyhow::anyhow!("no answer"))?;
-    Ok(me.status == 200 && me.body["state"] == "active")
+    .ok()?;
+    seen.body["state"].as_str().map(str::to_owned)
 }
 
 /// Asks the operator transition to `to` and waits until the tenant is in it.
@@ -294,20 +330,9 @@ async fn operator_transition(api: &Api, tenant: &Tenant, to: &str) -> Result<boo
     if asked.status != 202 {
         return Ok(false);
     }
-    let path = format!("/v1/admin/tenants/{}", tenant.tenant_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(seen) = call(
-            api,
-            "GET /v1/admin/tenants/{id}",
-            Method::GET,
-            &path,
-            As::Operator,
-            None,
-        )
-        .await
-            && seen.body["state"] == to
-        {
+        if operator_sees(api, tenant).await.as_deref() == Some(to) {
             return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
