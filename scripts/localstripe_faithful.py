@@ -701,8 +701,8 @@ def _wrap_export(cls):
 # --------------------------------------------------------------------------
 
 def _pending_invoice_items():
-    return [item for key, item in resources.store.items()
-            if key.startswith('invoiceitem:') and item.invoice is None]
+    return [item for item in _objects_of_type('invoiceitem').values()
+            if item.invoice is None]
 
 
 def _previews_keep_pending_items(original):
@@ -732,13 +732,12 @@ def _subscription_update_with_proration_behavior(original):
             raise resources.UserError(
                 400, 'proration_behavior=%s is not supported by localstripe'
                 % proration_behavior)
-        before = set(resources.store.keys())
+        before = set(_objects_of_type('invoiceitem'))
         original(self, **data)
         if proration_behavior == 'none':
-            for key in set(resources.store.keys()) - before:
+            for key in set(_objects_of_type('invoiceitem')) - before:
                 item = resources.store.get(key)
-                if key.startswith('invoiceitem:') and item.proration \
-                        and item.invoice is None:
+                if item.proration and item.invoice is None:
                     del resources.store[key]
     return _update
 
@@ -1596,8 +1595,66 @@ def _dump_to_disk(self):
     path = _state_file()
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
-        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+        # A plain dict: the type index is rebuilt on load, never saved.
+        pickle.dump(dict(self), f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# Lists by object type. Stock localstripe lists a type by scanning every
+# object it holds (events, charges, invoice lines... of every customer), so
+# each list call grows slower with every object made and a few thousand
+# customers' billing crawls. The store keeps one dict per object type beside
+# itself; listing reads that dict, in the same insertion order the scan saw.
+# --------------------------------------------------------------------------
+
+def _object_type(key):
+    return key.split(':', 1)[0]
+
+
+def _type_index(store):
+    index = store.__dict__.get('_faithful_by_type')
+    if index is None:
+        index = {}
+        for key, value in dict.items(store):
+            index.setdefault(_object_type(key), {})[key] = value
+        store.__dict__['_faithful_by_type'] = index
+    return index
+
+
+def _objects_of_type(object_type):
+    return _type_index(resources.store).get(object_type, {})
+
+
+def _indexed_setitem(self, key, value):
+    dict.__setitem__(self, key, value)
+    _type_index(self).setdefault(_object_type(key), {})[key] = value
+    self.dump_to_disk()
+
+
+def _indexed_delitem(self, key):
+    dict.__delitem__(self, key)
+    _type_index(self).get(_object_type(key), {}).pop(key, None)
+    self.dump_to_disk()
+
+
+def _indexed_clear(self):
+    dict.clear(self)
+    self.__dict__.pop('_faithful_by_type', None)
+
+
+def _indexed_update(self, *args, **kwargs):
+    dict.update(self, *args, **kwargs)
+    self.__dict__.pop('_faithful_by_type', None)
+
+
+def _list_all_by_type(cls, url, limit=None, starting_after=None, **kwargs):
+    # localstripe's StripeObject._api_list_all, reading the type's own dict.
+    if kwargs:
+        raise resources.UserError(400, 'Unexpected ' + ', '.join(kwargs))
+    li = resources.List(url, limit=limit, starting_after=starting_after)
+    li._list = list(_objects_of_type(cls.object).values())
+    return li
 
 
 def patch():
@@ -1642,6 +1699,11 @@ def patch():
         server.app.middlewares.insert(0, _request_log_middleware(request_log))
     resources.Store.try_load_from_disk = _try_load_from_disk
     resources.Store.dump_to_disk = _dump_to_disk
+    resources.Store.__setitem__ = _indexed_setitem
+    resources.Store.__delitem__ = _indexed_delitem
+    resources.Store.clear = _indexed_clear
+    resources.Store.update = _indexed_update
+    resources.StripeObject._api_list_all = classmethod(_list_all_by_type)
     resources._faithful_patched = True
 
 

@@ -416,6 +416,23 @@ def test_customers_still_work():
     check(gone.get('deleted') is True, gone)
 
 
+def test_lists_follow_creates_and_deletes():
+    # Lists read a per-type index kept beside the store: a deleted object
+    # leaves it, a new one joins it, and the order is the store's.
+    email = 'list-%s@example.com' % uuid.uuid4().hex
+    made = [ok('POST', '/v1/customers', {'email': email})['id']
+            for _ in range(3)]
+    ok('DELETE', '/v1/customers/' + made[1])
+    listed = ok('GET', '/v1/customers', {'email': email, 'limit': '100'})
+    check(sorted(c['id'] for c in listed['data'])
+          == sorted([made[0], made[2]]), listed)
+    cus = customer()
+    first, second = draft(cus, 'inv-l1'), draft(cus, 'inv-l2')
+    ok('DELETE', '/v1/invoices/' + first['id'])
+    listed = ok('GET', '/v1/invoices', {'customer': cus, 'limit': '100'})
+    check([i['id'] for i in listed['data']] == [second['id']], listed)
+
+
 def test_subscription_invoices_unchanged():
     cus = customer('pm_card_visa')
     product = ok('POST', '/v1/products', {'name': 'Check product'})
