@@ -8,7 +8,6 @@
 mod browser;
 mod child_process;
 mod database;
-mod smtp_sink;
 mod stack;
 mod stripe_api;
 

@@ -1,5 +1,6 @@
-//! A small SMTP server that keeps what it receives, to see what the service mails. It
-//! can refuse recipients for good (550), which a real relay does for unknown mailboxes.
+//! A small SMTP server on loopback that keeps what it receives, to see what the service
+//! mails. It can refuse recipients for good (550), which a real relay does for unknown
+//! mailboxes.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,33 @@ pub struct ReceivedMail {
     pub recipients: Vec<String>,
     /// Headers and body as sent, dot-unstuffed.
     pub data: String,
+}
+
+impl ReceivedMail {
+    /// The first header called `name` (any case), unfolded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (headers, _) = self.data.split_once("\n\n")?;
+        let mut found: Option<String> = None;
+        for line in headers.lines() {
+            match (&mut found, line.starts_with([' ', '\t'])) {
+                (Some(value), true) => value.push_str(line),
+                (Some(_), false) => break,
+                (None, _) => {
+                    if let Some((key, value)) = line.split_once(':')
+                        && key.eq_ignore_ascii_case(name)
+                    {
+                        found = Some(value.trim().to_owned());
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// What follows the headers.
+    pub fn body(&self) -> &str {
+        self.data.split_once("\n\n").map_or("", |(_, body)| body)
+    }
 }
 
 pub struct SmtpSink {
@@ -101,4 +129,29 @@ async fn session(
         write.write_all(reply).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReceivedMail;
+
+    #[test]
+    fn headers_are_read_unfolded_and_apart_from_the_body() {
+        let mail = ReceivedMail {
+            recipients: vec!["a@example.com".into()],
+            data: "Subject: We would like\n you back\nmessage-id: <1@outbox.saas>\n\n\
+                   Subject: not a header\n"
+                .into(),
+        };
+        assert_eq!(
+            mail.header("subject").as_deref(),
+            Some("We would like you back")
+        );
+        assert_eq!(
+            mail.header("Message-ID").as_deref(),
+            Some("<1@outbox.saas>")
+        );
+        assert_eq!(mail.header("From"), None);
+        assert_eq!(mail.body(), "Subject: not a header\n");
+    }
 }

@@ -149,4 +149,67 @@ impl Api {
     pub fn stats(&self) -> BTreeMap<&'static str, EndpointStats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// One request; a 5xx or no answer at all (a fault in force) is [`Busy`].
+    pub async fn answered(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+        body: Option<&Value>,
+    ) -> Result<Answer, Busy> {
+        self.call(endpoint, method, path, who, body)
+            .await
+            .ok()
+            .filter(|answer| !answer.status.is_server_error())
+            .ok_or(Busy)
+    }
+
+    /// A GET of a fixed route with the tenant's key; `endpoint` is "GET <path>".
+    pub async fn get(&self, endpoint: &'static str, key: &str) -> Result<Answer, Busy> {
+        let path = endpoint.trim_start_matches("GET ");
+        self.answered(endpoint, Method::GET, path, As::Key(key), None)
+            .await
+    }
+
+    /// The tenant as the operator's view shows it.
+    pub async fn operator_view(&self, tenant_id: &str) -> Result<Answer, Busy> {
+        let path = format!("/v1/admin/tenants/{tenant_id}");
+        self.answered(
+            "GET /v1/admin/tenants/{id}",
+            Method::GET,
+            &path,
+            As::Operator,
+            None,
+        )
+        .await
+    }
+
+    /// The tenant's state as the operator's view shows it, when the service answers.
+    pub async fn operator_sees(&self, tenant_id: &str) -> Option<String> {
+        let seen = self.operator_view(tenant_id).await.ok()?;
+        seen.body["state"].as_str().map(str::to_owned)
+    }
+}
+
+/// The service turned a change down (another transition running) or could not be
+/// reached (a fault): the change is skipped.
+pub struct Busy;
+
+/// Sends a request until the service answers it (a fault may be in force), for up to a
+/// minute.
+pub async fn until_answered<F, Fut>(send: F) -> Result<Answer, Busy>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Answer, Busy>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match send().await {
+            Ok(answer) => return Ok(answer),
+            Err(Busy) if Instant::now() > deadline => return Err(Busy),
+            Err(Busy) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }

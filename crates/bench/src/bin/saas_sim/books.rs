@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 /// A tenant as the simulator knows it.
 #[derive(Debug, Clone)]
@@ -70,6 +70,10 @@ pub struct LiveState {
     /// with a new card.
     pub declining: bool,
     pub changes: Vec<PlanChange>,
+    /// Confirmed its address with the token mailed to it: it may be mailed.
+    pub confirmed: bool,
+    /// Win-back campaigns it may have had: its suspensions and moves to the free plan.
+    pub campaigns: usize,
 }
 
 /// A plan change as the simulator asked for it and saw it take effect.
@@ -95,6 +99,8 @@ impl Live {
                 erased: false,
                 declining: false,
                 changes: Vec::new(),
+                confirmed: false,
+                campaigns: 0,
             }),
         })
     }
@@ -134,17 +140,26 @@ pub struct Books {
     violations: Mutex<Vec<String>>,
 }
 
-/// One spelling per instant, whichever the service used.
-fn canonical(period: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(period)
+/// An instant as the service writes it (RFC 3339, in any offset or precision).
+pub fn instant(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// Of the periods `cycle` long counted from `origin`, the start of the one holding `at`.
+pub fn period_holding(origin: DateTime<Utc>, cycle: TimeDelta, at: DateTime<Utc>) -> DateTime<Utc> {
+    let (span, length) = ((at - origin).num_milliseconds(), cycle.num_milliseconds());
+    if length <= 0 {
+        return origin;
+    }
+    origin + cycle * i32::try_from(span.div_euclid(length)).unwrap_or(0)
 }
 
 impl Books {
     /// A batch's usage, acknowledged as counted in one of `periods`.
     pub fn acknowledge_batch(&self, tenant: &str, periods: Vec<String>, usage: MetricUsage) {
-        let periods: Vec<DateTime<Utc>> = periods.iter().filter_map(|p| canonical(p)).collect();
+        let periods: Vec<DateTime<Utc>> = periods.iter().filter_map(|p| instant(p)).collect();
         match periods.as_slice() {
             [one] => {
                 let mut books = self.usage.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,5 +232,33 @@ impl Tally {
             self.violated += 1;
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_period_holding_an_instant_counts_whole_cycles_either_way() {
+        let origin = instant("2026-01-01T00:00:00Z").unwrap();
+        let cycle = TimeDelta::seconds(12);
+        let at = |s: &str| instant(s).unwrap();
+        assert_eq!(
+            period_holding(origin, cycle, at("2026-01-01T00:00:00Z")),
+            origin
+        );
+        assert_eq!(
+            period_holding(origin, cycle, at("2026-01-01T00:00:35.999Z")),
+            at("2026-01-01T00:00:24Z")
+        );
+        assert_eq!(
+            period_holding(origin, cycle, at("2025-12-31T23:59:59Z")),
+            at("2025-12-31T23:59:48Z")
+        );
+        assert_eq!(
+            period_holding(origin, TimeDelta::zero(), at("2026-02-01T00:00:00Z")),
+            origin
+        );
     }
 }

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::api::{Api, As};
-use crate::books::{Books, MetricUsage, Tally, Tenant};
+use crate::books::{Books, MetricUsage, Tally, Tenant, instant};
 use crate::rerate::{self, Plan};
 use crate::usage_store::UsageStore;
 
@@ -36,12 +36,6 @@ pub struct Verdict {
     /// Per tenant with batches whose answers were lost: those batches counted once.
     pub lost_answers_counted_once: Tally,
     pub invoices: u64,
-}
-
-fn instant(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Waits until every tenant's ended periods with acknowledged usage are invoiced and
@@ -460,12 +454,33 @@ impl StripeSource {
 
     /// Every customer, read page by page.
     pub async fn customers(&self) -> anyhow::Result<Vec<Value>> {
+        self.customers_where(&[]).await
+    }
+
+    /// The customer with `email`, by the list's own filter ("A case-sensitive filter on
+    /// the list based on the customer's email field",
+    /// https://docs.stripe.com/api/customers/list#list_customers-email).
+    pub async fn customer_with_email(&self, email: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .customers_where(&[("email", email)])
+            .await?
+            .first()
+            .and_then(|c| c["id"].as_str())
+            .map(str::to_owned))
+    }
+
+    async fn customers_where(&self, filter: &[(&str, &str)]) -> anyhow::Result<Vec<Value>> {
         let client = reqwest::Client::new();
         let (mut customers, mut after) = (Vec::new(), None::<String>);
         loop {
-            let mut url = format!("{}/v1/customers?limit=100", self.base);
-            if let Some(after) = &after {
-                url.push_str(&format!("&starting_after={after}"));
+            let mut url = reqwest::Url::parse(&format!("{}/v1/customers", self.base))?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("limit", "100");
+                query.extend_pairs(filter);
+                if let Some(after) = &after {
+                    query.append_pair("starting_after", after);
+                }
             }
             let page: Value = client
                 .get(url)
@@ -484,16 +499,6 @@ impl StripeSource {
                 return Ok(customers);
             }
         }
-    }
-
-    pub async fn customer_with_email(&self, email: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .customers()
-            .await?
-            .iter()
-            .find(|c| c["email"] == email)
-            .and_then(|c| c["id"].as_str())
-            .map(str::to_owned))
     }
 }
 

@@ -8,9 +8,9 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::api::{Api, As};
-use crate::books::Tenant;
+use crate::books::{Books, Tally, Tenant};
 use crate::checks::StripeSource;
-use crate::life::get;
+use crate::life::note;
 
 /// Stripe's test card that attaches and then declines every charge
 /// (https://docs.stripe.com/testing#declined-payments).
@@ -52,15 +52,46 @@ pub async fn start_declining(stripe: &StripeSource, tenant: &Tenant) -> anyhow::
     Ok(())
 }
 
+/// Each tenant whose card declines and that dunning suspended comes back with a new
+/// card. Until `wait_until`, one not suspended yet is waited for; past it, that is a
+/// violation.
+pub async fn bring_back(
+    api: &Api,
+    books: &Books,
+    tenants: &[Tenant],
+    tally: &mut Tally,
+    wait_until: Option<Instant>,
+) {
+    for tenant in tenants.iter().filter(|t| t.live.state().declining) {
+        let done = loop {
+            if let Some(done) = come_back(api, tenant).await {
+                break Some(done);
+            }
+            match wait_until {
+                None => break None,
+                Some(deadline) if Instant::now() > deadline => {
+                    break Some(Err(anyhow::anyhow!("dunning never suspended it")));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        if let Some(done) = done {
+            note(books, tenant, "coming back after dunning", done, tally);
+        }
+    }
+}
+
 /// A tenant whose card declines, once dunning suspended it, comes back by itself with a
 /// new card: `None` while it is not suspended yet, else whether it is served again.
-pub async fn come_back(api: &Api, tenant: &Tenant) -> Option<anyhow::Result<bool>> {
+async fn come_back(api: &Api, tenant: &Tenant) -> Option<anyhow::Result<bool>> {
     let _gate = tenant.live.gate.write().await;
     let key = tenant.key();
-    let me = get(api, "GET /v1/tenant", &key).await.ok()?;
+    let me = api.get("GET /v1/tenant", &key).await.ok()?;
     if me.body["state"] != "suspended" {
         return None;
     }
+    // The suspension started a win-back campaign.
+    tenant.live.state().campaigns += 1;
     let asked = api
         .call_idempotent(
             "POST /v1/tenant/reactivation",
@@ -84,7 +115,7 @@ pub async fn come_back(api: &Api, tenant: &Tenant) -> Option<anyhow::Result<bool
     drop(asked);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(me) = get(api, "GET /v1/tenant", &key).await
+        if let Ok(me) = api.get("GET /v1/tenant", &key).await
             && me.body["state"] == "active"
         {
             tenant.live.state().declining = false;

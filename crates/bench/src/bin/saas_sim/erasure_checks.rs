@@ -3,6 +3,7 @@
 //! Postgres is read with a read-only scan of every table's rows as text, so that a
 //! column nobody thought of is searched too.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -47,32 +48,40 @@ pub async fn check(
     )
     .fetch_all(&mut postgres)
     .await?;
-    let mut customers = stores.stripe.customers().await?;
-    for tenant in erased {
-        let mut left = Vec::new();
-        loop {
-            left.clear();
+    // Erasures run as jobs: read everything again until nothing is left or the deadline.
+    let mut left_of: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    loop {
+        left_of.clear();
+        let customers = stores.stripe.customers().await?;
+        for tenant in &erased {
+            let mut left = Vec::new();
             gone_from_the_api(api, tenant, &mut left).await;
             gone_from_clickhouse(stores, tenant, &mut left).await?;
-            gone_from_postgres(&mut postgres, &tables, tenant, &mut left).await?;
-            // The erasure job deletes the customer first but retries it after a Stripe
-            // fault: Stripe is read again until the deadline.
-            if left.is_empty() {
-                customers = stores.stripe.customers().await?;
-            }
             if customers.iter().any(|customer| mentions(customer, tenant)) {
                 left.push("a Stripe customer holds its name or address".into());
             }
-            if left.is_empty() || Instant::now() > deadline {
-                break;
+            if !left.is_empty() {
+                left_of.insert(tenant.index, left);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if !tally.check(left.is_empty()) {
+        // Every Postgres table is scanned once for all of them, once the rest is gone.
+        if left_of.is_empty() {
+            for (index, found) in left_in_postgres(&mut postgres, &tables, &erased).await? {
+                left_of.entry(index).or_default().push(found);
+            }
+        }
+        if left_of.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for tenant in erased {
+        let left = left_of.get(&tenant.index);
+        if !tally.check(left.is_none()) {
             books.violation(format!(
                 "{} erased, yet: {}",
                 tenant.tenant_id,
-                left.join("; ")
+                left.map(|l| l.join("; ")).unwrap_or_default()
             ));
         }
     }
@@ -92,17 +101,7 @@ async fn gone_from_the_api(api: &Api, tenant: &Tenant, left: &mut Vec<String>) {
     if !own.is_ok_and(|answer| answer.status == 401) {
         left.push("its key is not refused".into());
     }
-    let path = format!("/v1/admin/tenants/{}", tenant.tenant_id);
-    match api
-        .call(
-            "GET /v1/admin/tenants/{id}",
-            Method::GET,
-            &path,
-            As::Operator,
-            None,
-        )
-        .await
-    {
+    match api.operator_view(&tenant.tenant_id).await {
         Ok(seen) if seen.body["state"] == "deleted" => {
             if mentions(&seen.body, tenant) {
                 left.push("operators still see its name or address".into());
@@ -157,27 +156,64 @@ async fn gone_from_clickhouse(
     Ok(())
 }
 
-async fn gone_from_postgres(
+/// Per tenant (by index), each Postgres table whose rows name it, with how many.
+/// One read of each table for all `tenants`, by one pattern that matches any of them.
+async fn left_in_postgres(
     postgres: &mut PgConnection,
     tables: &[String],
-    tenant: &Tenant,
-    left: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let company = format!("{}([^0-9]|$)", Tenant::company_of(tenant.index));
+    tenants: &[&Tenant],
+) -> anyhow::Result<Vec<(usize, String)>> {
+    let pattern = tenants
+        .iter()
+        .flat_map(|t| {
+            [
+                regex_escaped(&t.email()),
+                format!("{}([^0-9]|$)", regex_escaped(&Tenant::company_of(t.index))),
+            ]
+        })
+        .collect::<Vec<_>>()
+        .join("|");
+    let mut found = Vec::new();
     for table in tables {
-        let sql = format!(
-            "SELECT count(*) FROM \"{table}\" t WHERE strpos(t::text, $1) > 0 OR t::text ~ $2"
-        );
-        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.email())
-            .bind(&company)
-            .fetch_one(&mut *postgres)
+        let sql = format!("SELECT t::text FROM \"{table}\" t WHERE t::text ~ $1 LIMIT 10000");
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(&pattern)
+            .fetch_all(&mut *postgres)
             .await?;
-        if found > 0 {
-            left.push(format!(
-                "{found} rows of Postgres table {table} hold its name or address"
-            ));
+        for tenant in tenants {
+            let count = rows
+                .iter()
+                .filter(|row| row.contains(&tenant.email()) || names(row, tenant))
+                .count();
+            if count > 0 {
+                found.push((
+                    tenant.index,
+                    format!("{count} rows of Postgres table {table} hold its name or address"),
+                ));
+            }
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// `text` matched literally in a Postgres regular expression.
+fn regex_escaped(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::regex_escaped;
+
+    #[test]
+    fn an_address_is_matched_literally() {
+        assert_eq!(regex_escaped("sim+1@example.com"), r"sim\+1@example\.com");
+        assert_eq!(regex_escaped("a(b)|[c]{2}^$*?\\"), r"a\(b\)\|\[c\]\{2\}\^\$\*\?\\");
+        assert_eq!(regex_escaped("Simulated tenant 7"), "Simulated tenant 7");
+    }
 }

@@ -5,7 +5,8 @@
 //! Tenants sign up on every plan (some with cards that decline), meter usage with a
 //! skewed load (a few hot tenants, many small; retries, in-batch twins, late timestamps,
 //! bursts against hard limits) through several short billing cycles, probe each other's
-//! data, and live their lives (keys rotated, suspensions, plan changes, cards that start
+//! data, read their mail (confirming their addresses, hearing from win-back campaigns),
+//! and live their lives (keys rotated, suspensions, plan changes, cards that start
 //! declining, erasures), while faults strike on a printed schedule. Then every invoice is
 //! compared with the simulator's books, with ClickHouse and with a re-rating written here
 //! from the published plan terms, every Stripe invoice with ours, what erasures left is
@@ -18,13 +19,17 @@ mod api;
 mod books;
 mod checks;
 mod dunning;
+mod erasure;
 mod erasure_checks;
 mod faults;
 mod life;
+mod mail;
 mod plan_changes;
 mod population;
 mod rerate;
+mod rotation;
 mod run;
+mod suspensions;
 mod traffic;
 mod usage_store;
 
@@ -58,6 +63,9 @@ struct Args {
     /// Share of paid signups whose card declines at signup.
     #[arg(long, default_value_t = 0.05)]
     decline_share: f64,
+    /// Share of tenants that never confirm their address.
+    #[arg(long, default_value_t = 0.1)]
+    unconfirmed_share: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     #[arg(long, default_value = "saas_sim")]
@@ -81,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         cycle_secs: args.cycle_secs.unwrap_or(cycle_secs),
         concurrency: args.concurrency,
         decline_share: args.decline_share,
+        unconfirmed_share: args.unconfirmed_share,
         seed: args.seed,
         database: args.database,
         fault_rounds: args.fault_rounds.unwrap_or(fault_rounds),

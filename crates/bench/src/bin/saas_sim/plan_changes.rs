@@ -8,9 +8,8 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::api::{Api, As};
-use crate::books::{Books, MetricUsage, PlanChange, Tenant};
-use crate::life::{Busy, call, get};
+use crate::api::{Api, As, Busy};
+use crate::books::{Books, MetricUsage, PlanChange, Tenant, instant, period_holding};
 
 /// Paid plans in order of price: upgrades move right, downgrades left.
 const LADDER: [&str; 3] = ["starter", "pro", "enterprise"];
@@ -34,7 +33,7 @@ pub async fn change(api: &Api, books: &Books, tenant: &Tenant, up: bool) -> Resu
     };
     let _gate = tenant.live.gate.write().await;
     let key = tenant.key();
-    let summary = get(api, "GET /v1/usage/summary", &key).await?;
+    let summary = api.get("GET /v1/usage/summary", &key).await?;
     let (Some(start), Some(end)) = (
         time(&summary.body["period_start"]),
         time(&summary.body["period_end"]),
@@ -79,15 +78,15 @@ pub async fn change(api: &Api, books: &Books, tenant: &Tenant, up: bool) -> Resu
             ));
             return Ok(false);
         }
-        if let Ok(seen) = call(
-            api,
-            "GET /v1/tenant/transitions/{id}",
-            Method::GET,
-            &path,
-            As::Key(&key),
-            None,
-        )
-        .await
+        if let Ok(seen) = api
+            .answered(
+                "GET /v1/tenant/transitions/{id}",
+                Method::GET,
+                &path,
+                As::Key(&key),
+                None,
+            )
+            .await
         {
             match (seen.body["state"].as_str(), up) {
                 (Some("completed"), true) => break time(&seen.body["completed_at"]),
@@ -109,16 +108,12 @@ pub async fn change(api: &Api, books: &Books, tenant: &Tenant, up: bool) -> Resu
     };
     // The usage of the period the change fell in, acknowledged before it: no batch is in
     // flight (the gate is held), so the books hold all of it.
-    let cycle = end - start;
-    let mut period = start;
-    while period + cycle <= effective_at {
-        period += cycle;
-    }
+    let period = period_holding(start, end - start, effective_at);
     let usage_before: MetricUsage = if up {
         books
             .usage_of(&tenant.tenant_id)
             .into_iter()
-            .filter(|(s, _)| time(&json!(s)) == Some(period))
+            .filter(|(s, _)| instant(s) == Some(period))
             .flat_map(|(_, usage)| usage)
             .collect()
     } else {
@@ -133,8 +128,6 @@ pub async fn change(api: &Api, books: &Books, tenant: &Tenant, up: bool) -> Resu
     Ok(true)
 }
 
-pub fn time(value: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+fn time(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_str().and_then(instant)
 }

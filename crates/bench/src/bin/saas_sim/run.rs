@@ -14,6 +14,7 @@ use crate::api::{Api, As};
 use crate::books::{Books, Tally};
 use crate::checks::{self, StripeSource, StripeView};
 use crate::faults::{self, Deployment, Windows};
+use crate::mail::{self, MailTally, Mailbox};
 use crate::usage_store::UsageStore;
 use crate::{erasure_checks, life, population, rerate, traffic};
 
@@ -26,6 +27,8 @@ pub struct Settings {
     pub cycle_secs: u64,
     pub concurrency: usize,
     pub decline_share: f64,
+    /// Share of tenants that never confirm their address (and so are never mailed).
+    pub unconfirmed_share: f64,
     pub seed: u64,
     pub database: String,
     /// Rounds of every fault kind during the traffic.
@@ -51,6 +54,9 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         postgres_proxy.port, settings.database
     );
     let cycle = format!("{}s", settings.cycle_secs);
+    let mailbox = Mailbox::start().await;
+    let mail_url = mailbox.url();
+    let offer_from = mail::WINBACK_OFFER_FROM.to_string();
     let service = Service::start(
         &settings.database,
         &[
@@ -71,6 +77,10 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
             ("SAAS_HTTP__SENSITIVE_WRITES_PER_MINUTE", "1000000"),
             ("SAAS_WORKERS__JOB_CONCURRENCY", "16"),
             ("SAAS_WORKERS__RELAY_IDLE_MS", "20"),
+            ("SAAS_SMTP__URL", &mail_url),
+            ("SAAS_SMTP__POLL_MS", "200"),
+            ("SAAS_WINBACK__STEPS", mail::WINBACK_STEPS),
+            ("SAAS_WINBACK__OFFER_FROM_STEP", &offer_from),
         ],
     )
     .await?;
@@ -100,6 +110,25 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         population.outcomes.checked - population.outcomes.violated,
         signups_took.as_secs_f64()
     ));
+    let confirmations = mailbox
+        .confirm(
+            &api,
+            &books,
+            &population.tenants,
+            settings.unconfirmed_share,
+            settings.concurrency,
+            settings.seed,
+        )
+        .await;
+    out(format!(
+        "mail: {} confirmation mails read, {} addresses confirmed through the API",
+        confirmations.checked,
+        population
+            .tenants
+            .iter()
+            .filter(|t| t.live.state().confirmed)
+            .count()
+    ));
 
     let deployment = Deployment {
         service: tokio::sync::Mutex::new(service),
@@ -117,6 +146,12 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
     let schedule = faults::schedule(traffic_length, settings.fault_rounds);
     faults::print(&schedule);
     let windows = Windows::default();
+    let world = life::World {
+        api: &api,
+        books: &books,
+        stripe: &source,
+        mailbox: &mailbox,
+    };
     let ((traffic, traffic_took), life, injected) = tokio::join!(
         async {
             let tally = traffic::run(
@@ -131,10 +166,8 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
             (tally, traffic_started.elapsed())
         },
         life::run(
-            &api,
-            &books,
+            &world,
             &population.tenants,
-            &source,
             until,
             Duration::from_millis(500),
             settings.seed,
@@ -197,6 +230,11 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         Duration::from_secs(180),
     )
     .await?;
+    let mut mails = MailTally {
+        confirmations,
+        ..MailTally::default()
+    };
+    mailbox.check(&books, &population.tenants, &mut mails);
     let total_took = started.elapsed();
 
     report(
@@ -205,6 +243,7 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         &population,
         &traffic,
         &life,
+        &mails,
         erasures,
         &verdict,
         &stripe_view,
@@ -248,6 +287,7 @@ fn report(
     population: &population::Population,
     traffic: &traffic::TrafficTally,
     life: &life::LifeTally,
+    mails: &MailTally,
     erasures: Tally,
     verdict: &checks::Verdict,
     stripe: &StripeView,
@@ -333,6 +373,14 @@ fn report(
         life.dunning,
     );
     line(
+        "confirmation mailed, its token works once",
+        mails.confirmations,
+    );
+    line(
+        "suspended and confirmed: every win-back message arrived",
+        life.winbacks,
+    );
+    line(
         "exports hold the tenant's data, erasures taken",
         life.erasures,
     );
@@ -374,6 +422,15 @@ fn report(
             violated: undocumented,
         },
     );
+    out(format!(
+        "mail: {} confirmations, {} win-back messages, {} other; {} delivered twice \
+         (same Message-ID); {} tenants never confirmed, and were sent nothing else",
+        mails.confirmation_mails,
+        mails.winback_mails,
+        mails.other_mails,
+        mails.twins,
+        mails.unconfirmed
+    ));
     out(format!(
         "invoices: {} of ours, {} at Stripe",
         verdict.invoices, stripe.invoices

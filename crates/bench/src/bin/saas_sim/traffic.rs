@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, As};
-use crate::books::{Books, MetricUsage, Tally, Tenant};
+use crate::books::{Books, MetricUsage, Tally, Tenant, instant};
 use crate::rerate::METRICS;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -226,13 +226,8 @@ fn batch_usage(events: &[Value]) -> MetricUsage {
 /// where a batch stored by an earlier attempt, whose answer was lost, may have been
 /// counted.
 fn periods_since(answer: &Value, since: DateTime<Utc>) -> Vec<String> {
-    let instant = |field: &str| {
-        answer[field]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-    };
-    let (Some(start), Some(end)) = (instant("period_start"), instant("period_end")) else {
+    let at = |field: &str| answer[field].as_str().and_then(instant);
+    let (Some(start), Some(end)) = (at("period_start"), at("period_end")) else {
         return Vec::new();
     };
     let cycle = end - start;
