@@ -82,13 +82,12 @@ async fn concurrent_twins_are_counted_once() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant("pro").await;
     let batch = events("same", 100, "tokens", 7);
-    let requests = (0..20).map(|_| app.ingest(&tenant.api_key, batch.clone()));
+    let requests = (0..20).map(|_| app.ingest_until_admitted(&tenant.api_key, batch.clone()));
     let responses = futures_util::future::join_all(requests).await;
     let mut accepted = 0;
     let mut duplicates = 0;
-    for response in responses {
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.unwrap();
+    for (status, _, body) in responses {
+        assert_eq!(status, 202);
         accepted += body["accepted"].as_u64().unwrap();
         duplicates += body["duplicates"].as_u64().unwrap();
     }
@@ -237,12 +236,12 @@ async fn concurrent_batches_of_every_metric_never_deadlock() {
                 json!({"id": format!("{batch}-{metric}"), "metric": metric, "value": 1})
             })
             .collect();
-        app.ingest(&tenant.api_key, Value::Array(events))
+        app.ingest_until_admitted(&tenant.api_key, Value::Array(events))
     });
     let statuses: Vec<u16> = futures_util::future::join_all(requests)
         .await
         .iter()
-        .map(|r| r.status().as_u16())
+        .map(|(status, _, _)| status.as_u16())
         .collect();
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
     for metric in metrics {

@@ -35,13 +35,18 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub async fn start(app: &TestApp) -> ServiceProcess {
+        Self::start_with(app, &[]).await
+    }
+
+    /// Starts it with `settings` (`SAAS_*` variables) over the usual ones.
+    pub async fn start_with(app: &TestApp, settings: &[(&str, &str)]) -> ServiceProcess {
         let stack = Stack::from_env();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let env = vec![
+        let env: Vec<(String, String)> = vec![
             ("SAAS_LISTEN".into(), format!("127.0.0.1:{port}")),
             (
                 "SAAS_DATABASE__URL".into(),
@@ -59,7 +64,14 @@ impl ServiceProcess {
             ),
             ("SAAS_LOG__FILTER".into(), "error".into()),
             ("SAAS_WORKERS__RELAY_IDLE_MS".into(), "20".into()),
-        ];
+        ]
+        .into_iter()
+        .chain(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .collect();
         let mut process = ServiceProcess {
             port,
             child: None,
@@ -102,6 +114,20 @@ impl ServiceProcess {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("SIGKILL");
         }
+    }
+
+    /// Sends `signal` ("STOP", "CONT", ...) to the process, as `kill -<signal>` would.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("a running process");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 pub use browser::Browser;
 pub use child_process::{ServiceProcess, saas_binary};
-pub use fault_proxy::{DyingCaller, FaultProxy};
+pub use fault_proxy::{DyingCaller, FaultProxy, Mode as FaultMode};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use stack::{STRIPE_TEST_KEY, Stack};
 pub use stripe_api::{declining_card, stripe_get, stripe_post};
@@ -78,6 +78,9 @@ impl TestApp {
         config.database.url = SecretString::from(stack.app_url(&database_name));
         config.database.migration_url = SecretString::from(stack.owner_url(&database_name));
         config.database.max_connections = 10;
+        // As many of a tenant's batches at once as there are connections: tests of
+        // concurrent ingest reach the database with as many as can run together.
+        config.http.ingest_batches_per_tenant = 10;
         config.clickhouse.url = stack.clickhouse_url.clone();
         config.clickhouse.database = stack::CLICKHOUSE_TEST_DATABASE.to_owned();
         config.stripe.api_base = stack.stripe_url.clone();
@@ -292,6 +295,25 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Posts a batch as a client that honours 429 `rate_limited` would: sent again while
+    /// too many of the tenant's batches are in flight. The final answer's status,
+    /// headers and body.
+    pub async fn ingest_until_admitted(
+        &self,
+        api_key: &str,
+        events: Value,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+        loop {
+            let response = self.ingest(api_key, events.clone()).await;
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status != 429 || body["error"]["code"] != "rate_limited" {
+                return (status, headers, body);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// GETs `path` as `api_key` and returns the JSON body, asserting 200.

@@ -114,6 +114,7 @@ pub struct WorkersConfig {
     pub enabled: bool,
     pub relay_batch_size: u32,
     pub relay_idle_ms: u64,
+    pub relay_timeout_ms: u64,
     pub job_concurrency: usize,
     pub job_poll_ms: u64,
 }
@@ -123,6 +124,8 @@ pub struct HttpConfig {
     pub body_limit_bytes: usize,
     pub key_cache_ttl_ms: u64,
     pub sensitive_writes_per_minute: u32,
+    /// Usage batches of one tenant in flight at once in this process.
+    pub ingest_batches_per_tenant: u32,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
@@ -200,6 +203,9 @@ impl Config {
         if self.workers.relay_batch_size == 0 {
             return invalid("workers.relay_batch_size must be positive".into());
         }
+        if !(100..=600_000).contains(&self.workers.relay_timeout_ms) {
+            return invalid("workers.relay_timeout_ms must be between 100 and 600000".into());
+        }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be positive".into());
         }
@@ -273,6 +279,12 @@ impl Config {
         if self.http.sensitive_writes_per_minute == 0 {
             return invalid("http.sensitive_writes_per_minute must be positive".into());
         }
+        if !(1..=self.database.max_connections).contains(&self.http.ingest_batches_per_tenant) {
+            return invalid(
+                "http.ingest_batches_per_tenant must be between 1 and database.max_connections"
+                    .into(),
+            );
+        }
         if self.readiness.check_timeout_ms == 0 {
             return invalid("readiness.check_timeout_ms must be positive".into());
         }
@@ -341,6 +353,7 @@ impl Config {
         RelaySettings {
             batch_size: self.workers.relay_batch_size,
             idle_wait: Duration::from_millis(self.workers.relay_idle_ms),
+            timeout: Duration::from_millis(self.workers.relay_timeout_ms),
             ..RelaySettings::default()
         }
     }
@@ -404,6 +417,10 @@ mod tests {
             ("http.body_limit_bytes", "0"),
             ("http.request_timeout_ms", "0"),
             ("http.sensitive_writes_per_minute", "0"),
+            ("http.ingest_batches_per_tenant", "0"),
+            ("workers.relay_timeout_ms", "0"),
+            // Past the pool, the cap would not keep a tenant from taking all of it.
+            ("http.ingest_batches_per_tenant", "33"),
             ("database.url", "mysql://nope"),
             ("clickhouse.url", "tcp://127.0.0.1:9000"),
             ("stripe.secret_key", "pk_test_publishable"),

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::request::Parts;
@@ -100,42 +100,82 @@ impl FailureLimiter {
     }
 }
 
-/// Exports running, per tenant: one at a time. Each holds a ClickHouse query open and
-/// reads the ledger for as long as its client takes to download it.
-#[derive(Default)]
-pub struct ExportSlots(std::sync::Arc<Mutex<std::collections::HashSet<TenantId>>>);
+/// Requests of one kind running per tenant in this process, at most `cap` at once. A
+/// request past the cap is refused at once, before it takes anything, with the kind's
+/// 429.
+pub struct TenantSlots {
+    cap: u32,
+    running: Arc<Mutex<HashMap<TenantId, u32>>>,
+    refusal: fn() -> ApiError,
+}
 
-/// A running export's hold on its tenant's slot, released when dropped (when its
-/// response body ends, however it ends).
-pub struct ExportSlot {
-    slots: std::sync::Arc<Mutex<std::collections::HashSet<TenantId>>>,
+/// A running request's hold on one of its tenant's slots, released when dropped (for a
+/// streamed response, when its body ends, however it ends).
+pub struct TenantSlot {
+    running: Arc<Mutex<HashMap<TenantId, u32>>>,
     tenant: TenantId,
 }
 
-impl ExportSlots {
-    /// The tenant's slot, or 429 while another export of it runs.
-    pub fn take(&self, tenant: TenantId) -> Result<ExportSlot, ApiError> {
-        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !running.insert(tenant) {
-            return Err(ApiError::too_many_requests(
+impl TenantSlots {
+    /// Exports: one per tenant at a time. Each holds a ClickHouse query open and reads
+    /// the ledger for as long as its client takes to download it.
+    pub fn exports() -> Self {
+        Self::new(NonZeroU32::MIN, || {
+            ApiError::too_many_requests(
                 "export_in_progress",
                 "an export of this tenant is running; retry when it has finished",
                 5,
-            ));
+            )
+        })
+    }
+
+    /// Usage batches: `cap` per tenant at a time. Batches of one tenant queue on its
+    /// counter rows, each holding a pooled connection meanwhile; without a cap, a tenant
+    /// sending hundreds at once would take the whole pool, and every other tenant would
+    /// wait for a connection and then get 503.
+    pub fn ingest(cap: NonZeroU32) -> Self {
+        Self::new(cap, || {
+            ApiError::too_many_requests(
+                "rate_limited",
+                "too many batches of this tenant are being metered at once; nothing of \
+                 this one was metered, send it again",
+                1,
+            )
+        })
+    }
+
+    fn new(cap: NonZeroU32, refusal: fn() -> ApiError) -> Self {
+        Self {
+            cap: cap.get(),
+            running: Arc::default(),
+            refusal,
         }
-        Ok(ExportSlot {
-            slots: self.0.clone(),
+    }
+
+    /// One of the tenant's slots, or the kind's 429 while all are taken.
+    pub fn take(&self, tenant: TenantId) -> Result<TenantSlot, ApiError> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(tenant).or_default();
+        if *count >= self.cap {
+            return Err((self.refusal)());
+        }
+        *count += 1;
+        Ok(TenantSlot {
+            running: self.running.clone(),
             tenant,
         })
     }
 }
 
-impl Drop for ExportSlot {
+impl Drop for TenantSlot {
     fn drop(&mut self) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.tenant);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -170,7 +210,7 @@ mod tests {
 
     #[test]
     fn one_export_per_tenant_at_a_time() {
-        let slots = ExportSlots::default();
+        let slots = TenantSlots::exports();
         let (a, b) = (TenantId::new(), TenantId::new());
         let held = slots.take(a).unwrap();
         assert_eq!(
@@ -180,6 +220,26 @@ mod tests {
         assert!(slots.take(b).is_ok());
         drop(held);
         assert!(slots.take(a).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_takes_at_most_its_cap_of_ingest_slots_and_frees_them() {
+        let slots = TenantSlots::ingest(NonZeroU32::new(2).unwrap());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let first = slots.take(a).unwrap();
+        let second = slots.take(a).unwrap();
+        let refused = slots.take(a).err().expect("a third is refused");
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.code, "rate_limited");
+        assert_eq!(refused.retry_after_secs, Some(1));
+        assert!(slots.take(b).is_ok(), "another tenant has slots of its own");
+        drop(first);
+        let third = slots.take(a).unwrap();
+        drop((second, third));
+        assert!(
+            slots.running.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
     }
 
     #[test]

@@ -140,7 +140,11 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
             std::num::NonZeroU32::new(config.http.sensitive_writes_per_minute)
                 .expect("validated at load"),
         ),
-        exports: Default::default(),
+        exports: crate::limits::TenantSlots::exports(),
+        ingest_slots: crate::limits::TenantSlots::ingest(
+            std::num::NonZeroU32::new(config.http.ingest_batches_per_tenant)
+                .expect("validated at load"),
+        ),
         readiness: Default::default(),
         config,
     }))

@@ -30,7 +30,9 @@ pub struct Services {
     pub operator_failures: crate::limits::FailureLimiter,
     /// Writes that change access or money, per tenant.
     pub tenant_writes: crate::limits::TenantWriteLimiter,
-    pub exports: crate::limits::ExportSlots,
+    pub exports: crate::limits::TenantSlots,
+    /// Usage batches being metered, per tenant.
+    pub ingest_slots: crate::limits::TenantSlots,
     pub readiness: crate::readiness::ReadinessCache,
 }
 

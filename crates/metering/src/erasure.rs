@@ -14,9 +14,15 @@ use tenancy::{Db, StoreError};
 
 use crate::clickhouse_sink::{ClickHouseSink, SinkError};
 
+/// Longest the ledger part of an erasure may take per statement; past it the erasure job
+/// fails and is tried again.
+const ERASURE_LEDGER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Deletes the tenant's ledger rows, counters and alerts; returns how many rows went.
 pub async fn erase_ledger(db: &Db, tenant: TenantId) -> Result<u64, StoreError> {
     let mut tx = db.system_tx("erasure ledger").await?;
+    // It holds the relay cursor: bounded, so that a hung erasure cannot stop relaying.
+    Db::bound(&mut tx, ERASURE_LEDGER_TIMEOUT).await?;
     // Waits for a relay batch in flight to finish; none starts until this commits.
     sqlx::query("SELECT 1 FROM usage_relay_cursor FOR UPDATE")
         .execute(&mut *tx)

@@ -8,6 +8,10 @@ use tenancy::{Db, StoreError};
 
 use crate::event::MAX_EVENT_AGE;
 
+/// Longest a prune statement may run: a pass is a bounded batch, and one that ran
+/// longer would hold back the relay's horizon.
+const PRUNE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long ledger rows are kept after ingestion: the dedup window plus a margin.
 pub const DEFAULT_RETENTION: TimeDelta = MAX_EVENT_AGE.checked_add(&TimeDelta::days(5)).unwrap();
 
@@ -21,6 +25,7 @@ pub async fn prune_once(
 ) -> Result<u64, StoreError> {
     let retention = retention.max(MAX_EVENT_AGE);
     let mut tx = db.system_tx("usage ledger prune").await?;
+    Db::bound(&mut tx, PRUNE_TIMEOUT).await?;
     let deleted = sqlx::query(
         "DELETE FROM usage_events WHERE ctid IN ( \
              SELECT e.ctid FROM usage_events e, usage_relay_cursor c \

@@ -6,6 +6,12 @@
 //! in the same transaction that holds the lock: a crash in between replays the batch,
 //! which ClickHouse absorbs (ReplacingMergeTree, reads with FINAL). ClickHouse being down
 //! only delays the relay; ingestion never waits for it.
+//!
+//! A holder that hangs rather than dies must not keep the cursor: each step gives up
+//! after the relay timeout (its statements, and its ClickHouse insert, are bounded by
+//! it), and Postgres ends a holder's session once it has sat in its transaction for
+//! twice that, as one frozen or cut off from the network would. The lock then goes to
+//! the next relay, which replays the batch.
 
 use std::time::Duration;
 
@@ -24,6 +30,9 @@ pub struct RelaySettings {
     pub idle_wait: Duration,
     /// Longest pause between retries while ClickHouse or Postgres is failing.
     pub max_backoff: Duration,
+    /// Longest a step's statement or ClickHouse insert may take; a holder idle in its
+    /// transaction for twice this loses its session, and the cursor with it.
+    pub timeout: Duration,
 }
 
 impl Default for RelaySettings {
@@ -32,6 +41,7 @@ impl Default for RelaySettings {
             batch_size: 10_000,
             idle_wait: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
         }
     }
 }
@@ -42,6 +52,8 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("the ClickHouse insert took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 impl From<sqlx::Error> for RelayError {
@@ -85,6 +97,8 @@ impl Relay {
     /// Copies one batch, if there is one and no other relay is at work.
     pub async fn step(&self) -> Result<RelayStep, RelayError> {
         let mut tx = self.db.system_tx("usage relay").await?;
+        let timeout = self.settings.timeout;
+        Db::bound(&mut tx, timeout).await?;
         let cursor: Option<(i64, i64)> = sqlx::query_as(
             "SELECT ledger_xid, ledger_seq FROM usage_relay_cursor FOR UPDATE SKIP LOCKED",
         )
@@ -137,7 +151,9 @@ impl Relay {
                 },
             )
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.sink.insert_usage(&usage_rows).await?;
+        tokio::time::timeout(timeout, self.sink.insert_usage(&usage_rows))
+            .await
+            .map_err(|_| RelayError::Timeout(timeout))??;
         sqlx::query(
             "UPDATE usage_relay_cursor SET ledger_xid = $1, ledger_seq = $2, updated_at = now()",
         )

@@ -56,6 +56,22 @@ impl Db {
             .await?)
     }
 
+    /// Bounds the rest of `tx`: each statement may run for `limit`, and Postgres ends the
+    /// session once it has sat idle in the transaction for twice that. Work that holds a
+    /// lock others wait for (the relay cursor) uses it, so that a holder that hangs
+    /// rather than dies (frozen, cut off) lets go.
+    pub async fn bound(tx: &mut DbTx, limit: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "SELECT set_config('statement_timeout', $1, true), \
+                    set_config('idle_in_transaction_session_timeout', $2, true)",
+        )
+        .bind(limit.as_millis().to_string())
+        .bind((limit * 2).as_millis().to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Round trip to Postgres, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         batch_size: 10_000,
         idle_wait: Duration::from_millis(20),
         max_backoff: Duration::from_secs(1),
+        ..RelaySettings::default()
     };
     Relay::new(db.clone(), sink.clone(), relay_settings)
         .drain()

@@ -66,7 +66,9 @@ fn remaining_header(metric: Metric) -> HeaderName {
 
 /// Meters a batch of usage events (up to 1,000, all or nothing). Durable in the ledger
 /// before the 202. Retries with the same event ids are counted once. Quota headers
-/// `x-quota-remaining-<metric>` tell what is left under each hard limit.
+/// `x-quota-remaining-<metric>` tell what is left under each hard limit. A tenant's
+/// batches are metered a few at a time (`http.ingest_batches_per_tenant`); one past
+/// that gets 429 `rate_limited` with `Retry-After`, and nothing of it is metered.
 #[utoipa::path(post, path = "/v1/usage/events", tag = "usage", security(("api_key" = [])),
     request_body = RawBatch,
     responses(
@@ -76,7 +78,7 @@ fn remaining_header(metric: Metric) -> HeaderName {
         (status = 403, body = ErrorBody, description = "tenant suspended or deleted"),
         (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "an event breaks the rules"),
-        (status = 429, body = ErrorBody, description = "quota_exceeded; see Retry-After"),
+        (status = 429, body = ErrorBody, description = "quota_exceeded, event_limit_reached, or rate_limited (too many of the tenant's batches at once); see Retry-After"),
         (status = 503, body = ErrorBody)))]
 async fn ingest_events(
     State(state): State<AppState>,
@@ -87,6 +89,10 @@ async fn ingest_events(
     let now = state.clock.now();
     let batch = validate_batch(batch, now)
         .map_err(|invalid| ApiError::unprocessable(invalid.code, invalid.message))?;
+    let _slot = state.ingest_slots.take(tenant.tenant_id).inspect_err(|_| {
+        metrics::counter!("ingest_batches_refused_total", "reason" => "tenant_concurrency")
+            .increment(1);
+    })?;
     let outcome = ledger::ingest(
         &state.db,
         tenant.tenant_id,

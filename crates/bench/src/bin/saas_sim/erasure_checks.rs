@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn an_address_is_matched_literally() {
         assert_eq!(regex_escaped("sim+1@example.com"), r"sim\+1@example\.com");
-        assert_eq!(regex_escaped("a(b)|[c]{2}^$*?\\"), r"a\(b\)\|\[c\]\{2\}\^\$\*\?\\");
+        assert_eq!(
+            regex_escaped("a(b)|[c]{2}^$*?\\"),
+            r"a\(b\)\|\[c\]\{2\}\^\$\*\?\\"
+        );
         assert_eq!(regex_escaped("Simulated tenant 7"), "Simulated tenant 7");
     }
 }

@@ -188,11 +188,13 @@ pub async fn simulate(settings: &Settings) -> anyhow::Result<bool> {
         life.busy
     ));
     out(format!(
-        "traffic: {} batches, {} events acknowledged, {} refused at hard limits, {} stored \
-         by an attempt whose answer was lost, in {:.1} s",
+        "traffic: {} batches, {} events acknowledged, {} refused at hard limits, {} \
+         attempts sent again as too many of the tenant's were in flight, {} stored by an \
+         attempt whose answer was lost, in {:.1} s",
         traffic.batches,
         traffic.events_acknowledged,
         traffic.refused_at_limit,
+        traffic.throttled,
         traffic.answers_lost,
         traffic_took.as_secs_f64()
     ));

@@ -22,6 +22,9 @@ pub struct TrafficTally {
     pub events_acknowledged: u64,
     /// Batches refused whole at a hard limit (429 `quota_exceeded`).
     pub refused_at_limit: u64,
+    /// Attempts refused while too many of the tenant's batches were in flight (429
+    /// `rate_limited`), and sent again.
+    pub throttled: u64,
     /// Batches of suspended tenants, refused (403 `tenant_suspended`).
     pub refused_suspended: u64,
     /// Batches stored by an attempt whose answer never came (a fault cut it), found
@@ -148,6 +151,7 @@ async fn send_batch(
     };
     let answer = sent.answer;
     tally.batches += 1;
+    tally.throttled += sent.throttled;
     match answer.status.as_u16() {
         403 if (suspended || declining) && answer.code() == "tenant_suspended" => {
             tally.refused_suspended += 1;
@@ -245,15 +249,20 @@ fn periods_since(answer: &Value, since: DateTime<Utc>) -> Vec<String> {
 struct Sent {
     answer: crate::api::Answer,
     attempts: u32,
+    /// Attempts refused because too many of the tenant's batches were in flight.
+    throttled: u64,
     first_sent: DateTime<Utc>,
 }
 
 /// How long a client keeps sending a batch that gets no answer (or a 5xx), as a client
 /// that must not lose usage would: longer than any injected fault lasts.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(90);
+/// The `Retry-After` of a batch refused while too many of its tenant's were in flight.
+const RETRY_AFTER_THROTTLED: Duration = Duration::from_secs(1);
 
 /// Sends the batch until the service gives a definite answer (not a 5xx, not a broken
-/// connection), with the same event ids every time.
+/// connection, not a 429 `rate_limited`, which asks to send it again after
+/// `Retry-After`), with the same event ids every time.
 async fn ingest_until_answered(
     api: &Api,
     books: &Books,
@@ -262,16 +271,23 @@ async fn ingest_until_answered(
 ) -> Option<Sent> {
     let first_sent = Utc::now();
     let started = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let (mut pause, mut throttled) = (Duration::from_millis(50), 0);
     for attempts in 1.. {
-        if let Ok(answer) = ingest(api, tenant, body).await
-            && !answer.status.is_server_error()
-        {
-            return Some(Sent {
-                answer,
-                attempts,
-                first_sent,
-            });
+        match ingest(api, tenant, body).await {
+            Ok(answer) if answer.status == 429 && answer.code() == "rate_limited" => {
+                throttled += 1;
+                tokio::time::sleep(RETRY_AFTER_THROTTLED).await;
+                continue;
+            }
+            Ok(answer) if !answer.status.is_server_error() => {
+                return Some(Sent {
+                    answer,
+                    attempts,
+                    throttled,
+                    first_sent,
+                });
+            }
+            _ => {}
         }
         if started.elapsed() > GIVE_UP_AFTER {
             break;
