@@ -133,14 +133,7 @@ async fn every_plan_signs_up_pays_and_is_provisioned_without_a_human() {
         );
     }
     // Operators see the progress.
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"onboarding_steps_total{step="payment_confirmed",status="done"} 3"#),
         "{metrics}"

@@ -130,14 +130,7 @@ async fn concurrent_callers_share_one_run() {
         reports.iter().all(|(_, r)| &r["checked_at"] == first),
         "one run for all"
     );
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("readiness_runs_total 1"), "{metrics}");
     // Later, with no result reuse configured, a new run.
     let (_, again) = readiness(&app).await;
@@ -209,14 +202,7 @@ async fn without_the_operator_token_the_latest_result_comes_without_internals() 
         let (_, again) = public_readiness(&app).await;
         assert_eq!(again["checked_at"], first["checked_at"]);
     }
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("readiness_runs_total 1"), "{metrics}");
     // The operator gets a live run, with what each check saw.
     let (status, live) = readiness(&app).await;

@@ -1,7 +1,7 @@
 //! ClickHouse down: ingestion keeps answering 202 from the Postgres ledger, and the
 //! backlog drains, counted once, when it is back.
 
-use integration_tests::{FaultProxy, Stack, TestApp};
+use integration_tests::{FaultProxy, Stack, TestApp, metric_value};
 use serde_json::json;
 
 #[tokio::test]
@@ -62,7 +62,8 @@ async fn ingestion_survives_a_clickhouse_outage_and_the_backlog_drains_once() {
         integration_tests::error_code(response).await,
         "usage_store_unavailable"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The relay's lag gauge sees the backlog age while ClickHouse is away.
+    wait_for_lag(&app, |lag| lag > 0.0).await;
 
     proxy.restore();
     // The app's own relay catches up; wait for it rather than draining ourselves.
@@ -82,4 +83,14 @@ async fn ingestion_survives_a_clickhouse_outage_and_the_backlog_drains_once() {
         .get_json(&tenant.api_key, "/v1/usage?metric=queries&granularity=day")
         .await;
     assert_eq!(series["total"], 4200);
+    // Caught up: nothing waits, no lag.
+    wait_for_lag(&app, |lag| lag == 0.0).await;
+}
+
+/// Waits until `usage_relay_lag_seconds` on /metrics satisfies `wanted`.
+async fn wait_for_lag(app: &TestApp, wanted: impl Fn(f64) -> bool) {
+    app.metrics_until("the relay lag wanted", |page| {
+        metric_value(page, "usage_relay_lag_seconds").is_some_and(&wanted)
+    })
+    .await;
 }

@@ -316,6 +316,34 @@ impl TestApp {
         }
     }
 
+    /// The Prometheus page at /metrics.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Reads /metrics until `done` finds what it waits for in the page, for up to 20 s;
+    /// then returns the page, or panics saying `what` was awaited.
+    pub async fn metrics_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = self.metrics().await;
+            if done(&page) {
+                return page;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/metrics never showed {what}:\n{page}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// GETs `path` as `api_key` and returns the JSON body, asserting 200.
     pub async fn get_json(&self, api_key: &str, path: &str) -> Value {
         let response = self.get(path).bearer_auth(api_key).send().await.unwrap();
@@ -406,4 +434,11 @@ pub async fn error_code(response: reqwest::Response) -> String {
         "code {code:?}"
     );
     code
+}
+
+/// The value of `series` (a name, with its labels if it has any) on a /metrics page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }

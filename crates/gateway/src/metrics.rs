@@ -24,7 +24,24 @@ pub fn install() -> PrometheusHandle {
             // receives our metrics and this handle renders an empty page, which the
             // metrics test would catch.
             let _ = metrics::set_global_recorder(recorder);
+            create_alerted_counters();
             handle
         })
         .clone()
+}
+
+/// The counters deploy/prometheus/alerts.yml takes rates of, created at zero: a counter
+/// otherwise appears only with its first event, and until then an alert on it can never
+/// fire (nor be seen to be wired up).
+fn create_alerted_counters() {
+    for name in [
+        "usage_relay_errors_total",
+        "invoice_run_errors_total",
+        "jobs_abandoned_total",
+        "notifications_failed_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::counter!("ingest_batches_refused_total", "reason" => "tenant_concurrency")
+        .increment(0);
 }

@@ -45,3 +45,20 @@ pub async fn prune_once(
     }
     Ok(deleted)
 }
+
+/// Sets the ledger's size gauges: its rows (the planner's estimate, free to read) and
+/// its bytes, indexes included. Both must level off under a steady load once pruning
+/// keeps pace.
+pub async fn measure_ledger(db: &Db) -> Result<(), StoreError> {
+    let mut tx = db.system_tx("usage ledger size").await?;
+    let (rows, bytes): (f64, i64) = sqlx::query_as(
+        "SELECT greatest(reltuples, 0)::float8, pg_total_relation_size(oid) \
+         FROM pg_class WHERE oid = 'usage_events'::regclass",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::gauge!("usage_ledger_rows").set(rows);
+    metrics::gauge!("usage_ledger_bytes").set(bytes as f64);
+    Ok(())
+}

@@ -166,14 +166,42 @@ impl Relay {
         Ok(RelayStep::Copied(usage_rows.len()))
     }
 
+    /// How far the relay is behind: the age of the first event past the cursor, zero
+    /// when none waits. It grows while relaying is stuck (ClickHouse down, a hung
+    /// holder) and while a long transaction anywhere in the Postgres cluster holds the
+    /// horizon back: the alert on it covers both.
+    pub async fn lag(&self) -> Result<Duration, StoreError> {
+        let mut tx = self.db.system_tx("usage relay lag").await?;
+        Db::bound(&mut tx, self.settings.timeout).await?;
+        let seconds: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM now() - ( \
+                 SELECT e.ingested_at FROM usage_events e, usage_relay_cursor c \
+                 WHERE (e.ledger_xid, e.ledger_seq) > (c.ledger_xid, c.ledger_seq) \
+                 ORDER BY e.ledger_xid, e.ledger_seq LIMIT 1))::float8, 0)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Duration::from_secs_f64(seconds.max(0.0)))
+    }
+
     /// Relays until `stop` turns true, backing off while a dependency fails. Between
-    /// batches it also prunes the ledger, at most once a minute.
+    /// batches it also prunes the ledger, at most once a minute, and measures its lag,
+    /// at most once a second.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         let mut last_prune: Option<std::time::Instant> = None;
+        let mut last_lag: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if last_lag.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                last_lag = Some(std::time::Instant::now());
+                match self.lag().await {
+                    Ok(lag) => metrics::gauge!("usage_relay_lag_seconds").set(lag.as_secs_f64()),
+                    Err(error) => tracing::debug!(%error, "usage relay lag not measured"),
+                }
             }
             if last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                 last_prune = Some(std::time::Instant::now());
@@ -186,6 +214,9 @@ impl Relay {
                 .await
                 {
                     tracing::warn!(%error, "usage ledger prune failed");
+                }
+                if let Err(error) = crate::prune::measure_ledger(&self.db).await {
+                    tracing::debug!(%error, "usage ledger size not measured");
                 }
             }
             let pause = match self.step().await {
