@@ -19,6 +19,7 @@ mod lifecycle;
 mod onboarding;
 mod outbox;
 mod payments;
+mod period_close;
 mod plan_change_billing;
 mod readiness;
 mod relay_takeover;

@@ -62,6 +62,11 @@ pub enum IngestError {
     },
     #[error("the period's {0} usage would exceed 2^64 - 1")]
     Overflow(Metric),
+    /// The period was closed for invoicing while the batch was on its way. [`ingest`]
+    /// then meters it in the next period; only if that one is closed too (no clock is
+    /// that far off) does the caller see this: sending it again meters it anew.
+    #[error("the billing period starting {} was closed while the batch was metered", .0.start)]
+    PeriodClosed(BillingPeriod),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -98,7 +103,7 @@ pub async fn ingest(
     // Counters are locked in metric order, so concurrent batches of a tenant queue
     // rather than deadlock; should Postgres still pick this batch as a deadlock victim,
     // nothing of it was kept, and it is simply run again.
-    let mut attempt = 0;
+    let (mut attempt, mut now) = (0, now);
     loop {
         match ingest_once(db, tenant, events, in_batch_duplicates, now).await {
             Err(IngestError::Store(StoreError::Database(error)))
@@ -106,6 +111,13 @@ pub async fn ingest(
             {
                 attempt += 1;
                 metrics::counter!("usage_ingest_deadlock_retries_total").increment(1);
+            }
+            // Its period was closed for invoicing meanwhile: the batch goes into the
+            // next one, as it would have had it arrived a moment later.
+            Err(IngestError::PeriodClosed(period)) if attempt < 3 => {
+                attempt += 1;
+                now = now.max(period.end);
+                metrics::counter!("usage_ingest_period_closed_total").increment(1);
             }
             other => return other,
         }
@@ -126,13 +138,16 @@ async fn ingest_once(
     in_batch_duplicates: u64,
     now: DateTime<Utc>,
 ) -> Result<IngestOutcome, IngestError> {
-    let mut tx = db.tenant_tx(tenant).await?;
+    // Holds the tenant's ingest lock shared: a run closing the period waits for it.
+    let mut tx = db.ingest_tx(tenant).await?;
     let terms = tenant_terms(&mut tx, tenant, now).await?;
     if !terms.state.serves_metered_calls() {
         return Err(IngestError::NotServing(terms.state));
     }
     let period = terms.period;
-    let written = write_events(&mut tx, tenant, period.start, events).await?;
+    let written = write_events(&mut tx, tenant, period.start, events)
+        .await?
+        .ok_or(IngestError::PeriodClosed(period))?;
 
     let mut usage = BTreeMap::new();
     let mut alerts = Vec::new();
@@ -212,23 +227,41 @@ struct Counter {
 /// Inserts the events whose ids are new for the tenant and adds their values to the
 /// period's counters, in one statement. The counter upsert takes the row lock and adds
 /// to the latest committed value, so concurrent batches of one tenant queue behind each
-/// other on it and every batch sees the exact total it would make.
+/// other on it and every batch sees the exact total it would make. Writes nothing, and
+/// answers `None`, when the period is closed (see [`crate::periods`]): the statement
+/// starts after the transaction took the ingest lock, so it sees any closing that did
+/// not wait for it.
 async fn write_events(
     conn: &mut PgConnection,
     tenant: TenantId,
     period_start: DateTime<Utc>,
     events: &[UsageEvent],
-) -> Result<Written, StoreError> {
+) -> Result<Option<Written>, StoreError> {
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let metrics: Vec<&str> = events.iter().map(|e| e.metric.as_str()).collect();
     let values: Vec<String> = events.iter().map(|e| e.value.to_string()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
     // One row per metric the batch added to; none when every event was a duplicate.
-    let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
-        "WITH inserted AS ( \
+    // One row per metric the batch added to, or a single row of NULLs when none (every
+    // event a duplicate); `open` in every row.
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        bool,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH open AS ( \
+             SELECT NOT EXISTS (SELECT 1 FROM usage_period_closures \
+                                WHERE tenant_id = $1 AND period_start = $2) AS open \
+         ), inserted AS ( \
              INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
              SELECT $1, e.id, e.metric, e.value::numeric, e.time, $2 \
              FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS e(id, metric, value, time) \
+             WHERE (SELECT open FROM open) \
              ON CONFLICT (tenant_id, event_id) DO NOTHING \
              RETURNING metric, value \
          ), added AS ( \
@@ -241,8 +274,8 @@ async fn write_events(
              RETURNING c.metric, c.used, c.events \
          ) \
          SELECT counted.metric, counted.used::text, added.amount::text, counted.events, \
-                added.events, (SELECT count(*) FROM inserted) \
-         FROM counted JOIN added USING (metric)",
+                added.events, (SELECT count(*) FROM inserted), open.open \
+         FROM open LEFT JOIN (counted JOIN added USING (metric)) ON true",
     )
     .bind(tenant.as_uuid())
     .bind(period_start)
@@ -260,8 +293,16 @@ async fn write_events(
     let count = |value: i64| {
         u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
     };
-    for (metric, used, amount, events, added_events, inserted) in rows {
+    for (metric, used, amount, events, added_events, inserted, open) in rows {
+        if !open {
+            return Ok(None);
+        }
         written.inserted = count(inserted)?;
+        let (Some(metric), Some(used), Some(amount), Some(events), Some(added_events)) =
+            (metric, used, amount, events, added_events)
+        else {
+            continue; // nothing new: the row only says the period is open
+        };
         written.totals.insert(
             metric.parse()?,
             Counter {
@@ -272,7 +313,7 @@ async fn write_events(
             },
         );
     }
-    Ok(written)
+    Ok(Some(written))
 }
 
 async fn record_alerts(

@@ -3,6 +3,7 @@
 //! - [`event`]: what a usage event is and the rules it must meet.
 //! - [`ledger`]: ingestion. Events are committed to Postgres together with the quota
 //!   counters before they are acknowledged; hard limits are exact under concurrency.
+//! - [`periods`]: closes a billing period to usage before it is invoiced.
 //! - [`relay`]: copies the ledger to ClickHouse, in order, replay-safe.
 //! - [`usage_query`]: real-time reads, ClickHouse plus whatever the relay has not copied.
 //! - [`quota`]: quota arithmetic, pure.
@@ -12,6 +13,7 @@ pub mod clickhouse_sink;
 pub mod erasure;
 pub mod event;
 pub mod ledger;
+pub mod periods;
 pub mod prune;
 pub mod quota;
 pub mod relay;

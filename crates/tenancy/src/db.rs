@@ -11,6 +11,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub type DbTx = Transaction<'static, Postgres>;
 
+/// Longest an ingest statement may run; its transaction is ended by Postgres once idle
+/// for twice that.
+const INGEST_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The advisory lock key that orders a tenant's ingest against the closing of its
+/// periods. The argument is a formatted UUID, never client text.
+fn ingest_lock(tenant_uuid: &str) -> String {
+    format!("hashtextextended('ingest:{tenant_uuid}', 0)")
+}
+
 /// The service's pool, connected as the role that row-level security applies to.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -44,6 +54,63 @@ impl Db {
             tenant.as_uuid().hyphenated()
         );
         Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
+    }
+
+    /// A transaction of `tenant` that meters usage. It holds the tenant's ingest lock
+    /// shared until it ends, so that closing one of the tenant's periods
+    /// ([`Self::wait_for_ingest`]) waits for it. Still one round trip.
+    pub async fn ingest_tx(&self, tenant: TenantId) -> Result<DbTx, StoreError> {
+        let uuid = tenant.as_uuid().hyphenated();
+        // Bounded: a batch's statements are short, and one stuck (a frozen process)
+        // must let go of the lock and its counter rows rather than hold them for ever.
+        let begin = format!(
+            "BEGIN; SELECT set_config('app.tenant_id', '{uuid}', true), \
+                    set_config('statement_timeout', '{statement}', true), \
+                    set_config('idle_in_transaction_session_timeout', '{idle}', true); \
+             SELECT pg_advisory_xact_lock_shared({lock})",
+            statement = INGEST_STATEMENT_TIMEOUT.as_millis(),
+            idle = (INGEST_STATEMENT_TIMEOUT * 2).as_millis(),
+            lock = ingest_lock(&uuid.to_string())
+        );
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
+    }
+
+    /// Waits, for up to `limit`, until every ingest transaction of `tenant` running now
+    /// has ended, by taking its ingest lock exclusively for a moment (new ones wait
+    /// meanwhile); whether they all ended in time.
+    pub async fn wait_for_ingest(
+        &self,
+        tenant: TenantId,
+        limit: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(limit.as_millis().to_string())
+            .execute(&mut *tx)
+            .await?;
+        let lock = format!(
+            "SELECT pg_advisory_xact_lock({})",
+            ingest_lock(&tenant.as_uuid().hyphenated().to_string())
+        );
+        match sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(true)
+            }
+            // lock_not_available: some batch is still under way.
+            Err(error)
+                if error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == "55P03") =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// A transaction that may cross tenants. `purpose` names the caller in the logs; use

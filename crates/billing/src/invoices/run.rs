@@ -2,9 +2,10 @@
 //! closing it, composed (see [`crate::period_invoice`]) from the period's usage in
 //! ClickHouse.
 //!
-//! A period is invoiced only once the relay has copied all of its events to ClickHouse
-//! (checked against the ledger, per tenant) and a grace time after its end has passed,
-//! so that no late commit is missed. The invoice and its lines are written in one
+//! A period is invoiced once a grace time after its end has passed (for clocks that
+//! disagree), it is closed to usage with every batch still on its way into it committed
+//! (see [`metering::periods`]), and the relay has copied all of its events to
+//! ClickHouse (checked against the ledger, per tenant). The invoice and its lines are written in one
 //! transaction under the unique key (tenant, kind, period start): a run killed half-way
 //! is simply run again, and two runs at once cannot make two invoices. Synthetic tenants
 //! (readiness probes) are never billed.
@@ -51,6 +52,8 @@ pub struct RunReport {
     pub already_invoiced: usize,
     /// Periods left for a later run: their events are not all in ClickHouse yet.
     pub waiting_for_relay: usize,
+    /// Periods left for a later run: a batch was still being metered into them.
+    pub waiting_for_ingest: usize,
     /// Tenants that could not be rated (a plan without a price, an overflow).
     pub failed: usize,
     pub clickhouse_ms: u64,
@@ -124,7 +127,9 @@ pub async fn run(
     report.total_ms = millis(started.elapsed());
     metrics::counter!("invoices_created_total").increment(report.invoices_created as u64);
     tracing::info!(run = %report.run_id, created = report.invoices_created,
-        waiting = report.waiting_for_relay, total_ms = report.total_ms, "invoice run done");
+        waiting_for_relay = report.waiting_for_relay,
+        waiting_for_ingest = report.waiting_for_ingest, total_ms = report.total_ms,
+        "invoice run done");
     Ok(report)
 }
 
@@ -172,6 +177,10 @@ async fn invoice_tenant(
                 report.waiting_for_relay += 1;
                 break;
             }
+            Ok(Outcome::WaitingForIngest) => {
+                report.waiting_for_ingest += 1;
+                break;
+            }
             Err(InvoiceError::Rating(error)) => {
                 report.failed += 1;
                 tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
@@ -211,6 +220,7 @@ enum Outcome {
     Created,
     Exists,
     WaitingForRelay,
+    WaitingForIngest,
 }
 
 enum InvoiceError {
@@ -242,9 +252,19 @@ async fn invoice_period(
     .bind(period.start)
     .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     if exists {
         return Ok(Outcome::Exists);
     }
+    // No batch may still be on its way into the period: close it and wait for the
+    // ingest transactions already writing into it.
+    let closed = metering::periods::close(db, tenant.id, period.start)
+        .await
+        .map_err(RunError::from)?;
+    if !closed {
+        return Ok(Outcome::WaitingForIngest);
+    }
+    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
     let position = metering::relay::relay_position(&mut tx)
         .await
         .map_err(RunError::from)?;

@@ -151,6 +151,8 @@ fn ingest_error(error: IngestError) -> ApiError {
             "usage_overflow",
             format!("the period's {metric} usage would exceed 2^64 - 1"),
         ),
+        // Three periods closed under one batch: only a clock far off gets here.
+        error @ IngestError::PeriodClosed(_) => ApiError::unavailable("period_closed", error),
         IngestError::Store(error) => error.into(),
     }
 }

@@ -1,0 +1,41 @@
+//! Closing a tenant's billing period to usage, so that an invoice reads a final total.
+//!
+//! A batch is metered into the period current when its request is handled, but its
+//! transaction may commit much later (a stalled connection, a paused process). Waiting a
+//! fixed grace after the period's end bounds that risk without removing it. Instead, the
+//! invoice run closes the period (a row in `usage_period_closures`) and then waits for
+//! every ingest transaction of the tenant already under way ([`Db::wait_for_ingest`]):
+//! those commit their events before the total is read, and every later one finds the
+//! period closed and meters its batch into the next period instead (see
+//! [`crate::ledger`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use saas_core::TenantId;
+use tenancy::{Db, StoreError};
+
+/// How long closing waits for the batches under way; one that takes longer (a stalled
+/// client connection) is waited for again by the next run.
+const WAIT_FOR_INGEST: Duration = Duration::from_secs(5);
+
+/// Closes the period starting at `period_start` and waits until no ingest transaction can
+/// still add to it; whether that is so (false: a batch is still under way, try later).
+/// Closing a closed period again only waits.
+pub async fn close(
+    db: &Db,
+    tenant: TenantId,
+    period_start: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    sqlx::query(
+        "INSERT INTO usage_period_closures (tenant_id, period_start) VALUES ($1, $2) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant.as_uuid())
+    .bind(period_start)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    db.wait_for_ingest(tenant, WAIT_FOR_INGEST).await
+}
