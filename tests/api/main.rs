@@ -22,6 +22,7 @@ mod payments;
 mod period_close;
 mod plan_change_billing;
 mod readiness;
+mod reconciliation;
 mod relay_takeover;
 mod row_level_security;
 mod usage_fairness;

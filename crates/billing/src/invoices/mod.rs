@@ -11,7 +11,7 @@ mod store;
 mod view;
 
 pub use payment::{close, mark_paid};
-pub use reconciliation::{Mismatch, Reconciliation, reconcile};
+pub use reconciliation::{MAX_PAGE, Mismatch, Page, Reconciliation, reconcile};
 pub use run::{Collection, RunError, RunReport, run};
 pub(crate) use store::store;
 pub use store::{InvoiceKind, NewInvoice, record_signup_invoice, signup_invoice_id};

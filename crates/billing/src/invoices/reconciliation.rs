@@ -1,7 +1,9 @@
 //! Reconciliation: every period invoice's billed quantities against the usage in
-//! ClickHouse.
+//! ClickHouse, a page of invoices at a time, so that any number of invoices can be
+//! checked without one request loading them all. A page costs two Postgres statements
+//! and one ClickHouse query, whatever its size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use metering::ClickHouseSink;
@@ -11,6 +13,9 @@ use tenancy::Db;
 use uuid::Uuid;
 
 use super::run::RunError;
+
+/// Most invoices one page compares.
+pub const MAX_PAGE: usize = 1000;
 
 /// One difference between what an invoice bills and the usage in ClickHouse.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -28,66 +33,79 @@ pub struct Mismatch {
 pub struct Reconciliation {
     pub invoices_checked: usize,
     pub mismatches: Vec<Mismatch>,
+    /// Where the next page starts: pass it as `after`. Absent on the last page.
+    #[schema(value_type = Option<String>)]
+    pub next_after: Option<Uuid>,
 }
 
-/// Compares, per period invoice (of `tenant`, or all), the billed quantity of every
-/// metric with the period's usage in ClickHouse.
+/// Which invoices a page covers: those (of `tenant`, or all) after `after` in id order,
+/// at most `limit` (1 to [`MAX_PAGE`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub tenant: Option<TenantId>,
+    pub after: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// Compares, per period invoice of the page, the billed quantity of every metric with the
+/// period's usage in ClickHouse.
 pub async fn reconcile(
     db: &Db,
     sink: &ClickHouseSink,
-    tenant: Option<TenantId>,
+    page: Page,
 ) -> Result<Reconciliation, RunError> {
-    let invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = {
-        let mut tx = db.system_tx("reconciliation").await?;
-        // Erased tenants' usage is gone by design: nothing to compare their invoices with.
-        let rows = sqlx::query_as(
-            "SELECT i.id, i.tenant_id, i.period_start FROM invoices i \
-             JOIN tenants t ON t.id = i.tenant_id \
-             WHERE i.kind = 'period' AND t.state <> 'deleted' \
-               AND ($1::uuid IS NULL OR i.tenant_id = $1) \
-             ORDER BY i.tenant_id, i.period_start",
-        )
-        .bind(tenant.map(|t| t.as_uuid()))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows
-    };
+    let limit = page.limit.clamp(1, MAX_PAGE);
+    let mut tx = db.system_tx("reconciliation").await?;
+    // Erased tenants' usage is gone by design: nothing to compare their invoices with.
+    let invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT i.id, i.tenant_id, i.period_start FROM invoices i \
+         JOIN tenants t ON t.id = i.tenant_id \
+         WHERE i.kind = 'period' AND t.state <> 'deleted' \
+           AND ($1::uuid IS NULL OR i.tenant_id = $1) AND ($2::uuid IS NULL OR i.id > $2) \
+         ORDER BY i.id LIMIT $3",
+    )
+    .bind(page.tenant.map(|t| t.as_uuid()))
+    .bind(page.after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = invoices.iter().map(|(id, _, _)| *id).collect();
+    let billed_rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT invoice_id, metric, sum(quantity)::text FROM invoice_lines \
+         WHERE invoice_id = ANY($1) AND metric IS NOT NULL GROUP BY invoice_id, metric",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut billed: HashMap<Uuid, BTreeMap<String, u128>> = HashMap::new();
+    for (invoice, metric, quantity) in billed_rows {
+        billed
+            .entry(invoice)
+            .or_default()
+            .insert(metric, quantity.parse().unwrap_or(u128::MAX));
+    }
+    let periods: Vec<(TenantId, DateTime<Utc>)> = invoices
+        .iter()
+        .map(|(_, tenant, start)| (TenantId::from_uuid(*tenant), *start))
+        .collect();
+    let usage = sink.period_totals_of(&periods).await?;
+
     let mut mismatches = Vec::new();
     for (invoice_id, tenant_id, period_start) in &invoices {
-        let billed: Vec<(String, String)> = {
-            let mut tx = db.system_tx("reconciliation lines").await?;
-            let rows = sqlx::query_as(
-                "SELECT metric, sum(quantity)::text FROM invoice_lines \
-                 WHERE invoice_id = $1 AND metric IS NOT NULL GROUP BY metric",
-            )
-            .bind(invoice_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            rows
-        };
-        let billed: BTreeMap<String, u128> = billed
-            .into_iter()
-            .map(|(metric, quantity)| (metric, quantity.parse().unwrap_or(u128::MAX)))
-            .collect();
-        let usage: BTreeMap<String, u128> = sink
-            .period_totals(TenantId::from_uuid(*tenant_id), *period_start)
-            .await?
-            .into_iter()
-            .map(|(metric, total)| (metric.as_str().to_owned(), total))
-            .collect();
+        let billed = billed.get(invoice_id);
+        let used = usage.get(&(TenantId::from_uuid(*tenant_id), *period_start));
         for metric in Metric::ALL {
-            let name = metric.as_str();
-            let (b, u) = (
-                billed.get(name).copied().unwrap_or(0),
-                usage.get(name).copied().unwrap_or(0),
-            );
+            let b = billed
+                .and_then(|b| b.get(metric.as_str()))
+                .copied()
+                .unwrap_or(0);
+            let u = used.and_then(|u| u.get(&metric)).copied().unwrap_or(0);
             if b != u {
                 mismatches.push(Mismatch {
                     invoice_id: *invoice_id,
                     tenant_id: *tenant_id,
-                    metric: name.to_owned(),
+                    metric: metric.as_str().to_owned(),
                     billed: u64::try_from(b).unwrap_or(u64::MAX),
                     usage: u64::try_from(u).unwrap_or(u64::MAX),
                 });
@@ -97,5 +115,8 @@ pub async fn reconcile(
     Ok(Reconciliation {
         invoices_checked: invoices.len(),
         mismatches,
+        next_after: (invoices.len() == limit)
+            .then(|| invoices.last().map(|(id, _, _)| *id))
+            .flatten(),
     })
 }

@@ -100,10 +100,15 @@ fn run_error(error: billing::invoices::RunError) -> ApiError {
 struct ReconciliationFilter {
     /// Only this tenant's invoices.
     tenant_id: Option<String>,
+    /// Start after this invoice id: the `next_after` of the previous page.
+    after: Option<String>,
+    /// Invoices per page, 1 to 1000 (default 500).
+    limit: Option<usize>,
 }
 
-/// Compares every invoice's billed quantities with the period's usage in ClickHouse and
-/// lists each difference (none is expected).
+/// Compares invoices' billed quantities with the period's usage in ClickHouse and lists
+/// each difference (none is expected), a page at a time in invoice id order: follow
+/// `next_after` until it is absent to check them all.
 #[utoipa::path(get, path = "/v1/admin/billing/reconciliation", tag = "admin",
     security(("operator_token" = [])), params(ReconciliationFilter),
     responses((status = 200, body = Reconciliation), (status = 400, body = ErrorBody),
@@ -118,7 +123,24 @@ async fn reconciliation(
         .map(|id| id.parse::<TenantId>())
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_tenant_id", e.to_string()))?;
-    billing::invoices::reconcile(&state.db, &state.clickhouse, tenant)
+    let after = filter
+        .after
+        .map(|id| id.parse::<uuid::Uuid>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid_after", "after must be an invoice id"))?;
+    let limit = filter.limit.unwrap_or(500);
+    if !(1..=billing::invoices::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let page = billing::invoices::Page {
+        tenant,
+        after,
+        limit,
+    };
+    billing::invoices::reconcile(&state.db, &state.clickhouse, page)
         .await
         .map(Json)
         .map_err(run_error)
