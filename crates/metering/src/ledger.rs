@@ -241,7 +241,6 @@ async fn write_events(
     let metrics: Vec<&str> = events.iter().map(|e| e.metric.as_str()).collect();
     let values: Vec<String> = events.iter().map(|e| e.value.to_string()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
-    // One row per metric the batch added to; none when every event was a duplicate.
     // One row per metric the batch added to, or a single row of NULLs when none (every
     // event a duplicate); `open` in every row.
     type Row = (

@@ -4,7 +4,7 @@
 //! transaction may commit much later (a stalled connection, a paused process). Waiting a
 //! fixed grace after the period's end bounds that risk without removing it. Instead, the
 //! invoice run closes the period (a row in `usage_period_closures`) and then waits for
-//! every ingest transaction of the tenant already under way ([`Db::wait_for_ingest`]):
+//! every ingest transaction of the tenant already under way ([`Db::lock_out_ingest`]):
 //! those commit their events before the total is read, and every later one finds the
 //! period closed and meters its batch into the next period instead (see
 //! [`crate::ledger`]).
@@ -36,6 +36,12 @@ pub async fn close(
     .bind(period_start)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    db.wait_for_ingest(tenant, WAIT_FOR_INGEST).await
+    // In the same transaction: a batch that writes before this commits cannot see the
+    // closing, but it holds the lock shared, so it is waited for; one that writes after
+    // waits for the lock, and then sees the closing.
+    let drained = Db::lock_out_ingest(&mut tx, tenant, WAIT_FOR_INGEST).await?;
+    if drained {
+        tx.commit().await?;
+    }
+    Ok(drained)
 }

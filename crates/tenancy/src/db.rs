@@ -75,31 +75,28 @@ impl Db {
         Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
     }
 
-    /// Waits, for up to `limit`, until every ingest transaction of `tenant` running now
-    /// has ended, by taking its ingest lock exclusively for a moment (new ones wait
-    /// meanwhile); whether they all ended in time.
-    pub async fn wait_for_ingest(
-        &self,
+    /// In `tx` (of `tenant`), waits for up to `limit` until every ingest transaction of
+    /// the tenant running now has ended, by taking its ingest lock exclusively until `tx`
+    /// ends (new ones wait meanwhile); whether they all ended in time. When not, `tx` is
+    /// aborted and must be dropped.
+    pub async fn lock_out_ingest(
+        tx: &mut DbTx,
         tenant: TenantId,
         limit: Duration,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.tenant_tx(tenant).await?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(limit.as_millis().to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let lock = format!(
             "SELECT pg_advisory_xact_lock({})",
             ingest_lock(&tenant.as_uuid().hyphenated().to_string())
         );
         match sqlx::query(sqlx::AssertSqlSafe(lock))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
         {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(true)
-            }
+            Ok(_) => Ok(true),
             // lock_not_available: some batch is still under way.
             Err(error)
                 if error
