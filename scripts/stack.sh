@@ -22,6 +22,7 @@ LOCALSTRIPE_VERSION=1.15.10
 # Stripe's Python library for the API version async-stripe pins (2026-09-30.endive): the
 # reference the request conformance check reads its operations and parameters from.
 STRIPE_PYTHON_VERSION=16.0.1
+CHDB_VERSION=4.4.0
 STRIPE_TEST_KEY=sk_test_local_stack
 STRIPE_WEBHOOK_SECRET=whsec_local_stack
 
@@ -213,6 +214,15 @@ browser_up() {
     fi
 }
 
+# Current ClickHouse, in-process: every statement the tests send to the 18.16 server is
+# run again on it afterwards (scripts/clickhouse_on_current.py).
+chdb_up() {
+    if [ "$(python3 -c 'import chdb; print(chdb.__version__)' 2>/dev/null)" != "$CHDB_VERSION" ]; then
+        log "pip install chdb==$CHDB_VERSION"
+        python3 -m pip install -q --disable-pip-version-check "chdb==$CHDB_VERSION"
+    fi
+}
+
 stripe_reference_up() {
     if [ "$(python3 -c 'import stripe; print(stripe.VERSION)' 2>/dev/null)" != "$STRIPE_PYTHON_VERSION" ]; then
         log "pip install stripe==$STRIPE_PYTHON_VERSION"
@@ -224,6 +234,7 @@ test_all() {
     up
     browser_up
     stripe_reference_up
+    chdb_up
     export_stack_env
     # Databases left behind by earlier runs (a killed test cannot drop its own).
     psql_superuser -tAc "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
@@ -239,6 +250,8 @@ test_all() {
     # (its deliberately wrong requests are left out of the log checked below).
     python3 "$ROOT/scripts/test_localstripe_faithful.py" --port "$STRIPE_PORT" || status=$?
     : >"$requests"
+    local since
+    since="$(date +%s)"
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --workspace --no-fail-fast "$@" || status=$?
     else
@@ -248,6 +261,9 @@ test_all() {
     local least=0
     [ "$#" -eq 0 ] && least=100
     python3 "$ROOT/scripts/stripe_conformance.py" "$requests" --min-requests "$least" || status=$?
+    # And every statement they sent ClickHouse 18.16 must run on current ClickHouse too.
+    python3 "$ROOT/scripts/clickhouse_on_current.py" --port "$CH_HTTP_PORT" --since "$since" \
+        --min-statements "$least" || status=$?
     # The whole business at once, driven from outside and checked against books of its
     # own: the simulator's short profile (on a whole run only).
     if [ "$#" -eq 0 ]; then

@@ -153,15 +153,16 @@ async fn export_then_erasure_leaves_nothing_but_the_records() {
         );
     }
     let mut tx = app.db.system_tx("test read").await.unwrap();
-    let (ledger, counters): (i64, i64) = sqlx::query_as(
+    let (ledger, keys, counters): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM usage_events WHERE tenant_id = $1), \
+                (SELECT count(*) FROM usage_event_ids WHERE tenant_id = $1), \
                 (SELECT count(*) FROM usage_counters WHERE tenant_id = $1)",
     )
     .bind(tenant.id.as_uuid())
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert_eq!((ledger, counters), (0, 0));
+    assert_eq!((ledger, keys, counters), (0, 0, 0));
     // The records that stay: the deletion record and the audit entry, with counts only.
     let (events_deleted, stripe_deleted): (i64, bool) = sqlx::query_as(
         "SELECT clickhouse_events_deleted, stripe_customer_deleted FROM tenant_deletions WHERE tenant_id = $1",

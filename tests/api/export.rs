@@ -17,19 +17,19 @@ async fn ingest_range(app: &TestApp, key: &str, ids: std::ops::Range<usize>) {
 async fn events_in_clickhouse_the_ledger_or_both_are_exported_once_each() {
     let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
     let tenant = app.create_tenant("enterprise").await;
-    // 0..3000 relayed, then 0..1500 pruned from the ledger (as the prune does after the
-    // deduplication window): those are in ClickHouse only. 3000..4500 are not relayed:
-    // in the ledger only. 1500..3000 are in both.
-    for start in (0..3000).step_by(1000) {
-        ingest_range(&app, &tenant.api_key, start..start + 1000).await;
+    // 0..3000 relayed, then the batches of 0..1500 gone from the ledger (as when their
+    // slot is emptied): those are in ClickHouse only. 3000..4500 are not relayed: in the
+    // ledger only. 1500..3000 are in both.
+    for start in (0..3000).step_by(500) {
+        ingest_range(&app, &tenant.api_key, start..start + 500).await;
     }
     app.drain_relay().await;
     let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
-    let pruned = sqlx::query("DELETE FROM usage_events WHERE event_id < 'ev-001500'")
+    let emptied = sqlx::query("DELETE FROM usage_batches WHERE event_ids[1] < 'ev-001500'")
         .execute(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(pruned.rows_affected(), 1500);
+    assert_eq!(emptied.rows_affected(), 3);
     tx.commit().await.unwrap();
     ingest_range(&app, &tenant.api_key, 3000..4000).await;
     ingest_range(&app, &tenant.api_key, 4000..4500).await;
@@ -70,8 +70,10 @@ async fn one_export_per_tenant_runs_at_a_time() {
     // while its client is not reading.
     let mut tx = app.db.tenant_tx(tenant.id).await.unwrap();
     sqlx::query(
-        "INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
-         SELECT $1, 'bulk-' || lpad(i::text, 120, '0'), 'tokens', i, now(), now() \
+        "INSERT INTO usage_batches (slot, tenant_id, period_start, events, event_ids, metrics, \
+                                    event_values, event_times) \
+         SELECT 0, $1, now(), count(*), array_agg('bulk-' || lpad(i::text, 120, '0')), \
+                array_agg('tokens'::text), array_agg(i::numeric), array_agg(now()) \
          FROM generate_series(1, 100000) AS i",
     )
     .bind(tenant.id.as_uuid())

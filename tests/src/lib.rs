@@ -287,6 +287,15 @@ impl TestApp {
         }
     }
 
+    /// Whole events held in the Postgres ledger, every tenant's.
+    pub async fn ledger_rows(&self) -> i64 {
+        let mut tx = self.db.system_tx("test ledger rows").await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM usage_events")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    }
+
     /// Posts a batch of usage events as `api_key`.
     pub async fn ingest(&self, api_key: &str, events: Value) -> reqwest::Response {
         self.post("/v1/usage/events")

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use metering::ClickHouseSettings;
 use metering::relay::RelaySettings;
+use metering::retention::RetentionSettings;
 use saas_core::BillingCycle;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -115,6 +116,8 @@ pub struct WorkersConfig {
     pub relay_batch_size: u32,
     pub relay_idle_ms: u64,
     pub relay_timeout_ms: u64,
+    pub dedup_window_secs: u64,
+    pub ledger_slot_secs: u64,
     pub job_concurrency: usize,
     pub job_poll_ms: u64,
 }
@@ -205,6 +208,13 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.workers.relay_timeout_ms) {
             return invalid("workers.relay_timeout_ms must be between 100 and 600000".into());
+        }
+        // At least three seconds, so each of the three key-taking generations lasts one.
+        if !(3..=10 * 365 * 86_400).contains(&self.workers.dedup_window_secs) {
+            return invalid("workers.dedup_window_secs must be between 3 and 315360000".into());
+        }
+        if !(1..=7 * 86_400).contains(&self.workers.ledger_slot_secs) {
+            return invalid("workers.ledger_slot_secs must be between 1 and 604800".into());
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be positive".into());
@@ -354,6 +364,10 @@ impl Config {
             batch_size: self.workers.relay_batch_size,
             idle_wait: Duration::from_millis(self.workers.relay_idle_ms),
             timeout: Duration::from_millis(self.workers.relay_timeout_ms),
+            retention: RetentionSettings {
+                dedup_window: Duration::from_secs(self.workers.dedup_window_secs),
+                slot_width: Duration::from_secs(self.workers.ledger_slot_secs),
+            },
             ..RelaySettings::default()
         }
     }
@@ -419,6 +433,8 @@ mod tests {
             ("http.sensitive_writes_per_minute", "0"),
             ("http.ingest_batches_per_tenant", "0"),
             ("workers.relay_timeout_ms", "0"),
+            ("workers.dedup_window_secs", "2"),
+            ("workers.ledger_slot_secs", "0"),
             // Past the pool, the cap would not keep a tenant from taking all of it.
             ("http.ingest_batches_per_tenant", "33"),
             ("database.url", "mysql://nope"),

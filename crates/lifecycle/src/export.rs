@@ -266,8 +266,8 @@ impl LedgerPages {
         let mut tx = self.db.tenant_tx(self.tenant).await?;
         let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "SELECT event_id, metric, value::text, event_time FROM usage_events \
-             WHERE tenant_id = $1 AND ($2::text IS NULL OR event_id > $2) \
-             ORDER BY event_id LIMIT $3",
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR event_id > $2 COLLATE \"C\") \
+             ORDER BY event_id COLLATE \"C\" LIMIT $3",
         )
         .bind(self.tenant.as_uuid())
         .bind(&self.after)

@@ -9,11 +9,23 @@ use clickhouse::Client;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 /// Each file holds exactly one statement.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "usage_events",
-    include_str!("../../../migrations/clickhouse/0001_usage_events.sql"),
-)];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "usage_events",
+        include_str!("../../../migrations/clickhouse/0001_usage_events.sql"),
+    ),
+    (
+        2,
+        "usage_minutes",
+        include_str!("../../../migrations/clickhouse/0002_usage_minutes.sql"),
+    ),
+    (
+        3,
+        "usage_minutes_backfill",
+        include_str!("../../../migrations/clickhouse/0003_usage_minutes_backfill.sql"),
+    ),
+];
 
 /// First major release whose `DESCRIBE` understands the settings the client's
 /// validation sends (`describe_include_subcolumns`).
@@ -162,11 +174,14 @@ impl ClickHouseSink {
     pub async fn schema_present(&self) -> Result<bool, SinkError> {
         let count = self
             .client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'usage_events'")
+            .query(
+                "SELECT count() FROM system.tables \
+                 WHERE database = ? AND name IN ('usage_events', 'usage_minutes')",
+            )
             .bind(&self.database)
             .fetch_one::<u64>()
             .await?;
-        Ok(count == 1)
+        Ok(count == 2)
     }
 }
 

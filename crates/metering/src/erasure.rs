@@ -18,7 +18,7 @@ use crate::clickhouse_sink::{ClickHouseSink, SinkError};
 /// fails and is tried again.
 const ERASURE_LEDGER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Deletes the tenant's ledger rows, counters and alerts; returns how many rows went.
+/// Deletes the tenant's ledger rows, dedup keys, counters and alerts; returns how many rows went.
 pub async fn erase_ledger(db: &Db, tenant: TenantId) -> Result<u64, StoreError> {
     let mut tx = db.system_tx("erasure ledger").await?;
     // It holds the relay cursor: bounded, so that a hung erasure cannot stop relaying.
@@ -29,7 +29,9 @@ pub async fn erase_ledger(db: &Db, tenant: TenantId) -> Result<u64, StoreError> 
         .await?;
     let mut deleted = 0;
     for sql in [
-        "DELETE FROM usage_events WHERE tenant_id = $1",
+        "DELETE FROM usage_batches WHERE tenant_id = $1",
+        // Keys are hashes of the tenant's event ids, and those ids are the tenant's words.
+        "DELETE FROM usage_event_ids WHERE tenant_id = $1",
         "DELETE FROM usage_counters WHERE tenant_id = $1",
         "DELETE FROM quota_alerts WHERE tenant_id = $1",
     ] {
@@ -49,7 +51,7 @@ pub enum ErasureError {
     Sink(#[from] SinkError),
     #[error("the ClickHouse delete did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("{0} events of the tenant are still in ClickHouse after the delete")]
+    #[error("{0} rows of the tenant are still in ClickHouse after the delete")]
     Leftover(u64),
 }
 
@@ -59,8 +61,9 @@ struct Pending {
 }
 
 impl ClickHouseSink {
-    /// Deletes every event of `tenant` and waits until the mutation is done and no row
-    /// is left; returns how many events there were. Running it again is harmless.
+    /// Deletes every event of `tenant`, and its minutes, and waits until the mutations
+    /// are done and no row is left; returns how many events there were. Running it
+    /// again is harmless.
     pub async fn erase_tenant(
         &self,
         tenant: TenantId,
@@ -68,14 +71,19 @@ impl ClickHouseSink {
     ) -> Result<u64, ErasureError> {
         let tenant_text = tenant.as_uuid().to_string();
         let before = self.event_count(tenant).await?;
-        if before > 0 {
+        if before > 0 || self.minute_rows(tenant).await? > 0 {
             // `mutations_sync` is not known to every version; the wait below is.
-            self.client()
-                .query("ALTER TABLE usage_events DELETE WHERE tenant_id = toUUID(?)")
-                .bind(&tenant_text)
-                .execute()
-                .await
-                .map_err(SinkError::from)?;
+            for sql in [
+                "ALTER TABLE usage_events DELETE WHERE tenant_id = toUUID(?)",
+                "ALTER TABLE usage_minutes DELETE WHERE tenant_id = toUUID(?)",
+            ] {
+                self.client()
+                    .query(sql)
+                    .bind(&tenant_text)
+                    .execute()
+                    .await
+                    .map_err(SinkError::from)?;
+            }
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -83,7 +91,8 @@ impl ClickHouseSink {
                 .client()
                 .query(
                     "SELECT count() AS pending FROM system.mutations \
-                     WHERE database = currentDatabase() AND table = 'usage_events' \
+                     WHERE database = currentDatabase() \
+                       AND table IN ('usage_events', 'usage_minutes') \
                        AND is_done = 0 AND position(command, ?) > 0",
                 )
                 .bind(&tenant_text)
@@ -99,7 +108,7 @@ impl ClickHouseSink {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        match self.event_count(tenant).await? {
+        match self.event_count(tenant).await? + self.minute_rows(tenant).await? {
             0 => Ok(before),
             left => Err(ErasureError::Leftover(left)),
         }

@@ -224,13 +224,22 @@ struct Counter {
     added_events: u64,
 }
 
-/// Inserts the events whose ids are new for the tenant and adds their values to the
-/// period's counters, in one statement. The counter upsert takes the row lock and adds
-/// to the latest committed value, so concurrent batches of one tenant queue behind each
-/// other on it and every batch sees the exact total it would make. Writes nothing, and
-/// answers `None`, when the period is closed (see [`crate::periods`]): the statement
-/// starts after the transaction took the ingest lock, so it sees any closing that did
-/// not wait for it.
+/// Stores the events whose ids are new for the tenant, as one batch row, and adds their
+/// values to the period's counters, in one statement.
+///
+/// An id is new when its key is in no generation of `usage_event_ids`: older generations
+/// take no more keys while this transaction runs (it holds the generation lock shared),
+/// and a concurrent twin in the current one meets this one on its primary key. The
+/// batch's keys are looked up in each generation's index (`= ANY`), never by reading the
+/// tenant's keys, which would grow with the tenant. Keys go in in key order, so two
+/// batches holding the same ids in different orders queue behind each other rather than
+/// deadlock.
+///
+/// The counter upsert takes the row lock and adds to the latest committed value, so
+/// concurrent batches of one tenant queue behind each other on it and every batch sees
+/// the exact total it would make. Writes nothing, and answers `None`, when the period is
+/// closed (see [`crate::periods`]): the statement starts after the transaction took the
+/// ingest lock, so it sees any closing that did not wait for it.
 async fn write_events(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -241,6 +250,7 @@ async fn write_events(
     let metrics: Vec<&str> = events.iter().map(|e| e.metric.as_str()).collect();
     let values: Vec<String> = events.iter().map(|e| e.value.to_string()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
+    let keys: Vec<uuid::Uuid> = events.iter().map(|e| dedup_key(&e.id)).collect();
     // One row per metric the batch added to, or a single row of NULLs when none (every
     // event a duplicate); `open` in every row.
     type Row = (
@@ -256,15 +266,31 @@ async fn write_events(
         "WITH open AS ( \
              SELECT NOT EXISTS (SELECT 1 FROM usage_period_closures \
                                 WHERE tenant_id = $1 AND period_start = $2) AS open \
-         ), inserted AS ( \
-             INSERT INTO usage_events (tenant_id, event_id, metric, value, event_time, period_start) \
-             SELECT $1, e.id, e.metric, e.value::numeric, e.time, $2 \
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS e(id, metric, value, time) \
+         ), clock AS ( \
+             SELECT dedup_slot, queue_slot FROM usage_ledger_clock \
+         ), batch AS ( \
+             SELECT * FROM unnest($3::text[], $4::text[], $5::numeric[], $6::timestamptz[], $7::uuid[]) \
+                 AS e(id, metric, value, time, key) \
              WHERE (SELECT open FROM open) \
-             ON CONFLICT (tenant_id, event_id) DO NOTHING \
-             RETURNING metric, value \
+         ), known AS ( \
+             SELECT key FROM usage_event_ids WHERE tenant_id = $1 AND key = ANY ($7::uuid[]) \
+         ), fresh AS ( \
+             INSERT INTO usage_event_ids (tenant_id, key, slot) \
+             SELECT $1, b.key, (SELECT dedup_slot FROM clock) FROM batch b \
+             WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.key = b.key) \
+             ORDER BY b.key \
+             ON CONFLICT DO NOTHING \
+             RETURNING key \
+         ), new AS ( \
+             SELECT b.* FROM batch b JOIN fresh USING (key) \
+         ), stored AS ( \
+             INSERT INTO usage_batches (slot, tenant_id, period_start, events, event_ids, \
+                                        metrics, event_values, event_times) \
+             SELECT (SELECT queue_slot FROM clock), $1, $2, count(*), array_agg(id), \
+                    array_agg(metric), array_agg(value), array_agg(time) \
+             FROM new HAVING count(*) > 0 \
          ), added AS ( \
-             SELECT metric, sum(value) AS amount, count(*) AS events FROM inserted GROUP BY metric \
+             SELECT metric, sum(value) AS amount, count(*) AS events FROM new GROUP BY metric \
          ), counted AS ( \
              INSERT INTO usage_counters AS c (tenant_id, period_start, metric, used, events) \
              SELECT $1, $2, metric, amount, events FROM added ORDER BY metric \
@@ -273,7 +299,7 @@ async fn write_events(
              RETURNING c.metric, c.used, c.events \
          ) \
          SELECT counted.metric, counted.used::text, added.amount::text, counted.events, \
-                added.events, (SELECT count(*) FROM inserted), open.open \
+                added.events, (SELECT count(*) FROM new), open.open \
          FROM open LEFT JOIN (counted JOIN added USING (metric)) ON true",
     )
     .bind(tenant.as_uuid())
@@ -282,6 +308,7 @@ async fn write_events(
     .bind(&metrics)
     .bind(&values)
     .bind(&times)
+    .bind(&keys)
     .fetch_all(conn)
     .await?;
     let parse = |text: &str| {
@@ -313,6 +340,17 @@ async fn write_events(
         );
     }
     Ok(Some(written))
+}
+
+/// The dedup key of an event id: the first 16 bytes of its SHA-256, as a UUID. The same
+/// as the SQL function `usage_event_key`, which keyed the ids metered before there were
+/// keys.
+pub fn dedup_key(event_id: &str) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(key)
 }
 
 async fn record_alerts(

@@ -7,16 +7,17 @@
 //! - [`relay`]: copies the ledger to ClickHouse, in order, replay-safe.
 //! - [`usage_query`]: real-time reads, ClickHouse plus whatever the relay has not copied.
 //! - [`quota`]: quota arithmetic, pure.
-//! - [`prune`]: forgets relayed events once they are past the deduplication window.
+//! - [`retention`]: keeps the ledger bounded: forgets dedup keys past the window, and
+//!   relayed events, a whole partition at a time.
 
 pub mod clickhouse_sink;
 pub mod erasure;
 pub mod event;
 pub mod ledger;
 pub mod periods;
-pub mod prune;
 pub mod quota;
 pub mod relay;
+pub mod retention;
 pub mod usage_query;
 pub mod usage_rows;
 

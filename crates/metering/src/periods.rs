@@ -45,3 +45,22 @@ pub async fn close(
     }
     Ok(drained)
 }
+
+/// Whether some of the tenant's usage in the period starting `period_start` is in the
+/// ledger but not yet in ClickHouse, as seen by `conn`'s transaction.
+pub async fn has_unrelayed(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    period_start: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM usage_batches \
+                        WHERE tenant_id = $1 AND period_start = $2 \
+                          AND (ledger_xid, ledger_seq) > \
+                              (SELECT ledger_xid, ledger_seq FROM usage_relay_cursor))",
+    )
+    .bind(tenant.as_uuid())
+    .bind(period_start)
+    .fetch_one(conn)
+    .await?)
+}

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::clickhouse_sink::{ClickHouseSink, SinkError};
 use crate::ledger::parse_u64;
+use crate::retention::{self, RetentionSettings};
 use crate::usage_rows::{LedgerPosition, UsageRow, to_clickhouse_time};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct RelaySettings {
     /// Longest a step's statement or ClickHouse insert may take; a holder idle in its
     /// transaction for twice this loses its session, and the cursor with it.
     pub timeout: Duration,
+    /// How long dedup keys and relayed events are kept.
+    pub retention: RetentionSettings,
 }
 
 impl Default for RelaySettings {
@@ -42,6 +45,7 @@ impl Default for RelaySettings {
             idle_wait: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -78,15 +82,16 @@ pub struct Relay {
     settings: RelaySettings,
 }
 
-type LedgerRow = (
+/// A batch row of the ledger: tenant, period, position, and its events side by side.
+type BatchRow = (
     uuid::Uuid,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
     DateTime<Utc>,
     i64,
     i64,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<DateTime<Utc>>,
 );
 
 impl Relay {
@@ -114,12 +119,21 @@ impl Relay {
             sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&mut *tx)
                 .await?;
-        let rows: Vec<LedgerRow> = sqlx::query_as(
-            "SELECT tenant_id, event_id, metric, value::text, event_time, period_start, \
-                    ledger_xid, ledger_seq \
-             FROM usage_events \
-             WHERE (ledger_xid, ledger_seq) > ($1, $2) AND ledger_xid < $3 \
-             ORDER BY ledger_xid, ledger_seq LIMIT $4",
+        // Whole batches in ledger order, until they hold the step's events (at least
+        // one batch, however big).
+        let rows: Vec<BatchRow> = sqlx::query_as(
+            "SELECT tenant_id, period_start, ledger_xid, ledger_seq, event_ids, metrics, \
+                    event_values::text[], event_times \
+             FROM ( \
+                 SELECT *, sum(events) OVER (ORDER BY ledger_xid, ledger_seq) - events AS before \
+                 FROM ( \
+                     SELECT * FROM usage_batches \
+                     WHERE (ledger_xid, ledger_seq) > ($1, $2) AND ledger_xid < $3 \
+                     ORDER BY ledger_xid, ledger_seq LIMIT $4 \
+                 ) waiting \
+             ) counted \
+             WHERE before < $4 \
+             ORDER BY ledger_xid, ledger_seq",
         )
         .bind(xid)
         .bind(seq)
@@ -131,26 +145,27 @@ impl Relay {
             return Ok(RelayStep::Copied(0));
         };
         let last = LedgerPosition {
-            xid: last.6,
-            seq: last.7,
+            xid: last.2,
+            seq: last.3,
         };
-        let usage_rows = rows
-            .iter()
-            .map(
-                |(tenant, event_id, metric, value, time, period_start, xid, seq)| {
-                    Ok(UsageRow {
-                        tenant_id: *tenant,
-                        metric: metric.clone(),
-                        event_id: event_id.clone(),
-                        value: parse_u64(value)?,
-                        event_time: to_clickhouse_time(*time),
-                        period_start: to_clickhouse_time(*period_start),
-                        ledger_xid: u64::try_from(*xid).unwrap_or_default(),
-                        ledger_seq: u64::try_from(*seq).unwrap_or_default(),
-                    })
-                },
-            )
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut usage_rows = Vec::new();
+        for (tenant, period_start, xid, seq, ids, metrics, values, times) in rows {
+            let period_start = to_clickhouse_time(period_start);
+            for (((event_id, metric), value), time) in
+                ids.into_iter().zip(metrics).zip(values).zip(times)
+            {
+                usage_rows.push(UsageRow {
+                    tenant_id: tenant,
+                    metric,
+                    event_id,
+                    value: parse_u64(&value)?,
+                    event_time: to_clickhouse_time(time),
+                    period_start,
+                    ledger_xid: u64::try_from(xid).unwrap_or_default(),
+                    ledger_seq: u64::try_from(seq).unwrap_or_default(),
+                });
+            }
+        }
         tokio::time::timeout(timeout, self.sink.insert_usage(&usage_rows))
             .await
             .map_err(|_| RelayError::Timeout(timeout))??;
@@ -175,9 +190,10 @@ impl Relay {
         Db::bound(&mut tx, self.settings.timeout).await?;
         let seconds: f64 = sqlx::query_scalar(
             "SELECT coalesce(extract(epoch FROM now() - ( \
-                 SELECT e.ingested_at FROM usage_events e, usage_relay_cursor c \
-                 WHERE (e.ledger_xid, e.ledger_seq) > (c.ledger_xid, c.ledger_seq) \
-                 ORDER BY e.ledger_xid, e.ledger_seq LIMIT 1))::float8, 0)",
+                 SELECT ingested_at FROM usage_batches \
+                 WHERE (ledger_xid, ledger_seq) > \
+                       (SELECT ledger_xid, ledger_seq FROM usage_relay_cursor) \
+                 ORDER BY ledger_xid, ledger_seq LIMIT 1))::float8, 0)",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -186,11 +202,12 @@ impl Relay {
     }
 
     /// Relays until `stop` turns true, backing off while a dependency fails. Between
-    /// batches it also prunes the ledger, at most once a minute, and measures its lag,
-    /// at most once a second.
+    /// batches it also keeps the ledger bounded (see [`crate::retention`]) and measures
+    /// its lag, at most once a second.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
-        let mut last_prune: Option<std::time::Instant> = None;
+        let mut last_pass: Option<std::time::Instant> = None;
+        let pass_interval = self.settings.retention.pass_interval();
         let mut last_lag: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
@@ -203,24 +220,17 @@ impl Relay {
                     Err(error) => tracing::debug!(%error, "usage relay lag not measured"),
                 }
             }
-            if last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                last_prune = Some(std::time::Instant::now());
-                if let Err(error) = crate::prune::prune_once(
-                    &self.db,
-                    Utc::now(),
-                    crate::prune::DEFAULT_RETENTION,
-                    10_000,
-                )
-                .await
-                {
-                    tracing::warn!(%error, "usage ledger prune failed");
+            if last_pass.is_none_or(|at| at.elapsed() > pass_interval) {
+                last_pass = Some(std::time::Instant::now());
+                if let Err(error) = retention::run_pass(&self.db, &self.settings.retention).await {
+                    tracing::warn!(%error, "usage ledger retention pass failed");
                 }
-                if let Err(error) = crate::prune::measure_ledger(&self.db).await {
+                if let Err(error) = retention::measure_ledger(&self.db).await {
                     tracing::debug!(%error, "usage ledger size not measured");
                 }
             }
             let pause = match self.step().await {
-                Ok(RelayStep::Copied(n)) if n == self.settings.batch_size as usize => {
+                Ok(RelayStep::Copied(n)) if n >= self.settings.batch_size as usize => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }

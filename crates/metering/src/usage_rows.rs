@@ -1,5 +1,9 @@
 //! Writing usage rows to ClickHouse and summing them back, exactly.
 //!
+//! Events go into `usage_events`, one row each (exports and read-backs need them); their
+//! sums per minute go into `usage_minutes`, one row per ledger batch and minute, which
+//! totals and series read instead, so a read costs rows of minutes, not of events.
+//!
 //! `sum()` over UInt64 wraps silently in ClickHouse. Sums are therefore taken in two
 //! halves (the high and low 32 bits of each value), each of which fits in 64 bits for up
 //! to 2^32 events, and recombined here as u128.
@@ -24,6 +28,66 @@ pub struct UsageRow {
     pub period_start: u32,
     pub ledger_xid: u64,
     pub ledger_seq: u64,
+}
+
+/// One ledger batch's usage of one metric in one minute, as stored in ClickHouse.
+#[derive(Debug, Clone, Row, Serialize, PartialEq, Eq)]
+pub struct MinuteRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub tenant_id: uuid::Uuid,
+    pub metric: String,
+    pub period_start: u32,
+    /// Unix seconds, a whole minute.
+    pub minute: u32,
+    pub ledger_xid: u64,
+    pub ledger_seq: u64,
+    pub events: u64,
+    /// Sum of each value's high 32 bits.
+    pub high: u64,
+    /// Sum of each value's low 32 bits.
+    pub low: u64,
+}
+
+/// The minute rows of some events: one per (tenant, metric, period, minute, ledger
+/// position), in a fixed order. The same events always give the same rows, so a replay
+/// writes what is already there.
+pub fn minute_rows(events: &[UsageRow]) -> Vec<MinuteRow> {
+    type Key = (uuid::Uuid, String, u32, u32, u64, u64);
+    let mut sums: std::collections::BTreeMap<Key, (u64, u64, u64)> = Default::default();
+    for event in events {
+        let key = (
+            event.tenant_id,
+            event.metric.clone(),
+            event.period_start,
+            event.event_time - event.event_time % 60,
+            event.ledger_xid,
+            event.ledger_seq,
+        );
+        let sum = sums.entry(key).or_default();
+        sum.0 += 1;
+        sum.1 += event.value >> 32;
+        sum.2 += event.value & 0xFFFF_FFFF;
+    }
+    sums.into_iter()
+        .map(
+            |(
+                (tenant_id, metric, period_start, minute, ledger_xid, ledger_seq),
+                (events, high, low),
+            )| {
+                MinuteRow {
+                    tenant_id,
+                    metric,
+                    period_start,
+                    minute,
+                    ledger_xid,
+                    ledger_seq,
+                    events,
+                    high,
+                    low,
+                }
+            },
+        )
+        .collect()
 }
 
 /// Per (tenant, billing period start), the total of each metric.
@@ -76,18 +140,26 @@ pub fn to_clickhouse_time(time: DateTime<Utc>) -> u32 {
 const UP_TO_CURSOR: &str = "(ledger_xid < ? OR (ledger_xid = ? AND ledger_seq <= ?))";
 
 impl ClickHouseSink {
-    /// Writes rows in one insert. Replaying the same rows is harmless (see the schema).
+    /// Writes events, then their minutes, one insert each. Replaying the same events is
+    /// harmless (see the schemas): both inserts write what is already there.
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), SinkError> {
         let mut insert = self.client().insert::<UsageRow>("usage_events").await?;
         for row in rows {
             insert.write(row).await?;
         }
         insert.end().await?;
+        let mut insert = self.client().insert::<MinuteRow>("usage_minutes").await?;
+        for row in minute_rows(rows) {
+            insert.write(&row).await?;
+        }
+        insert.end().await?;
         Ok(())
     }
 
-    /// Sums per time bucket (`bucket_expr` is one of our fixed `toStartOf...` functions)
-    /// for rows at or below `cursor`.
+    /// Sums per time bucket (`bucket_function` is one of our fixed `toStartOf...`
+    /// functions) for rows at or below `cursor`. Whole minutes are read from
+    /// `usage_minutes`; only the parts of a minute at either end of the range, if the
+    /// range does not start or end on one, from events.
     pub async fn bucket_sums(
         &self,
         tenant: TenantId,
@@ -97,7 +169,19 @@ impl ClickHouseSink {
         bucket_function: &'static str,
         cursor: LedgerPosition,
     ) -> Result<Vec<(DateTime<Utc>, u128)>, SinkError> {
-        let sql = format!(
+        let (from, to) = (to_clickhouse_time(from), to_clickhouse_time(to));
+        let first_whole = from.div_ceil(60).saturating_mul(60);
+        let end_whole = to - to % 60;
+        let minutes = format!(
+            "SELECT toUInt32({bucket_function}(minute)) AS bucket, \
+                    toUInt64(sum(high)) AS high, toUInt64(sum(low)) AS low \
+             FROM usage_minutes FINAL \
+             WHERE tenant_id = toUUID(?) AND metric = ? \
+               AND minute >= toDateTime(?) AND minute < toDateTime(?) \
+               AND {UP_TO_CURSOR} \
+             GROUP BY bucket"
+        );
+        let events = format!(
             "SELECT toUInt32({bucket_function}(event_time)) AS bucket, \
                     toUInt64(sum(intDiv(value, 4294967296))) AS high, \
                     toUInt64(sum(value % 4294967296)) AS low \
@@ -105,25 +189,40 @@ impl ClickHouseSink {
              WHERE tenant_id = toUUID(?) AND metric = ? \
                AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
                AND {UP_TO_CURSOR} \
-             GROUP BY bucket ORDER BY bucket"
+             GROUP BY bucket"
         );
-        let rows = self
-            .client()
-            .query(&sql)
-            .bind(tenant.as_uuid().to_string())
-            .bind(metric.as_str())
-            .bind(to_clickhouse_time(from))
-            .bind(to_clickhouse_time(to))
-            .bind(cursor.xid)
-            .bind(cursor.xid)
-            .bind(cursor.seq)
-            .fetch_all::<SplitSum>()
-            .await?;
-        Ok(rows
+        let parts = if first_whole < end_whole {
+            vec![
+                (&minutes, first_whole, end_whole),
+                (&events, from, first_whole),
+                (&events, end_whole, to),
+            ]
+        } else {
+            vec![(&events, from, to)]
+        };
+        let mut sums: std::collections::BTreeMap<u32, u128> = Default::default();
+        for (sql, start, end) in parts.into_iter().filter(|(_, start, end)| start < end) {
+            let rows = self
+                .client()
+                .query(sql)
+                .bind(tenant.as_uuid().to_string())
+                .bind(metric.as_str())
+                .bind(start)
+                .bind(end)
+                .bind(cursor.xid)
+                .bind(cursor.xid)
+                .bind(cursor.seq)
+                .fetch_all::<SplitSum>()
+                .await?;
+            for row in rows {
+                *sums.entry(row.bucket).or_default() += recombine(row.high, row.low);
+            }
+        }
+        Ok(sums
             .into_iter()
-            .map(|row| {
-                let start = DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default();
-                (start, recombine(row.high, row.low))
+            .map(|(bucket, sum)| {
+                let start = DateTime::from_timestamp(i64::from(bucket), 0).unwrap_or_default();
+                (start, sum)
             })
             .collect())
     }
@@ -144,9 +243,8 @@ impl ClickHouseSink {
         let rows = self
             .client()
             .query(
-                "SELECT metric, toUInt64(sum(intDiv(value, 4294967296))) AS high, \
-                        toUInt64(sum(value % 4294967296)) AS low \
-                 FROM usage_events FINAL \
+                "SELECT metric, toUInt64(sum(high)) AS high, toUInt64(sum(low)) AS low \
+                 FROM usage_minutes FINAL \
                  WHERE tenant_id = toUUID(?) AND period_start = toDateTime(?) \
                  GROUP BY metric ORDER BY metric",
             )
@@ -197,9 +295,8 @@ impl ClickHouseSink {
             .client()
             .query(
                 "SELECT toString(tenant_id) AS tenant, toUInt32(period_start) AS period, metric, \
-                        toUInt64(sum(intDiv(value, 4294967296))) AS high, \
-                        toUInt64(sum(value % 4294967296)) AS low \
-                 FROM usage_events FINAL \
+                        toUInt64(sum(high)) AS high, toUInt64(sum(low)) AS low \
+                 FROM usage_minutes FINAL \
                  WHERE tenant_id IN (SELECT arrayJoin(arrayMap(t -> toUUID(t), ?))) \
                    AND toUInt32(period_start) IN (SELECT arrayJoin(?)) \
                  GROUP BY tenant_id, period_start, metric",
@@ -272,6 +369,16 @@ impl ClickHouseSink {
         ))
     }
 
+    /// How many minute rows of the tenant ClickHouse holds (replays counted once).
+    pub async fn minute_rows(&self, tenant: TenantId) -> Result<u64, SinkError> {
+        Ok(self
+            .client()
+            .query("SELECT count() FROM usage_minutes FINAL WHERE tenant_id = toUUID(?)")
+            .bind(tenant.as_uuid().to_string())
+            .fetch_one::<u64>()
+            .await?)
+    }
+
     /// How many distinct events of the tenant ClickHouse holds (replays counted once).
     pub async fn event_count(&self, tenant: TenantId) -> Result<u64, SinkError> {
         Ok(self
@@ -286,6 +393,45 @@ impl ClickHouseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(id: &str, value: u64, time: u32, seq: u64) -> UsageRow {
+        UsageRow {
+            tenant_id: uuid::Uuid::nil(),
+            metric: "tokens".into(),
+            event_id: id.into(),
+            value,
+            event_time: time,
+            period_start: 0,
+            ledger_xid: 7,
+            ledger_seq: seq,
+        }
+    }
+
+    #[test]
+    fn minutes_sum_a_batch_per_minute_and_the_same_events_give_the_same_rows() {
+        let events = [
+            event("a", u64::MAX, 120, 1),
+            event("b", 5, 179, 1),
+            event("c", 1, 180, 1),
+            event("d", 2, 130, 2),
+        ];
+        let rows = minute_rows(&events);
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| (r.minute, r.ledger_seq, r.events, recombine(r.high, r.low)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (120, 1, 2, u128::from(u64::MAX) + 5),
+                (120, 2, 1, 2),
+                (180, 1, 1, 1)
+            ]
+        );
+        let mut reversed = events.to_vec();
+        reversed.reverse();
+        assert_eq!(minute_rows(&reversed), rows);
+    }
 
     #[test]
     fn split_sums_recombine_past_u64() {

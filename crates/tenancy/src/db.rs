@@ -21,6 +21,11 @@ fn ingest_lock(tenant_uuid: &str) -> String {
     format!("hashtextextended('ingest:{tenant_uuid}', 0)")
 }
 
+/// The advisory lock key that orders every ingest against a change of dedup generation:
+/// each ingest transaction holds it shared, and the change takes it exclusively, so no
+/// batch of the old generation is still writing once keys go into the new one.
+const DEDUP_GENERATION_LOCK: &str = "hashtextextended('usage dedup generation', 0)";
+
 /// The service's pool, connected as the role that row-level security applies to.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -58,7 +63,9 @@ impl Db {
 
     /// A transaction of `tenant` that meters usage. It holds the tenant's ingest lock
     /// shared until it ends, so that closing one of the tenant's periods
-    /// ([`Self::wait_for_ingest`]) waits for it. Still one round trip.
+    /// ([`Self::lock_out_ingest`]) waits for it, and the dedup generation lock shared, so
+    /// that a change of generation ([`Self::lock_out_all_ingest`]) does too. Still one
+    /// round trip.
     pub async fn ingest_tx(&self, tenant: TenantId) -> Result<DbTx, StoreError> {
         let uuid = tenant.as_uuid().hyphenated();
         // Bounded: a batch's statements are short, and one stuck (a frozen process)
@@ -67,7 +74,8 @@ impl Db {
             "BEGIN; SELECT set_config('app.tenant_id', '{uuid}', true), \
                     set_config('statement_timeout', '{statement}', true), \
                     set_config('idle_in_transaction_session_timeout', '{idle}', true); \
-             SELECT pg_advisory_xact_lock_shared({lock})",
+             SELECT pg_advisory_xact_lock_shared({lock}), \
+                    pg_advisory_xact_lock_shared({DEDUP_GENERATION_LOCK})",
             statement = INGEST_STATEMENT_TIMEOUT.as_millis(),
             idle = (INGEST_STATEMENT_TIMEOUT * 2).as_millis(),
             lock = ingest_lock(&uuid.to_string())
@@ -84,30 +92,15 @@ impl Db {
         tenant: TenantId,
         limit: Duration,
     ) -> Result<bool, StoreError> {
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(limit.as_millis().to_string())
-            .execute(&mut **tx)
-            .await?;
-        let lock = format!(
-            "SELECT pg_advisory_xact_lock({})",
-            ingest_lock(&tenant.as_uuid().hyphenated().to_string())
-        );
-        match sqlx::query(sqlx::AssertSqlSafe(lock))
-            .execute(&mut **tx)
-            .await
-        {
-            Ok(_) => Ok(true),
-            // lock_not_available: some batch is still under way.
-            Err(error)
-                if error
-                    .as_database_error()
-                    .and_then(|e| e.code())
-                    .is_some_and(|code| code == "55P03") =>
-            {
-                Ok(false)
-            }
-            Err(error) => Err(error.into()),
-        }
+        let lock = ingest_lock(&tenant.as_uuid().hyphenated().to_string());
+        lock_within(tx, &lock, limit).await
+    }
+
+    /// Like [`Self::lock_out_ingest`], for every tenant at once: in `tx`, waits for up to
+    /// `limit` until no ingest transaction is running, and keeps new ones waiting until
+    /// `tx` ends. Every ingest waits meanwhile, so `tx` must be short.
+    pub async fn lock_out_all_ingest(tx: &mut DbTx, limit: Duration) -> Result<bool, StoreError> {
+        lock_within(tx, DEDUP_GENERATION_LOCK, limit).await
     }
 
     /// A transaction that may cross tenants. `purpose` names the caller in the logs; use
@@ -141,4 +134,31 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Takes the advisory lock `key` exclusively in `tx`, waiting for up to `limit`; whether
+/// it was taken. When not, `tx` is aborted and must be dropped.
+async fn lock_within(tx: &mut DbTx, key: &str, limit: Duration) -> Result<bool, StoreError> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(limit.as_millis().to_string())
+        .execute(&mut **tx)
+        .await?;
+    let lock = format!("SELECT pg_advisory_xact_lock({key})");
+    match sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut **tx)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // lock_not_available: some transaction still holds it.
+        Err(error) if is_lock_timeout(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Whether `error` is Postgres giving up on a lock after `lock_timeout`.
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
 }

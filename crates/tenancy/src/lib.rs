@@ -18,5 +18,5 @@ pub mod sessions;
 pub mod tenants;
 pub mod tokens;
 
-pub use db::{Db, DbTx, MIGRATOR};
+pub use db::{Db, DbTx, MIGRATOR, is_lock_timeout};
 pub use error::StoreError;

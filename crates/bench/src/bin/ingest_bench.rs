@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -65,10 +66,11 @@ async fn main() -> anyhow::Result<()> {
             service.url("/v1/usage/events"),
             keys.clone(),
         );
-        let (stop, accepted, failures, latencies) = (
+        let (stop, accepted, failures, refused, latencies) = (
             stop.clone(),
             accepted.clone(),
             failures.clone(),
+            refused.clone(),
             latencies.clone(),
         );
         let batch_size = args.batch;
@@ -96,6 +98,11 @@ async fn main() -> anyhow::Result<()> {
                         accepted
                             .fetch_add(body["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
                         mine.push(sent.elapsed());
+                    }
+                    // A tenant's own cap on batches in flight: sent again later, as a
+                    // client would; not a failure.
+                    Ok(r) if r.status() == 429 => {
+                        refused.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +185,10 @@ async fn main() -> anyhow::Result<()> {
     out(format!(
         "failed requests:                               {:>10}",
         failures.load(Ordering::Relaxed)
+    ));
+    out(format!(
+        "429 (the tenant's batches in flight at its cap):{:>9}",
+        refused.load(Ordering::Relaxed)
     ));
     out(format!(
         "request latency p50:                           {:>10.2} ms",

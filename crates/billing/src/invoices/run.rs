@@ -265,19 +265,9 @@ async fn invoice_period(
         return Ok(Outcome::WaitingForIngest);
     }
     let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let position = metering::relay::relay_position(&mut tx)
+    let unrelayed = metering::periods::has_unrelayed(&mut tx, tenant.id, period.start)
         .await
         .map_err(RunError::from)?;
-    let unrelayed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM usage_events WHERE tenant_id = $1 AND period_start = $2 \
-                        AND (ledger_xid, ledger_seq) > ($3, $4))",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(period.start)
-    .bind(position.xid)
-    .bind(position.seq)
-    .fetch_one(&mut *tx)
-    .await?;
     tx.commit().await?;
     timings.postgres += clock.elapsed();
     if unrelayed {

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Runs every statement the tests sent to ClickHouse 18.16 again on current ClickHouse.
+
+The tests' server keeps each statement in system.query_log (scripts/clickhouse/users.xml).
+After the tests, this reads the statements that succeeded there since a given moment,
+keeps one of each shape (literals aside), and runs them, in the order first seen, on the
+ClickHouse engine that the `chdb` package embeds, after applying the project's
+ClickHouse migrations to a database of its own. The same SQL must run on both (the
+native stack ships 18.16, docker-compose current ClickHouse); a statement that 18.16 took
+and current ClickHouse refuses fails this check.
+
+Inserts are sent as `INSERT INTO t(columns) FORMAT RowBinary`, with the rows in the
+request body, which the log does not keep; for those, the columns are checked to exist.
+
+    python3 scripts/clickhouse_on_current.py --port 8123 --since 1764250000
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+import urllib.parse
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
+NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
+TEST_DATABASE = re.compile(r"\bsaas_test_\w+")
+ROW_BINARY_INSERT = re.compile(
+    r"^\s*INSERT\s+INTO\s+([\w.`\"]+)\s*\(([^)]*)\)\s*FORMAT\s+RowBinary\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+\w+\s*$", re.IGNORECASE)
+# The check's own statements, and the tests' bookkeeping that names other databases.
+SKIP = re.compile(r"system\.query_log|SYSTEM\s+FLUSH", re.IGNORECASE)
+
+
+def logged_statements(port: int, since: int) -> list[str]:
+    def run(sql: str) -> bytes:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=sql.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+
+    run("SYSTEM FLUSH LOGS")
+    rows = run(
+        "SELECT query, min(event_time) AS first FROM system.query_log "
+        f"WHERE type = 2 AND is_initial_query AND event_time >= toDateTime({int(since)}) "
+        "GROUP BY query ORDER BY first FORMAT JSONEachRow"
+    )
+    return [json.loads(line)["query"] for line in rows.decode().splitlines() if line]
+
+
+def shape(sql: str) -> str:
+    sql = TEST_DATABASE.sub("DB", sql)
+    sql = STRING.sub("?", sql)
+    sql = NUMBER.sub("N", sql)
+    return " ".join(sql.split())
+
+
+def on_current(sql: str) -> str:
+    """The statement as current ClickHouse is to run it here."""
+    sql = TEST_DATABASE.sub("saas", sql)
+    insert = ROW_BINARY_INSERT.match(sql)
+    if insert:
+        table, columns = insert.groups()
+        return f"SELECT {columns} FROM {table} LIMIT 0"
+    # Results are not read here; the client's own output format is beside the point.
+    return FORMAT_CLAUSE.sub("", sql.strip().rstrip(";"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--since", type=int, required=True, help="unix seconds")
+    parser.add_argument("--min-statements", type=int, default=0)
+    args = parser.parse_args()
+
+    import chdb
+    from chdb import session
+
+    statements = logged_statements(args.port, args.since)
+    examples: dict[str, str] = {}
+    for sql in statements:
+        if not SKIP.search(sql):
+            examples.setdefault(shape(sql), sql)
+
+    db = session.Session()
+    version = db.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')
+    db.query("CREATE DATABASE IF NOT EXISTS saas")
+    db.query("USE saas")
+    for migration in sorted((ROOT / "migrations" / "clickhouse").glob("*.sql")):
+        db.query(migration.read_text())
+
+    failures = []
+    for sql in examples.values():
+        try:
+            db.query(on_current(sql))
+        except Exception as error:  # chdb raises its own error type per failure
+            failures.append((sql, str(error).splitlines()[0]))
+
+    print(
+        f"clickhouse on current: {len(statements)} statements from the tests, "
+        f"{len(examples)} shapes, run on ClickHouse {version} (chdb {chdb.__version__}): "
+        f"{len(examples) - len(failures)} ran, {len(failures)} refused"
+    )
+    for sql, error in failures:
+        print(f"  refused: {' '.join(sql.split())[:300]}\n    {error[:300]}", file=sys.stderr)
+    if len(statements) < args.min_statements:
+        print(
+            f"expected at least {args.min_statements} statements; is query_log on?",
+            file=sys.stderr,
+        )
+        return 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
