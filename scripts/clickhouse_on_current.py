@@ -9,8 +9,10 @@ ClickHouse migrations to a database of its own. The same SQL must run on both (t
 native stack ships 18.16, docker-compose current ClickHouse); a statement that 18.16 took
 and current ClickHouse refuses fails this check.
 
-Inserts are sent as `INSERT INTO t(columns) FORMAT RowBinary`, with the rows in the
-request body, which the log does not keep; for those, the columns are checked to exist.
+Inserts send their rows in the request body (`INSERT INTO t(columns) FORMAT RowBinary`,
+or `... VALUES` with bound values), which the log does not keep; for those, the columns
+are checked to exist. The log's times are whole seconds, so statements of one second
+may be out of order: CREATE statements run first.
 
     python3 scripts/clickhouse_on_current.py --port 8123 --since 1764250000
 """
@@ -27,10 +29,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
 TEST_DATABASE = re.compile(r"\bsaas_test_\w+")
-ROW_BINARY_INSERT = re.compile(
-    r"^\s*INSERT\s+INTO\s+([\w.`\"]+)\s*\(([^)]*)\)\s*FORMAT\s+RowBinary\s*$",
+# An insert whose rows travel in the request body, which the log does not keep.
+BODY_INSERT = re.compile(
+    r"^\s*INSERT\s+INTO\s+([\w.`\"]+)\s*\(([^)]*)\)\s*(?:FORMAT\s+\w+|VALUES)\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+CREATE = re.compile(r"^\s*CREATE\b", re.IGNORECASE)
 FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+\w+\s*$", re.IGNORECASE)
 # The check's own statements, and the tests' bookkeeping that names other databases.
 SKIP = re.compile(r"system\.query_log|SYSTEM\s+FLUSH", re.IGNORECASE)
@@ -63,7 +67,7 @@ def shape(sql: str) -> str:
 def on_current(sql: str) -> str:
     """The statement as current ClickHouse is to run it here."""
     sql = TEST_DATABASE.sub("saas", sql)
-    insert = ROW_BINARY_INSERT.match(sql)
+    insert = BODY_INSERT.match(sql)
     if insert:
         table, columns = insert.groups()
         return f"SELECT {columns} FROM {table} LIMIT 0"
@@ -95,7 +99,8 @@ def main() -> int:
         db.query(migration.read_text())
 
     failures = []
-    for sql in examples.values():
+    ordered = sorted(examples.values(), key=lambda sql: not CREATE.match(sql))
+    for sql in ordered:
         try:
             db.query(on_current(sql))
         except Exception as error:  # chdb raises its own error type per failure

@@ -65,6 +65,43 @@ pub fn clickhouse_settings(database: &str) -> metering::ClickHouseSettings {
     }
 }
 
+/// Creates active enterprise tenants (quotas far above what a benchmark sends) with a
+/// key each, straight in the store.
+pub async fn create_tenants(
+    database: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(saas_core::TenantId, String)>> {
+    let db = tenancy::Db::from_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&pg_url(APP, database))
+            .await?,
+    );
+    let mut tx = db.system_tx("bench setup").await?;
+    let mut tenants = Vec::with_capacity(count);
+    for index in 0..count {
+        let id = saas_core::TenantId::new();
+        let tenant = tenancy::tenants::NewTenant {
+            id,
+            name: format!("bench tenant {index}"),
+            email: None,
+            state: saas_core::TenantState::Active,
+            plan_code: "enterprise".into(),
+            billing_anchor: chrono::Utc::now(),
+            billing_cycle: saas_core::BillingCycle::Months(1),
+            synthetic: false,
+            stripe_customer_id: None,
+        };
+        tenancy::tenants::insert(&mut tx, &tenant).await?;
+        let key = tenancy::api_keys::create(&mut tx, id, "bench")
+            .await?
+            .secret;
+        tenants.push((id, key));
+    }
+    tx.commit().await?;
+    Ok(tenants)
+}
+
 /// `saas serve` built in the same profile as this program, as a child process.
 pub struct Service {
     pub port: u16,
@@ -148,9 +185,18 @@ impl Service {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_memory_mib(&self) -> Option<f64> {
+        self.memory_line("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in MiB.
+    pub fn memory_mib(&self) -> Option<f64> {
+        self.memory_line("VmRSS:")
+    }
+
+    fn memory_line(&self, name: &str) -> Option<f64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|line| line.starts_with(name))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
     }

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use bench::{APP, OWNER, Service, fresh_database, ms, percentile, pg_url};
 use chrono::Utc;
 use clap::Parser;
-use saas_core::{BillingCycle, TenantId, TenantState};
+use saas_core::TenantId;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use tenancy::Db;
-use tenancy::tenants::NewTenant;
 use tokio::sync::Mutex;
 
 #[derive(Parser)]
@@ -47,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
         args.tenants, args.batch, args.concurrency, args.seconds
     ));
     fresh_database(&args.database).await?;
-    let keys = create_tenants(&args.database, args.tenants).await?;
+    let keys: Vec<String> = bench::create_tenants(&args.database, args.tenants)
+        .await?
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect();
     let service = Service::start(&args.database, &[]).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
@@ -240,41 +243,6 @@ fn batch_body(prefix: &str, size: usize) -> String {
     }
     body.push_str("]}");
     body
-}
-
-/// Creates active enterprise tenants (quotas far above what the run sends) with a key
-/// each, straight in the store.
-async fn create_tenants(database: &str, count: usize) -> anyhow::Result<Vec<String>> {
-    let db = Db::from_pool(
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&pg_url(APP, database))
-            .await?,
-    );
-    let mut tx = db.system_tx("bench setup").await?;
-    let mut keys = Vec::with_capacity(count);
-    for index in 0..count {
-        let id = TenantId::new();
-        let tenant = NewTenant {
-            id,
-            name: format!("bench tenant {index}"),
-            email: None,
-            state: TenantState::Active,
-            plan_code: "enterprise".into(),
-            billing_anchor: Utc::now(),
-            billing_cycle: BillingCycle::Months(1),
-            synthetic: false,
-            stripe_customer_id: None,
-        };
-        tenancy::tenants::insert(&mut tx, &tenant).await?;
-        keys.push(
-            tenancy::api_keys::create(&mut tx, id, "bench")
-                .await?
-                .secret,
-        );
-    }
-    tx.commit().await?;
-    Ok(keys)
 }
 
 /// Sends a batch for its own tenant, and on the 202 polls /v1/usage until the total
