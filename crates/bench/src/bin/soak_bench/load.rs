@@ -39,7 +39,8 @@ pub struct Counters {
     pub gave_up: AtomicU64,
 }
 
-/// Ids a tenant had accepted last, and when: the pool its duplicates are drawn from.
+/// The fresh ids of a tenant's last accepted batch, and when: the pool its duplicates are
+/// drawn from, so that every repeat is of an id first accepted moments before.
 type Recent = Arc<Vec<Mutex<Option<(Vec<String>, Instant)>>>>;
 
 pub async fn run(
@@ -59,6 +60,7 @@ pub async fn run(
     let repeat_within = Duration::from_secs(args.dedup_window_secs / 2);
 
     let watcher = tokio::spawn(watch::watch(
+        watch::Keys::connect(&args.database).await?,
         service.url("/metrics"),
         service.child.id(),
         client.clone(),
@@ -189,7 +191,8 @@ async fn send(
         if attempt == 0 && accepted != fresh {
             counters.miscounted.fetch_add(1, Ordering::Relaxed);
         }
-        *recent[tenant].lock().await = Some((ids, Instant::now()));
+        // Only its fresh ids: a repeat of a repeat could be older than the window.
+        *recent[tenant].lock().await = Some((ids[repeats..].to_vec(), Instant::now()));
         return;
     }
     counters.gave_up.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +249,7 @@ pub async fn check_totals(
             .query("SELECT count() FROM usage_events FINAL")
             .fetch_one()
             .await?;
-        if count >= soak.fresh || waited.elapsed() > Duration::from_secs(600) {
+        if count >= soak.fresh.max(soak.acked) || waited.elapsed() > Duration::from_secs(600) {
             break count;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -262,7 +265,7 @@ pub async fn check_totals(
             .await?;
         summaries += summary["metrics"]["tokens"]["used"].as_u64().unwrap_or(0);
     }
-    let exact = soak.fresh == in_clickhouse && soak.fresh == summaries;
+    let exact = soak.fresh == soak.acked && soak.fresh == in_clickhouse && soak.fresh == summaries;
     out(format!(
         "\nexact totals: fresh events answered 202 {}, acknowledged {}, in ClickHouse {} \
          ({:.1} s after the load), in the tenants' summaries {}: {}",
