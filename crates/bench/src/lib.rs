@@ -185,21 +185,16 @@ impl Service {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_memory_mib(&self) -> Option<f64> {
-        self.memory_line("VmHWM:")
+        process_memory_mib(self.child.id()?, "VmHWM:")
     }
+}
 
-    /// Resident memory now (VmRSS), in MiB.
-    pub fn memory_mib(&self) -> Option<f64> {
-        self.memory_line("VmRSS:")
-    }
-
-    fn memory_line(&self, name: &str) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|line| line.starts_with(name))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
+/// A memory figure of process `pid` from `/proc` (`name` as `VmRSS:` or `VmHWM:`), in MiB.
+pub fn process_memory_mib(pid: u32, name: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(name))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// A localstripe of the benchmark's own, empty and in memory: localstripe answers more

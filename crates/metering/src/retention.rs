@@ -209,19 +209,9 @@ async fn empty_if_relayed(db: &Db, slot: i16) -> Result<bool, StoreError> {
     // Under the lock no transaction can be writing into the slot, so a row past the
     // relay's position is either here now or arrives after the slot is emptied; the
     // position read next is no later than the true one, which only makes this stricter.
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(LOCK_WAIT.as_millis().to_string())
-        .execute(&mut *tx)
-        .await?;
-    let locked = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "LOCK TABLE usage_batches_{slot} IN ACCESS EXCLUSIVE MODE"
-    )))
-    .execute(&mut *tx)
-    .await;
-    match locked {
-        Ok(_) => {}
-        Err(error) if is_lock_timeout(&error) => return Ok(false),
-        Err(error) => return Err(error.into()),
+    let lock = format!("LOCK TABLE usage_batches_{slot} IN ACCESS EXCLUSIVE MODE");
+    if !within_lock_wait(&mut tx, lock).await? {
+        return Ok(false);
     }
     let position = relay_position(&mut tx).await?;
     let unrelayed: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -248,11 +238,17 @@ async fn empty_if_relayed(db: &Db, slot: i16) -> Result<bool, StoreError> {
 /// Empties partition `slot` of `table` in `tx`, waiting at most [`LOCK_WAIT`] for its
 /// lock; whether it did. When not, `tx` is aborted.
 async fn truncate(tx: &mut DbTx, table: &'static str, slot: i16) -> Result<bool, StoreError> {
+    within_lock_wait(tx, format!("TRUNCATE {table}_{slot}")).await
+}
+
+/// Runs `sql` (which takes a lock) in `tx`, waiting at most [`LOCK_WAIT`] for the lock;
+/// whether it ran. When not, `tx` is aborted.
+async fn within_lock_wait(tx: &mut DbTx, sql: String) -> Result<bool, StoreError> {
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(LOCK_WAIT.as_millis().to_string())
         .execute(&mut **tx)
         .await?;
-    match sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}_{slot}")))
+    match sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(&mut **tx)
         .await
     {

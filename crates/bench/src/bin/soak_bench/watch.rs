@@ -57,7 +57,9 @@ pub async fn watch(
             ledger_rows: gauges.ledger_rows,
             dedup_keys: keys.count().await.unwrap_or(f64::NAN),
             ledger_bytes: gauges.ledger_bytes,
-            memory_mib: pid.and_then(rss_mib).unwrap_or(f64::NAN),
+            memory_mib: pid
+                .and_then(|pid| bench::process_memory_mib(pid, "VmRSS:"))
+                .unwrap_or(f64::NAN),
         };
         lags.clear();
         acked_before = acked;
@@ -141,13 +143,6 @@ impl Gauges {
 
 async fn fetch(client: &reqwest::Client, url: &str) -> reqwest::Result<String> {
     client.get(url).send().await?.text().await
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Counts the dedup keys in Postgres (the service does not: there may be billions).
