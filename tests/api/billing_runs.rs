@@ -54,6 +54,35 @@ async fn counters(app: &TestApp, tenant: &TestTenant, period_start: &str) -> BTr
         .collect()
 }
 
+/// How many queries of per-minute usage that finished since `since` (as ClickHouse's
+/// `system.query_log` holds them) name one of `tenants`.
+async fn usage_reads_naming(
+    app: &TestApp,
+    tenants: &[TestTenant],
+    since: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    let client = app.clickhouse.client();
+    client.query("SYSTEM FLUSH LOGS").execute().await.unwrap();
+    let queries: Vec<String> = client
+        .query(
+            "SELECT query FROM system.query_log \
+             WHERE type = 2 AND event_time >= toDateTime(?) \
+               AND query LIKE '%FROM usage_minutes%'",
+        )
+        .bind(u32::try_from(since.timestamp() - 1).unwrap())
+        .fetch_all()
+        .await
+        .unwrap();
+    queries
+        .iter()
+        .filter(|query| {
+            tenants
+                .iter()
+                .any(|t| query.contains(&t.id.as_uuid().to_string()))
+        })
+        .count()
+}
+
 #[tokio::test]
 async fn a_full_cycle_of_120_tenants_bills_exactly_their_usage() {
     let app = TestApp::spawn_with(app_config).await;
@@ -109,6 +138,13 @@ async fn a_full_cycle_of_120_tenants_bills_exactly_their_usage() {
     assert!(
         report["invoices_created"].as_u64().unwrap() >= 120,
         "{report}"
+    );
+    // ClickHouse's own log: the run read the usage of all 120 tenants (one page) in one
+    // query, not one per tenant.
+    let reads = usage_reads_naming(&app, &tenants, before).await;
+    assert!(
+        (1..=2).contains(&reads),
+        "{reads} ClickHouse reads of the tenants' usage"
     );
     // Run again as of a moment the first run covered (a later moment may have closed
     // further 6-second periods by now).

@@ -10,7 +10,7 @@
 //! is simply run again, and two runs at once cannot make two invoices. Synthetic tenants
 //! (readiness probes) are never billed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -93,7 +93,7 @@ pub async fn run(
             let query = TenantQuery {
                 state: None,
                 after,
-                limit: 500,
+                limit: PAGE,
                 // Readiness probes are never billed.
                 include_synthetic: false,
             };
@@ -104,22 +104,23 @@ pub async fn run(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         // Erased tenants have no usage left to bill; provisioning ones no period yet.
-        let billable = page.into_iter().filter(|t| {
-            !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
-        });
-        for tenant in billable {
-            report.tenants_checked += 1;
-            invoice_tenant(
-                db,
-                sink,
-                &tenant,
-                closed_before,
-                collection,
-                &mut report,
-                &mut timings,
-            )
-            .await?;
-        }
+        let billable: Vec<Tenant> = page
+            .into_iter()
+            .filter(|t| {
+                !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
+            })
+            .collect();
+        report.tenants_checked += billable.len();
+        invoice_page(
+            db,
+            sink,
+            &billable,
+            closed_before,
+            collection,
+            &mut report,
+            &mut timings,
+        )
+        .await?;
     }
     report.clickhouse_ms = millis(timings.clickhouse);
     report.rating_ms = millis(timings.rating);
@@ -133,66 +134,120 @@ pub async fn run(
     Ok(report)
 }
 
-/// Invoices the tenant's ended periods that have no invoice yet, oldest first. Each
-/// period's invoice bills the next one in advance, and a run may die at any point: in
-/// this order what a dead run leaves is always finished from where it stopped, and a
-/// later period is never invoiced while an earlier one waits (for the relay, or for a
-/// rating fix).
-async fn invoice_tenant(
+/// Tenants per page: one Postgres read of their invoices and one ClickHouse read of
+/// their usage each.
+const PAGE: u32 = 500;
+
+/// Invoices the ended periods without an invoice of a page of tenants, each tenant's
+/// oldest first. Each period's invoice bills the next one in advance, and a run may die
+/// at any point: in this order what a dead run leaves is always finished from where it
+/// stopped, and a later period is never invoiced while an earlier one waits (for
+/// ingest, the relay, or a rating fix).
+///
+/// In three steps, so that ClickHouse is asked once for the whole page rather than once
+/// per tenant: find each tenant's periods that are ready (closed to ingest and wholly
+/// relayed), read all their totals in one query, then rate and store them.
+async fn invoice_page(
     db: &Db,
     sink: &ClickHouseSink,
-    tenant: &Tenant,
+    tenants: &[Tenant],
     closed_before: DateTime<Utc>,
     collection: Collection,
     report: &mut RunReport,
     timings: &mut Timings,
 ) -> Result<(), RunError> {
-    let mut ended = ended_periods(tenant, closed_before);
-    let Some(oldest) = ended.last() else {
+    let ended: Vec<(&Tenant, Vec<BillingPeriod>)> = tenants
+        .iter()
+        .map(|tenant| (tenant, ended_periods(tenant, closed_before)))
+        .filter(|(_, periods)| !periods.is_empty())
+        .collect();
+    if ended.is_empty() {
         return Ok(());
-    };
+    }
     let clock = Instant::now();
-    let mut tx = db.tenant_tx(tenant.id).await?;
-    let invoiced: Vec<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT period_start FROM invoices WHERE tenant_id = $1 AND kind = 'period' \
-                                             AND period_start >= $2",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(oldest.start)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    timings.postgres += clock.elapsed();
-    ended.reverse();
-    for period in ended {
-        if invoiced.contains(&period.start) {
-            report.already_invoiced += 1;
-            continue;
+    let invoiced = invoiced_periods(db, &ended).await?;
+    let mut ready: Vec<(&Tenant, Vec<BillingPeriod>)> = Vec::new();
+    for (tenant, periods) in &ended {
+        let mut ready_periods = Vec::new();
+        for period in periods {
+            if invoiced.contains(&(tenant.id, period.start)) {
+                report.already_invoiced += 1;
+                continue;
+            }
+            match readiness(db, tenant.id, period.start).await? {
+                Readiness::Ready => ready_periods.push(*period),
+                Readiness::WaitingForIngest => {
+                    report.waiting_for_ingest += 1;
+                    break;
+                }
+                Readiness::WaitingForRelay => {
+                    report.waiting_for_relay += 1;
+                    break;
+                }
+            }
         }
-        match invoice_period(db, sink, tenant, period, collection, timings).await {
-            Ok(Outcome::Created) => report.invoices_created += 1,
-            // A concurrent run was first.
-            Ok(Outcome::Exists) => report.already_invoiced += 1,
-            Ok(Outcome::WaitingForRelay) => {
-                report.waiting_for_relay += 1;
-                break;
+        if !ready_periods.is_empty() {
+            ready.push((tenant, ready_periods));
+        }
+    }
+    timings.postgres += clock.elapsed();
+
+    let clock = Instant::now();
+    let pairs: Vec<(TenantId, DateTime<Utc>)> = ready
+        .iter()
+        .flat_map(|(tenant, periods)| periods.iter().map(|p| (tenant.id, p.start)))
+        .collect();
+    let totals = sink.period_totals_of(&pairs).await?;
+    timings.clickhouse += clock.elapsed();
+
+    for (tenant, periods) in ready {
+        for period in periods {
+            let usage = totals.get(&(tenant.id, period.start));
+            match invoice_period(db, tenant, period, usage, collection, timings).await {
+                Ok(true) => report.invoices_created += 1,
+                // A concurrent run was first.
+                Ok(false) => report.already_invoiced += 1,
+                Err(InvoiceError::Rating(error)) => {
+                    report.failed += 1;
+                    tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
+                    break;
+                }
+                Err(InvoiceError::Run(error)) => return Err(error),
             }
-            Ok(Outcome::WaitingForIngest) => {
-                report.waiting_for_ingest += 1;
-                break;
-            }
-            Err(InvoiceError::Rating(error)) => {
-                report.failed += 1;
-                tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
-                break;
-            }
-            Err(InvoiceError::Run(error)) => return Err(error),
         }
     }
     Ok(())
 }
 
-/// Periods of `tenant` that ended before `closed_before`, newest first, back to the
+/// Which of the candidate (tenant, period start) pairs have a period invoice already,
+/// in one read for the page.
+async fn invoiced_periods(
+    db: &Db,
+    ended: &[(&Tenant, Vec<BillingPeriod>)],
+) -> Result<HashSet<(TenantId, DateTime<Utc>)>, RunError> {
+    let (tenants, starts): (Vec<Uuid>, Vec<DateTime<Utc>>) = ended
+        .iter()
+        .flat_map(|(tenant, periods)| periods.iter().map(|p| (tenant.id.as_uuid(), p.start)))
+        .unzip();
+    let mut tx = db.system_tx("invoice run invoiced periods").await?;
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT i.tenant_id, i.period_start FROM invoices i \
+         JOIN unnest($1::uuid[], $2::timestamptz[]) AS wanted (tenant_id, period_start) \
+           ON i.tenant_id = wanted.tenant_id AND i.period_start = wanted.period_start \
+         WHERE i.kind = 'period'",
+    )
+    .bind(&tenants)
+    .bind(&starts)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, start)| (TenantId::from_uuid(tenant), start))
+        .collect())
+}
+
+/// Periods of `tenant` that ended before `closed_before`, oldest first, back to the
 /// anchor or `MAX_PERIODS_BACK`.
 fn ended_periods(tenant: &Tenant, closed_before: DateTime<Utc>) -> Vec<BillingPeriod> {
     let mut periods = Vec::new();
@@ -205,6 +260,7 @@ fn ended_periods(tenant: &Tenant, closed_before: DateTime<Utc>) -> Vec<BillingPe
         periods.push(previous);
         current = previous;
     }
+    periods.reverse();
     periods
 }
 
@@ -216,11 +272,31 @@ struct Timings {
     postgres: Duration,
 }
 
-enum Outcome {
-    Created,
-    Exists,
-    WaitingForRelay,
+enum Readiness {
+    Ready,
     WaitingForIngest,
+    WaitingForRelay,
+}
+
+/// Whether the period's usage is final: no batch may still be on its way into it (close
+/// it, and wait for the ingest transactions already writing into it), and the relay has
+/// copied all of it to ClickHouse.
+async fn readiness(
+    db: &Db,
+    tenant: TenantId,
+    period_start: DateTime<Utc>,
+) -> Result<Readiness, RunError> {
+    if !metering::periods::close(db, tenant, period_start).await? {
+        return Ok(Readiness::WaitingForIngest);
+    }
+    let mut tx = db.tenant_tx(tenant).await?;
+    let unrelayed = metering::periods::has_unrelayed(&mut tx, tenant, period_start).await?;
+    tx.commit().await?;
+    Ok(if unrelayed {
+        Readiness::WaitingForRelay
+    } else {
+        Readiness::Ready
+    })
 }
 
 enum InvoiceError {
@@ -234,58 +310,22 @@ impl<E: Into<RunError>> From<E> for InvoiceError {
     }
 }
 
+/// Rates the period's usage (`None`: it had none) and stores its invoice; whether this
+/// call created it (false: a concurrent run was first).
 async fn invoice_period(
     db: &Db,
-    sink: &ClickHouseSink,
     tenant: &Tenant,
     period: BillingPeriod,
+    totals: Option<&BTreeMap<Metric, u128>>,
     collection: Collection,
     timings: &mut Timings,
-) -> Result<Outcome, InvoiceError> {
-    let clock = Instant::now();
-    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND kind = 'period' \
-                        AND period_start = $2)",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(period.start)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if exists {
-        return Ok(Outcome::Exists);
-    }
-    // No batch may still be on its way into the period: close it and wait for the
-    // ingest transactions already writing into it.
-    let closed = metering::periods::close(db, tenant.id, period.start)
-        .await
-        .map_err(RunError::from)?;
-    if !closed {
-        return Ok(Outcome::WaitingForIngest);
-    }
-    let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
-    let unrelayed = metering::periods::has_unrelayed(&mut tx, tenant.id, period.start)
-        .await
-        .map_err(RunError::from)?;
-    tx.commit().await?;
-    timings.postgres += clock.elapsed();
-    if unrelayed {
-        return Ok(Outcome::WaitingForRelay);
-    }
-
-    let clock = Instant::now();
-    let totals = sink
-        .period_totals(tenant.id, period.start)
-        .await
-        .map_err(RunError::from)?;
-    timings.clickhouse += clock.elapsed();
+) -> Result<bool, InvoiceError> {
     let clock = Instant::now();
     let mut usage: BTreeMap<Metric, u64> = BTreeMap::new();
-    for (metric, total) in totals {
+    for (metric, total) in totals.into_iter().flatten() {
         let total =
-            u64::try_from(total).map_err(|_| InvoiceError::Rating(RatingError::AmountOverflow))?;
-        usage.insert(metric, total);
+            u64::try_from(*total).map_err(|_| InvoiceError::Rating(RatingError::AmountOverflow))?;
+        usage.insert(*metric, total);
     }
     let mut tx = db.tenant_tx(tenant.id).await.map_err(RunError::from)?;
     let composed = compose(&mut tx, tenant, period, &usage, NextPeriod::BillInAdvance)
@@ -307,11 +347,7 @@ async fn invoice_period(
     let created = store(&mut tx, tenant, &new, collection).await?;
     tx.commit().await?;
     timings.postgres += clock.elapsed();
-    Ok(if created {
-        Outcome::Created
-    } else {
-        Outcome::Exists
-    })
+    Ok(created)
 }
 
 fn millis(duration: Duration) -> u64 {
