@@ -215,7 +215,7 @@ async fn an_erasure_job_run_twice_is_harmless() {
     // Run the job, then force it to run once more as if a worker died before finishing.
     let worker = || {
         jobs::Worker::new(&app.db, jobs::WorkerSettings::default()).register(
-            lifecycle::ErasureWorkflow::new(app.db.clone(), app.clickhouse.clone(), None, None),
+            privacy::ErasureWorkflow::new(app.db.clone(), app.clickhouse.clone(), None, None),
         )
     };
     assert_eq!(worker().run_pending().await.unwrap(), 1);

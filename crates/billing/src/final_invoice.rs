@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use saas_core::{BillingPeriod, Metric};
 use tenancy::Db;
@@ -108,9 +107,10 @@ impl FinalBiller {
     }
 }
 
-#[async_trait]
-impl lifecycle::erasure::FinalInvoice for FinalBiller {
-    async fn bill(&self, tenant: &Tenant, erased_at: DateTime<Utc>) -> Result<(), String> {
+impl FinalBiller {
+    /// Makes and collects the invoice for the usage since the last period invoice, up to
+    /// `erased_at`; once only, however often it is called. An error is retried.
+    pub async fn bill(&self, tenant: &Tenant, erased_at: DateTime<Utc>) -> Result<(), String> {
         let current = tenant.period_at(erased_at);
         // The period before, when the tenant left before its invoice run came.
         if current.start > tenant.billing_anchor {

@@ -1,12 +1,12 @@
 //! Background workers run inside the service process, each until the stop signal.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jobs::{Worker, WorkerSettings};
-use lifecycle::{ErasureWorkflow, PlanChangeWorkflow, WinbackWorkflow};
+use lifecycle::{PlanChangeWorkflow, WinbackWorkflow};
 use metering::relay::Relay;
 use onboarding::OnboardingWorkflow;
+use privacy::ErasureWorkflow;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -48,10 +48,10 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         state.db.clone(),
         state.clickhouse.clone(),
         state.payments.clone(),
-        Some(Arc::new(billing::final_invoice::FinalBiller::new(
+        Some(billing::final_invoice::FinalBiller::new(
             state.db.clone(),
             state.collector(),
-        ))),
+        )),
     ));
     let mut workers = vec![
         tokio::spawn(relay.run(stop.clone())),

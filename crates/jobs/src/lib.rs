@@ -14,5 +14,5 @@
 mod queue;
 mod worker;
 
-pub use queue::{Job, JobId, JobStatus, NewJob, enqueue, job_status};
+pub use queue::{Job, JobId, JobStatus, NewJob, enqueue, job_status, pending_with};
 pub use worker::{JobError, JobHandler, Worker, WorkerSettings};

@@ -87,6 +87,26 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Option<JobI
     Ok(id)
 }
 
+/// Which of `values` are the `field` of the payload of a job of one of `kinds` that is
+/// waiting to run (for a caller that queues work again only where none is waiting).
+pub async fn pending_with(
+    conn: &mut PgConnection,
+    kinds: &[&str],
+    field: &str,
+    values: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT payload->>$2 FROM jobs \
+         WHERE status = 'pending' AND kind = ANY($1) AND payload->>$2 = ANY($3)",
+    )
+    .bind(kinds)
+    .bind(field)
+    .bind(values)
+    .fetch_all(conn)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobStatus {
     pub status: String,

@@ -4,11 +4,10 @@
 //! [`transitions`] takes a transition safely under concurrency (conditional update,
 //! audit entry and follow-up job in one transaction); [`plan_change`] is the job that
 //! carries a plan change out and ends it, and [`plan_history`] tells billing which plan
-//! was in effect when; [`erasure`] removes an erased tenant's data everywhere and
-//! [`export`] gathers everything held about one.
+//! was in effect when; [`deletions`] keeps the record of each erasure (which the
+//! `privacy` crate carries out).
 
-pub mod erasure;
-pub mod export;
+pub mod deletions;
 mod job_errors;
 pub mod plan_change;
 pub mod plan_history;
@@ -16,7 +15,6 @@ pub mod state_machine;
 pub mod transitions;
 pub mod winback;
 
-pub use erasure::ErasureWorkflow;
 pub use plan_change::PlanChangeWorkflow;
 pub use state_machine::{InvalidTransition, TRANSITIONS, check_transition};
 pub use transitions::{Change, Transition, TransitionError, TransitionRequest};

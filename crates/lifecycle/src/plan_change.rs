@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use jobs::{Job, JobError, JobHandler, NewJob};
 use payments::{PaymentError, PaymentProvider};
-use saas_core::{TenantId, TenantState, TransitionId};
+use saas_core::{StateMove, TenantId, TenantState, TransitionId, check_transition};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
@@ -69,12 +69,10 @@ impl PlanChangeWorkflow {
         let tenant = tenancy::tenants::get(&mut tx, payload.tenant_id)
             .await
             .map_err(retry)?;
-        let scheduled: Option<String> =
-            sqlx::query_scalar("SELECT scheduled_plan_code FROM tenants WHERE id = $1")
-                .bind(payload.tenant_id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sql_retry)?;
+        let scheduled = tenancy::tenants::scheduled_plan(&mut tx, payload.tenant_id)
+            .await
+            .map_err(retry)?
+            .map(|(plan, _)| plan);
         let plan = tenancy::plans::get(&mut tx, &transition.to_plan)
             .await
             .map_err(retry)?;
@@ -139,19 +137,12 @@ impl PlanChangeWorkflow {
                 .map_err(retry)?;
                 record_usage_before(&mut tx, transition, &usage).await?;
                 // New plan, new quotas and the end of the state, all at one commit.
-                let switched = sqlx::query(
-                    "UPDATE tenants SET plan_code = $2, \
-                            state = 'active', version = version + 1, updated_at = now() \
-                     WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
-                )
-                .bind(tenant.id.as_uuid())
-                .bind(&plan.code)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_retry)?
-                .rows_affected();
+                let step = ending(transition)?;
+                let switched = tenancy::tenants::switch_plan(&mut tx, tenant.id, &plan.code, step)
+                    .await
+                    .map_err(retry)?;
                 // Not mid-change any more: erased meanwhile (erasure may interrupt).
-                complete(tx, switched == 1, transition, tenant, plan, None).await
+                complete(tx, switched, transition, tenant, plan, None).await
             }
             Err(error) if error.is_retryable() => Err(JobError::Retry(error.to_string())),
             // Refused or declined: back to active on the old plan, and say why.
@@ -166,19 +157,12 @@ impl PlanChangeWorkflow {
     async fn schedule(&self, transition: &Transition, tenant: &Tenant) -> Result<(), JobError> {
         let at = tenant.period_at(Utc::now()).end;
         let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-        let moved = sqlx::query(
-            "UPDATE tenants SET scheduled_plan_code = $2, scheduled_plan_at = $3, \
-                    state = 'active', version = version + 1, updated_at = now() \
-             WHERE id = $1 AND state = 'downgrading'",
-        )
-        .bind(tenant.id.as_uuid())
-        .bind(&transition.to_plan)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_retry)?
-        .rows_affected();
-        if moved == 0 {
+        let step = allowed(TenantState::Downgrading, TenantState::Active)?;
+        let moved =
+            tenancy::tenants::schedule_plan(&mut tx, tenant.id, &transition.to_plan, at, step)
+                .await
+                .map_err(retry)?;
+        if !moved {
             return Ok(()); // done by an earlier attempt
         }
         set_status(&mut tx, transition.id, "scheduled", None).await?;
@@ -221,19 +205,18 @@ impl PlanChangeWorkflow {
         // A retry after a crash finds the tenant `downgrading` already and goes on.
         if tenant.state != TenantState::Downgrading {
             let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-            let taken = sqlx::query(
-                "UPDATE tenants SET state = 'downgrading', version = version + 1, updated_at = now() \
-                 WHERE id = $1 AND version = $2 AND state = 'active' AND scheduled_plan_code = $3",
+            let step = allowed(TenantState::Active, TenantState::Downgrading)?;
+            let taken = tenancy::tenants::take_for_scheduled_plan(
+                &mut tx,
+                tenant.id,
+                tenant.version,
+                &plan.code,
+                step,
             )
-            .bind(tenant.id.as_uuid())
-            .bind(tenant.version)
-            .bind(&plan.code)
-            .execute(&mut *tx)
             .await
-            .map_err(sql_retry)?
-            .rows_affected();
+            .map_err(retry)?;
             tx.commit().await.map_err(sql_retry)?;
-            if taken == 0 {
+            if !taken {
                 // Busy with another transition (try again later) or not active at all
                 // (suspended or deleted tenants keep the plan they have).
                 return match tenant.state {
@@ -248,21 +231,11 @@ impl PlanChangeWorkflow {
             }
         }
         let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
-        // Effective at the boundary it was scheduled for, however late this job runs. (The
-        // sub-select sees the row as it was before this update clears the schedule.)
-        let at: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
-            "UPDATE tenants SET plan_code = $2, state = 'active', \
-                    scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
-                    version = version + 1, updated_at = now() \
-             WHERE id = $1 AND state = 'downgrading' AND scheduled_plan_code = $2 \
-             RETURNING (SELECT scheduled_plan_at FROM tenants WHERE id = $1)",
-        )
-        .bind(tenant.id.as_uuid())
-        .bind(&plan.code)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql_retry)?
-        .flatten();
+        // Effective at the boundary it was scheduled for, however late this job runs.
+        let step = allowed(TenantState::Downgrading, TenantState::Active)?;
+        let at = tenancy::tenants::apply_scheduled_plan(&mut tx, tenant.id, &plan.code, step)
+            .await
+            .map_err(retry)?;
         complete(tx, at.is_some(), transition, tenant, plan, at).await
     }
 
@@ -278,15 +251,15 @@ impl PlanChangeWorkflow {
         let current = tenancy::tenants::get(&mut tx, tenant)
             .await
             .map_err(retry)?;
-        sqlx::query(
-            "UPDATE tenants SET state = 'active', scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
-                    version = version + 1, updated_at = now() \
-             WHERE id = $1 AND state IN ('upgrading', 'downgrading')",
-        )
-        .bind(tenant.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_retry)?;
+        if matches!(
+            current.state,
+            TenantState::Upgrading | TenantState::Downgrading
+        ) {
+            let step = allowed(current.state, TenantState::Active)?;
+            tenancy::tenants::abandon_plan_change(&mut tx, tenant, step)
+                .await
+                .map_err(retry)?;
+        }
         if matches!(transition.state.as_str(), "running" | "scheduled") {
             finish(
                 &mut tx,
@@ -474,4 +447,15 @@ async fn finish(
     metrics::counter!("tenant_plan_changes_total", "result" => status.to_owned()).increment(1);
     tracing::info!(tenant = %tenant.id, transition = %transition.id, status, "plan change ended");
     Ok(())
+}
+
+/// The state change a plan-change job makes, from the transition table; a refusal is a
+/// bug no retry mends.
+fn allowed(from: TenantState, to: TenantState) -> Result<StateMove, JobError> {
+    check_transition(from, to).map_err(|refused| JobError::Permanent(refused.to_string()))
+}
+
+/// How the plan change `transition` ends: from the state it runs in back to active.
+fn ending(transition: &Transition) -> Result<StateMove, JobError> {
+    allowed(transition.to, TenantState::Active)
 }

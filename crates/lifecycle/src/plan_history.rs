@@ -131,14 +131,10 @@ pub async fn load(conn: &mut PgConnection, tenant: TenantId) -> Result<PlanHisto
         .into_iter()
         .map(PlanChange::try_from)
         .collect::<Result<Vec<_>, _>>()?;
-    let (current, scheduled, scheduled_at): (String, Option<String>, Option<DateTime<Utc>>) =
-        sqlx::query_as(
-            "SELECT plan_code, scheduled_plan_code, scheduled_plan_at FROM tenants WHERE id = $1",
-        )
-        .bind(tenant.as_uuid())
-        .fetch_one(&mut *conn)
-        .await?;
-    if let (Some(to_plan), Some(effective_at)) = (scheduled, scheduled_at) {
+    let current = tenancy::tenants::get(&mut *conn, tenant).await?.plan_code;
+    if let Some((to_plan, effective_at)) =
+        tenancy::tenants::scheduled_plan(&mut *conn, tenant).await?
+    {
         changes.push(PlanChange {
             from_plan: current.clone(),
             to_plan,

@@ -180,20 +180,11 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     {
         return Err(TransitionError::InProgress);
     }
-    check_transition(tenant.state, plan.to_state)?;
+    let step = check_transition(tenant.state, plan.to_state)?;
 
     // The one place a transition is taken: only if nobody moved the tenant since we read it.
-    let moved = sqlx::query(
-        "UPDATE tenants SET state = $3, version = version + 1, updated_at = now() \
-         WHERE id = $1 AND version = $2",
-    )
-    .bind(tenant.id.as_uuid())
-    .bind(tenant.version)
-    .bind(plan.to_state.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
+    let moved = tenancy::tenants::move_state(&mut tx, tenant.id, tenant.version, step).await?;
+    if !moved {
         drop(tx);
         // A twin with the same key may have won: it committed before our update gave up.
         let mut tx = db.tenant_tx(request.tenant_id).await?;
@@ -293,12 +284,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     }
     if request.change == Change::Erase {
         // Access ends with this commit.
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(tenant.id.as_uuid())
-        .execute(&mut *tx)
-        .await?;
+        tenancy::api_keys::revoke_all(&mut tx, tenant.id).await?;
     }
     if !instant {
         let kind = if request.change == Change::Erase {
@@ -412,12 +398,7 @@ async fn cancel_scheduled_plan(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE tenants SET scheduled_plan_code = NULL, scheduled_plan_at = NULL WHERE id = $1",
-    )
-    .bind(tenant.as_uuid())
-    .execute(&mut *conn)
-    .await?;
+    tenancy::tenants::clear_scheduled_plan(&mut *conn, tenant).await?;
     sqlx::query(
         "UPDATE tenant_transitions SET status = 'canceled', completed_at = now() \
          WHERE tenant_id = $1 AND status = 'scheduled'",
@@ -441,6 +422,20 @@ pub async fn tenant_may_reactivate(
     .fetch_optional(conn)
     .await?;
     Ok(latest.unwrap_or(false))
+}
+
+/// Who made the tenant's latest suspension (the actor as recorded), if it has one.
+pub async fn last_suspended_by(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT actor FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'suspension' \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// One transition of a tenant.
@@ -512,4 +507,30 @@ impl TryFrom<TransitionRow> for Transition {
             completed_at: row.completed_at,
         })
     }
+}
+
+/// The tenant's transitions for its data export, oldest first, without the answers kept
+/// for idempotent retries.
+pub async fn export_json(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'response' ORDER BY t.created_at), '[]') \
+         FROM tenant_transitions t WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Marks the transition completed.
+pub async fn mark_completed(conn: &mut PgConnection, id: TransitionId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tenant_transitions SET status = 'completed', completed_at = now() WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -176,12 +176,10 @@ impl JobHandler for WinbackWorkflow {
         if usize::try_from(campaign.steps_sent).unwrap_or(0) > step {
             return Ok(()); // sent by an earlier run
         }
-        let recipient: Option<String> =
-            sqlx::query_scalar("SELECT email FROM tenants WHERE id = $1")
-                .bind(payload.tenant_id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sql_retry)?;
+        let recipient = tenancy::tenants::get(&mut tx, payload.tenant_id)
+            .await
+            .map_err(retry)?
+            .email;
         let offer = (step >= self.schedule.offer_from_step).then(|| {
             campaign.offer_code.clone().unwrap_or_else(|| {
                 format!(
@@ -202,19 +200,23 @@ impl JobHandler for WinbackWorkflow {
                     self.schedule.offer_percent_off
                 ));
             }
-            sqlx::query(
-                "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
-                 VALUES ($1, $2, 'winback', $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+            outbox::enqueue(
+                &mut tx,
+                &outbox::NewMessage {
+                    tenant: payload.tenant_id,
+                    kind: outbox::Kind::Winback,
+                    recipient: &recipient,
+                    subject: &format!(
+                        "We would like you back (message {} of {})",
+                        step + 1,
+                        self.schedule.steps.len()
+                    ),
+                    body: &body,
+                    dedup_key: &format!("winback-{}-{step}", payload.campaign_id),
+                },
             )
-            .bind(Uuid::now_v7())
-            .bind(payload.tenant_id.as_uuid())
-            .bind(recipient)
-            .bind(format!("We would like you back (message {} of {})", step + 1, self.schedule.steps.len()))
-            .bind(body)
-            .bind(format!("winback-{}-{step}", payload.campaign_id))
-            .execute(&mut *tx)
             .await
-            .map_err(sql_retry)?;
+            .map_err(retry)?;
         }
         let last = step + 1 == self.schedule.steps.len();
         sqlx::query(

@@ -13,6 +13,7 @@
 pub mod clickhouse_sink;
 pub mod erasure;
 pub mod event;
+pub mod export;
 pub mod ledger;
 pub mod periods;
 pub mod quota;

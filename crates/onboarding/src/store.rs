@@ -362,3 +362,35 @@ impl std::fmt::Debug for Signup {
             .finish_non_exhaustive()
     }
 }
+
+/// The signup that became `tenant` (it shares the tenant's id), for the tenant's data
+/// export, without the columns that hold secrets, their hashes or sealed copies.
+pub async fn export_json(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT to_jsonb(s) - 'token_hash' - 'request_hash' - 'first_response' - 'api_key_secret' \
+                - 'first_key_hash' - 'first_key_sealed' - 'idempotency_scope' - 'token_sealed' \
+         FROM signups s WHERE id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Erases the personal data and the secrets of the signup that became `tenant`. Rows
+/// changed.
+pub async fn erase(conn: &mut PgConnection, tenant: TenantId) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE signups SET email = 'erased+' || id::text || '@invalid', company = 'erased', \
+                payment_method = NULL, first_response = NULL, api_key_secret = NULL, \
+                idempotency_key = NULL, idempotency_scope = NULL, token_sealed = NULL, \
+                first_key_sealed = NULL \
+         WHERE id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

@@ -410,7 +410,7 @@ impl OnboardingWorkflow {
         // to it before that. A readiness probe's signup has nobody to write to, and an
         // address named by too many signups today gets no more.
         let mail = !signup.synthetic
-            && email_verification::may_mail(&mut tx, &signup.email)
+            && outbox::may_send_confirmation(&mut tx, &signup.email)
                 .await
                 .map_err(retry)?;
         let welcome = if mail { "done" } else { "skipped" };
@@ -418,20 +418,19 @@ impl OnboardingWorkflow {
             let token = email_verification::start(&mut tx, tenant_id)
                 .await
                 .map_err(retry)?;
-            sqlx::query(
-                "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
-                 VALUES ($1, $2, 'email_verification', $3, $4, $5, $6) \
-                 ON CONFLICT (dedup_key) DO NOTHING",
+            outbox::enqueue(
+                &mut tx,
+                &outbox::NewMessage {
+                    tenant: tenant_id,
+                    kind: outbox::Kind::EmailVerification,
+                    recipient: &signup.email,
+                    subject: "Confirm your email address",
+                    body: &confirmation_body(&token),
+                    dedup_key: &format!("welcome-{tenant_id}"),
+                },
             )
-            .bind(uuid::Uuid::now_v7())
-            .bind(tenant_id.as_uuid())
-            .bind(&signup.email)
-            .bind("Confirm your email address")
-            .bind(confirmation_body(&token))
-            .bind(format!("welcome-{tenant_id}"))
-            .execute(&mut *tx)
             .await
-            .map_err(|e| retry(e.into()))?;
+            .map_err(retry)?;
         }
         store::record_step(&mut tx, signup.id, steps::WELCOME_QUEUED, welcome)
             .await

@@ -6,6 +6,8 @@
 //! the same transaction; a crash between the two sends it again, with the same
 //! Message-ID (derived from the row id), which lets mail systems drop the twin.
 
+mod enqueue;
+
 use std::time::Duration;
 
 use lettre::message::{Mailbox, header::ContentType};
@@ -14,6 +16,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tenancy::{Db, StoreError};
 use tokio::sync::watch;
 use uuid::Uuid;
+
+pub use enqueue::{
+    Kind, MAX_CONFIRMATIONS_PER_DAY, NewMessage, enqueue, erase, export_json, may_send_confirmation,
+};
 
 /// Attempts before a message that keeps failing transiently is given up.
 pub const MAX_ATTEMPTS: i32 = 10;

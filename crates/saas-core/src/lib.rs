@@ -7,6 +7,7 @@ pub mod metric;
 pub mod money;
 pub mod period;
 pub mod schedule;
+pub mod state_machine;
 pub mod tenant_state;
 
 pub use clock::{Clock, SystemClock};
@@ -14,4 +15,5 @@ pub use ids::{ApiKeyId, IdParseError, SignupId, TenantId, TransitionId};
 pub use metric::{Metric, UnknownMetric};
 pub use money::{Currency, Money};
 pub use period::{BillingCycle, BillingPeriod, InvalidBillingCycle};
+pub use state_machine::{InvalidTransition, StateMove, check_transition};
 pub use tenant_state::{TenantState, UnknownTenantState};

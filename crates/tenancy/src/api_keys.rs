@@ -293,6 +293,32 @@ impl std::fmt::Debug for CreatedApiKey {
     }
 }
 
+/// The tenant's keys for its data export, without their secrets' hashes.
+pub async fn export_json(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(jsonb_agg(to_jsonb(k) - 'secret_hash' ORDER BY k.created_at), '[]') \
+         FROM api_keys k WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Erases the labels the tenant gave its keys, and revokes any still live. Rows changed.
+pub async fn erase_labels(conn: &mut PgConnection, tenant: TenantId) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE api_keys SET name = 'erased', revoked_at = coalesce(revoked_at, now()) \
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,3 +183,17 @@ pub async fn verify_chain(conn: &mut PgConnection) -> Result<ChainReport, StoreE
         first_broken,
     })
 }
+
+/// The tenant's audit entries for its data export, in chain order.
+pub async fn export_json(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.chain_seq), '[]') \
+         FROM audit_log a WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(conn)
+    .await?)
+}

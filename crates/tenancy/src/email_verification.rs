@@ -9,9 +9,6 @@ use crate::StoreError;
 use crate::tokens::{self, hash};
 
 const TOKEN_PREFIX: &str = "ev_";
-/// Confirmation mails one address receives in a day, however many signups name it.
-pub const MAX_CONFIRMATIONS_PER_DAY: i64 = 3;
-
 /// Whether `token` has the shape of one we issue (`ev_` and 64 lowercase hex digits).
 pub fn is_well_formed(token: &str) -> bool {
     tokens::is_well_formed(token, TOKEN_PREFIX)
@@ -27,24 +24,6 @@ pub async fn start(conn: &mut PgConnection, tenant: TenantId) -> Result<String, 
         .execute(conn)
         .await?;
     Ok(token)
-}
-
-/// Whether another confirmation mail may go to `recipient` today. Takes a lock on the
-/// address until the transaction ends, so that signups provisioned at the same moment
-/// count each other's mail.
-pub async fn may_mail(conn: &mut PgConnection, recipient: &str) -> Result<bool, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('confirm:' || lower($1), 0))")
-        .bind(recipient)
-        .execute(&mut *conn)
-        .await?;
-    let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM notifications WHERE kind = 'email_verification' \
-         AND lower(recipient) = lower($1) AND created_at > now() - interval '1 day'",
-    )
-    .bind(recipient)
-    .fetch_one(conn)
-    .await?;
-    Ok(sent < MAX_CONFIRMATIONS_PER_DAY)
 }
 
 /// Confirms the address the token was mailed to; the tenant, or `None` for a token that

@@ -3,7 +3,7 @@
 use chrono::{DateTime, DurationRound, Utc};
 use std::collections::BTreeMap;
 
-use saas_core::{BillingCycle, BillingPeriod, Metric, TenantId, TenantState};
+use saas_core::{BillingCycle, BillingPeriod, Metric, StateMove, TenantId, TenantState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -132,6 +132,207 @@ pub async fn get(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreE
     row.try_into()
 }
 
+/// The tenant, read under a share lock held until the transaction ends: a change of its
+/// row (an erasure, say) waits for the caller, or has happened and is seen.
+pub async fn get_for_share(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreError> {
+    let row: TenantRow = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM tenants WHERE id = $1 FOR SHARE"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    row.try_into()
+}
+
+/// The states of the given tenants, by id (those that do not exist are absent).
+pub async fn states_of(
+    conn: &mut PgConnection,
+    ids: &[TenantId],
+) -> Result<std::collections::HashMap<TenantId, TenantState>, StoreError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, state FROM tenants WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter()
+        .map(|(id, state)| Ok((TenantId::from_uuid(id), state.parse()?)))
+        .collect()
+}
+
+/// Moves the tenant's state as `step` says, if nobody moved it since it was read at
+/// `expected_version`; whether it moved.
+pub async fn move_state(
+    conn: &mut PgConnection,
+    id: TenantId,
+    expected_version: i64,
+    step: StateMove,
+) -> Result<bool, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE tenants SET state = $4, version = version + 1, updated_at = now() \
+         WHERE id = $1 AND version = $2 AND state = $3",
+    )
+    .bind(id.as_uuid())
+    .bind(expected_version)
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Ends a plan change that is under way (the tenant in `step.from()`): the tenant moves
+/// to `step.to()` on `plan`, with new quotas from the commit on. False when the tenant
+/// is not in that state (erased meanwhile, or done by an earlier attempt).
+pub async fn switch_plan(
+    conn: &mut PgConnection,
+    id: TenantId,
+    plan: &str,
+    step: StateMove,
+) -> Result<bool, StoreError> {
+    let switched = sqlx::query(
+        "UPDATE tenants SET plan_code = $2, state = $4, version = version + 1, updated_at = now() \
+         WHERE id = $1 AND state = $3",
+    )
+    .bind(id.as_uuid())
+    .bind(plan)
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(switched == 1)
+}
+
+/// Ends a plan change under way without changing the plan, and forgets any plan
+/// scheduled (a change refused, or out of attempts). False when the tenant is not in
+/// `step.from()`.
+pub async fn abandon_plan_change(
+    conn: &mut PgConnection,
+    id: TenantId,
+    step: StateMove,
+) -> Result<bool, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE tenants SET state = $3, scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
+                version = version + 1, updated_at = now() \
+         WHERE id = $1 AND state = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Ends a plan change under way by scheduling `plan` for `at` (a downgrade at the
+/// period's end). False when the tenant is not in `step.from()`.
+pub async fn schedule_plan(
+    conn: &mut PgConnection,
+    id: TenantId,
+    plan: &str,
+    at: DateTime<Utc>,
+    step: StateMove,
+) -> Result<bool, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE tenants SET scheduled_plan_code = $2, scheduled_plan_at = $3, state = $5, \
+                version = version + 1, updated_at = now() \
+         WHERE id = $1 AND state = $4",
+    )
+    .bind(id.as_uuid())
+    .bind(plan)
+    .bind(at)
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Starts applying the scheduled `plan`: moves the tenant as `step` says only if nobody
+/// moved it since `expected_version` and `plan` is still the one scheduled.
+pub async fn take_for_scheduled_plan(
+    conn: &mut PgConnection,
+    id: TenantId,
+    expected_version: i64,
+    plan: &str,
+    step: StateMove,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "UPDATE tenants SET state = $5, version = version + 1, updated_at = now() \
+         WHERE id = $1 AND version = $2 AND scheduled_plan_code = $3 AND state = $4",
+    )
+    .bind(id.as_uuid())
+    .bind(expected_version)
+    .bind(plan)
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+/// Switches to the scheduled `plan` and clears the schedule, if the tenant is in
+/// `step.from()` with `plan` still scheduled: the moment it was scheduled for (`None`:
+/// nothing to apply, done by an earlier attempt or replaced).
+pub async fn apply_scheduled_plan(
+    conn: &mut PgConnection,
+    id: TenantId,
+    plan: &str,
+    step: StateMove,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    // The sub-select sees the row as it was before this update clears the schedule.
+    let at: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "UPDATE tenants SET plan_code = $2, state = $4, \
+                scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
+                version = version + 1, updated_at = now() \
+         WHERE id = $1 AND state = $3 AND scheduled_plan_code = $2 \
+         RETURNING (SELECT scheduled_plan_at FROM tenants WHERE id = $1)",
+    )
+    .bind(id.as_uuid())
+    .bind(plan)
+    .bind(step.from().as_str())
+    .bind(step.to().as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(at.flatten())
+}
+
+/// Forgets the plan scheduled for the tenant, if any.
+pub async fn clear_scheduled_plan(conn: &mut PgConnection, id: TenantId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tenants SET scheduled_plan_code = NULL, scheduled_plan_at = NULL WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The plan scheduled to replace the tenant's, and when, if one is.
+pub async fn scheduled_plan(
+    conn: &mut PgConnection,
+    id: TenantId,
+) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+    let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT scheduled_plan_code, scheduled_plan_at FROM tenants WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        None => Err(StoreError::NotFound),
+        Some((Some(plan), Some(at))) => Ok(Some((plan, at))),
+        Some(_) => Ok(None),
+    }
+}
+
 /// A tenant and the per-metric terms of its current plan, in one round trip: the ingest
 /// path reads both on every batch.
 pub async fn get_with_terms(
@@ -218,4 +419,40 @@ impl std::fmt::Debug for NewTenant {
             .field("plan_code", &self.plan_code)
             .finish_non_exhaustive()
     }
+}
+
+/// The tenant's row for its data export, without the columns that hold secrets.
+pub async fn export_json(
+    conn: &mut PgConnection,
+    id: TenantId,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT to_jsonb(t) - 'email_verification_hash' FROM tenants t WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Erases the tenant's personal data (its name, email and any pending confirmation);
+/// its Stripe ids too when `forget_stripe_ids` (they go only with the customer, so that
+/// without billing configured here the customer can still be deleted later). Rows
+/// changed.
+pub async fn erase_personal(
+    conn: &mut PgConnection,
+    id: TenantId,
+    forget_stripe_ids: bool,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE tenants SET name = 'erased', email = NULL, email_verification_hash = NULL, \
+                stripe_customer_id = CASE WHEN $2 THEN NULL ELSE stripe_customer_id END, \
+                stripe_subscription_id = CASE WHEN $2 THEN NULL ELSE stripe_subscription_id END, \
+                scheduled_plan_code = NULL, scheduled_plan_at = NULL, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(forget_stripe_ids)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }

@@ -71,13 +71,8 @@ impl Collector {
             let record = tenancy::tenants::get(&mut tx, tenant).await?;
             let (gave_up_on_this, any_unpaid) =
                 payment::dunning_verdict(&mut tx, tenant, invoice).await?;
-            let last_suspension_actor: Option<String> = sqlx::query_scalar(
-                "SELECT actor FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'suspension' \
-                 ORDER BY created_at DESC LIMIT 1",
-            )
-            .bind(tenant.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+            let last_suspension_actor =
+                lifecycle::transitions::last_suspended_by(&mut tx, tenant).await?;
             tx.commit().await?;
             (
                 record.state,

@@ -79,6 +79,10 @@ pub async fn enqueue_follow_up(
     Ok(())
 }
 
+/// Stalled invoices read per page, and pages per pass (the rest wait for the next).
+const STALLED_PAGE: i64 = 1_000;
+const MAX_STALLED_PAGES: usize = 10;
+
 /// Queues collection again for invoices whose jobs ran out of attempts (a long Stripe
 /// outage, say): drafts and pushed invoices never charged, made over `stalled_after`
 /// ago, and dunning retries overdue by as long. At most once an hour per invoice.
@@ -90,11 +94,33 @@ pub async fn requeue_stalled(
     let before = now - chrono::TimeDelta::from_std(stalled_after).unwrap_or_default();
     let hour = now.format("%Y%m%d%H").to_string();
     let mut tx = db.system_tx("requeue stalled collections").await?;
-    let stalled =
-        crate::invoices::payment::stalled(&mut tx, before, &[COLLECT_JOB, RETRY_PAYMENT_JOB])
-            .await?;
+    let mut stalled = Vec::new();
+    let mut after = None;
+    // A page at a time, skipping those whose collection job is still waiting to run
+    // (in a backoff, say).
+    for _ in 0..MAX_STALLED_PAGES {
+        let page = crate::invoices::payment::stalled(&mut tx, before, after, STALLED_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.4, last.1));
+        let full = page.len() as i64 == STALLED_PAGE;
+        let ids: Vec<String> = page.iter().map(|row| row.1.to_string()).collect();
+        let waiting = jobs::pending_with(
+            &mut tx,
+            &[COLLECT_JOB, RETRY_PAYMENT_JOB],
+            "invoice_id",
+            &ids,
+        )
+        .await?;
+        stalled.extend(
+            page.into_iter()
+                .filter(|row| !waiting.contains(&row.1.to_string())),
+        );
+        if !full {
+            break;
+        }
+    }
     let mut requeued = 0;
-    for (tenant, invoice, status, attempts) in &stalled {
+    for (tenant, invoice, status, attempts, _) in &stalled {
         let retrying = status == "open" && *attempts > 0;
         let payload = Payload::json(
             TenantId::from_uuid(*tenant),

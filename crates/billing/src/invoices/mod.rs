@@ -1,10 +1,12 @@
 //! Invoices, the one owner of the `invoices` and `invoice_lines` tables: the runs that
 //! make them ([`run`]), their creation ([`store`]), where collecting each stands
 //! ([`payment`]), how the API reads them ([`view`]) and their reconciliation with usage
-//! ([`reconciliation`]). No other module of the crate names these tables in SQL (a test
+//! ([`reconciliation`]), and what a tenant's data export and erasure do to them
+//! ([`personal_data`]). No other module of the crate names these tables in SQL (a test
 //! checks it).
 
 pub(crate) mod payment;
+pub mod personal_data;
 mod reconciliation;
 mod run;
 mod store;

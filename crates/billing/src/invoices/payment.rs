@@ -244,25 +244,29 @@ pub(crate) async fn mark_dunning_suspended(
 }
 
 /// Invoices whose collection stalled (made before `before`): drafts, invoices pushed
-/// but never charged, and dunning retries overdue, none flagged as hopeless and none
-/// with a collection job pending. (tenant, invoice, status, payment attempts).
+/// but never charged, and dunning retries overdue, none flagged as hopeless, in the
+/// order they were made, after `after` (created, id). (tenant, invoice, status, payment
+/// attempts, created).
 pub(crate) async fn stalled(
     conn: &mut PgConnection,
     before: DateTime<Utc>,
-    job_kinds: &[&str],
-) -> Result<Vec<(Uuid, Uuid, String, i32)>, StoreError> {
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid, String, i32, DateTime<Utc>)>, StoreError> {
+    let (after_created, after_id) = after.unzip();
     Ok(sqlx::query_as(
-        "SELECT i.tenant_id, i.id, i.status, i.payment_attempts FROM invoices i \
+        "SELECT i.tenant_id, i.id, i.status, i.payment_attempts, i.created_at FROM invoices i \
          WHERE i.created_at < $1 AND i.collection_error IS NULL AND ( \
                i.status = 'draft' \
             OR (i.status = 'open' AND i.stripe_invoice_id IS NOT NULL AND i.payment_attempts = 0) \
             OR (i.status = 'open' AND i.dunning = 'retrying' AND i.next_attempt_at < $1)) \
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'pending' \
-                           AND j.kind = ANY($2) AND j.payload->>'invoice_id' = i.id::text) \
-         ORDER BY i.created_at LIMIT 1000",
+           AND ($2::timestamptz IS NULL OR (i.created_at, i.id) > ($2, $3)) \
+         ORDER BY i.created_at, i.id LIMIT $4",
     )
     .bind(before)
-    .bind(job_kinds)
+    .bind(after_created)
+    .bind(after_id)
+    .bind(limit)
     .fetch_all(conn)
     .await?)
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use metering::ClickHouseSink;
-use saas_core::{Metric, TenantId};
+use saas_core::{Metric, TenantId, TenantState};
 use serde::Serialize;
 use tenancy::Db;
 use uuid::Uuid;
@@ -56,11 +56,9 @@ pub async fn reconcile(
 ) -> Result<Reconciliation, RunError> {
     let limit = page.limit.clamp(1, MAX_PAGE);
     let mut tx = db.system_tx("reconciliation").await?;
-    // Erased tenants' usage is gone by design: nothing to compare their invoices with.
-    let invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+    let mut invoices: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT i.id, i.tenant_id, i.period_start FROM invoices i \
-         JOIN tenants t ON t.id = i.tenant_id \
-         WHERE i.kind = 'period' AND t.state <> 'deleted' \
+         WHERE i.kind = 'period' \
            AND ($1::uuid IS NULL OR i.tenant_id = $1) AND ($2::uuid IS NULL OR i.id > $2) \
          ORDER BY i.id LIMIT $3",
     )
@@ -69,6 +67,18 @@ pub async fn reconcile(
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(&mut *tx)
     .await?;
+    let next_after = (invoices.len() == limit)
+        .then(|| invoices.last().map(|(id, _, _)| *id))
+        .flatten();
+    // Erased tenants' usage is gone by design: nothing to compare their invoices with.
+    let tenants: Vec<TenantId> = invoices
+        .iter()
+        .map(|(_, tenant, _)| TenantId::from_uuid(*tenant))
+        .collect();
+    let states = tenancy::tenants::states_of(&mut tx, &tenants).await?;
+    invoices.retain(|(_, tenant, _)| {
+        states.get(&TenantId::from_uuid(*tenant)) != Some(&TenantState::Deleted)
+    });
     let ids: Vec<Uuid> = invoices.iter().map(|(id, _, _)| *id).collect();
     let billed_rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "SELECT invoice_id, metric, sum(quantity)::text FROM invoice_lines \
@@ -115,8 +125,6 @@ pub async fn reconcile(
     Ok(Reconciliation {
         invoices_checked: invoices.len(),
         mismatches,
-        next_after: (invoices.len() == limit)
-            .then(|| invoices.last().map(|(id, _, _)| *id))
-            .flatten(),
+        next_after,
     })
 }

@@ -112,12 +112,10 @@ async fn insert(
 ) -> Result<bool, StoreError> {
     // Read again under a share lock: an erasure taken meanwhile waits for this commit
     // (and then strips this invoice too), or has happened and there is nothing to bill.
-    let (state, name, email): (String, String, Option<String>) =
-        sqlx::query_as("SELECT state, name, email FROM tenants WHERE id = $1 FOR SHARE")
-            .bind(tenant.id.as_uuid())
-            .fetch_one(&mut *conn)
-            .await?;
-    if state == TenantState::Deleted.as_str() && !new.after_erasure {
+    let Tenant {
+        state, name, email, ..
+    } = tenancy::tenants::get_for_share(&mut *conn, tenant.id).await?;
+    if state == TenantState::Deleted && !new.after_erasure {
         return Ok(false);
     }
     let inserted = sqlx::query(

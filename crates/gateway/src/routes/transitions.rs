@@ -332,14 +332,14 @@ async fn export_tenant(
 ) -> ApiResult<Response> {
     state.tenant_writes.check(tenant.tenant_id)?;
     let slot = state.exports.take(tenant.tenant_id)?;
-    let chunks = lifecycle::export::export(&state.db, &state.clickhouse, tenant.tenant_id)
+    let chunks = privacy::export::export(&state.db, &state.clickhouse, tenant.tenant_id)
         .await
         .map_err(|error| match error {
-            lifecycle::export::ExportError::Usage(usage) => {
+            privacy::export::ExportError::Usage(usage) => {
                 ApiError::unavailable("usage_store_unavailable", usage)
             }
-            lifecycle::export::ExportError::Store(store) => store.into(),
-            lifecycle::export::ExportError::ClientGone => ApiError::internal(error),
+            privacy::export::ExportError::Store(store) => store.into(),
+            privacy::export::ExportError::ClientGone => ApiError::internal(error),
         })?;
     // The slot lives as long as the body: it is freed when the download ends or breaks.
     let body = futures_util::stream::unfold((chunks, slot), |(mut chunks, slot)| async move {

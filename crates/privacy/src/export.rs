@@ -1,8 +1,8 @@
 //! GDPR export: everything held about one tenant, as one JSON document, streamed.
 //!
-//! Postgres rows are exported whole (`to_jsonb`), minus the columns that hold secrets or
-//! their hashes; usage events come from ClickHouse and from the Postgres ledger, merged
-//! by event id as both are read.
+//! Each owner exports its own Postgres rows, whole, minus the columns that hold secrets
+//! or their hashes; usage events come from ClickHouse and from the Postgres ledger,
+//! merged by event id as both are read.
 
 use metering::ClickHouseSink;
 use metering::usage_rows::StoredEvent;
@@ -25,61 +25,6 @@ impl From<sqlx::Error> for ExportError {
         ExportError::Store(error.into())
     }
 }
-
-/// Each tenant-owned table, the query that exports its rows, under the name it gets in
-/// the document. Static SQL; `$1` is the tenant.
-const SECTIONS: &[(&str, &str)] = &[
-    (
-        "tenant",
-        "SELECT to_jsonb(t) - 'email_verification_hash' FROM tenants t WHERE id = $1",
-    ),
-    (
-        "signup",
-        "SELECT to_jsonb(s) - 'token_hash' - 'request_hash' - 'first_response' - 'api_key_secret' \
-                - 'first_key_hash' - 'first_key_sealed' - 'idempotency_scope' - 'token_sealed' \
-         FROM signups s WHERE id = $1",
-    ),
-    (
-        "api_keys",
-        "SELECT coalesce(jsonb_agg(to_jsonb(k) - 'secret_hash' ORDER BY k.created_at), '[]') \
-         FROM api_keys k WHERE tenant_id = $1",
-    ),
-    (
-        "transitions",
-        "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'response' ORDER BY t.created_at), '[]') \
-         FROM tenant_transitions t WHERE tenant_id = $1",
-    ),
-    (
-        "usage_counters",
-        "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.period_start, c.metric), '[]') \
-         FROM usage_counters c WHERE tenant_id = $1",
-    ),
-    (
-        "quota_alerts",
-        "SELECT coalesce(jsonb_agg(to_jsonb(a)), '[]') FROM quota_alerts a WHERE tenant_id = $1",
-    ),
-    (
-        "notifications",
-        "SELECT coalesce(jsonb_agg(to_jsonb(n) ORDER BY n.created_at), '[]') \
-         FROM notifications n WHERE tenant_id = $1",
-    ),
-    (
-        "audit_log",
-        "SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.chain_seq), '[]') \
-         FROM audit_log a WHERE tenant_id = $1",
-    ),
-    (
-        "invoices",
-        "SELECT coalesce(jsonb_agg(to_jsonb(i) || jsonb_build_object('lines', \
-             (SELECT coalesce(jsonb_agg(to_jsonb(l) ORDER BY l.position), '[]') \
-              FROM invoice_lines l WHERE l.invoice_id = i.id)) ORDER BY i.period_start), '[]') \
-         FROM invoices i WHERE tenant_id = $1",
-    ),
-    (
-        "deletion",
-        "SELECT to_jsonb(d) FROM tenant_deletions d WHERE tenant_id = $1",
-    ),
-];
 
 /// A chunk of the export document, or why it stopped.
 pub type Chunk = Result<Vec<u8>, ExportError>;
@@ -205,18 +150,52 @@ impl Output {
 /// The document up to the opening of `usage_events`: every Postgres section (each a
 /// handful of rows), read in one transaction.
 async fn sections(db: &Db, tenant: TenantId) -> Result<Vec<u8>, ExportError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let sections = [
+        (
+            "tenant",
+            tenancy::tenants::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "signup",
+            onboarding::store::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "api_keys",
+            tenancy::api_keys::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "transitions",
+            lifecycle::transitions::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "usage_counters",
+            metering::export::counters_json(&mut tx, tenant).await?,
+        ),
+        (
+            "quota_alerts",
+            metering::export::quota_alerts_json(&mut tx, tenant).await?,
+        ),
+        ("notifications", outbox::export_json(&mut tx, tenant).await?),
+        (
+            "audit_log",
+            tenancy::audit::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "invoices",
+            billing::invoices::personal_data::export_json(&mut tx, tenant).await?,
+        ),
+        (
+            "deletion",
+            lifecycle::deletions::export_json(&mut tx, tenant).await?,
+        ),
+    ];
+    tx.commit().await?;
     let mut document = serde_json::Map::new();
     document.insert("exported_at".into(), json!(chrono::Utc::now()));
-    let mut tx = db.tenant_tx(tenant).await?;
-    for (name, sql) in SECTIONS {
-        let value: Option<Value> = sqlx::query_scalar(*sql)
-            .bind(tenant.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
-        document.insert((*name).into(), value.unwrap_or(Value::Null));
+    for (name, value) in sections {
+        document.insert(name.into(), value.unwrap_or(Value::Null));
     }
-    tx.commit().await?;
     let mut head = serde_json::to_vec(&Value::Object(document))
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     head.pop(); // the closing brace: the events follow
@@ -264,29 +243,20 @@ impl LedgerPages {
             return Ok(None);
         }
         let mut tx = self.db.tenant_tx(self.tenant).await?;
-        let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-            "SELECT event_id, metric, value::text, event_time FROM usage_events \
-             WHERE tenant_id = $1 AND ($2::text IS NULL OR event_id > $2 COLLATE \"C\") \
-             ORDER BY event_id COLLATE \"C\" LIMIT $3",
-        )
-        .bind(self.tenant.as_uuid())
-        .bind(&self.after)
-        .bind(LEDGER_PAGE)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows =
+            metering::export::ledger_page(&mut tx, self.tenant, self.after.as_deref(), LEDGER_PAGE)
+                .await?;
         tx.commit().await?;
         self.done = rows.len() < usize::try_from(LEDGER_PAGE).unwrap_or(usize::MAX);
-        self.after = rows.last().map(|row| row.0.clone());
-        let page = rows
+        self.after = rows.last().map(|row| row.id.clone());
+        let page: Vec<LedgerEvent> = rows
             .into_iter()
-            .map(|(id, metric, value, time)| {
-                let value: u64 = value
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("usage value {value:?}")))?;
-                let json = json!({"id": id, "metric": metric, "value": value, "timestamp": time});
-                Ok(LedgerEvent { id, json })
+            .map(|event| {
+                let json = json!({"id": event.id, "metric": event.metric, "value": event.value,
+                                  "timestamp": event.time});
+                LedgerEvent { id: event.id, json }
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect();
         self.page = page.into_iter();
         Ok(self.page.next())
     }
