@@ -10,7 +10,7 @@ mod owners;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use owners::{EXEMPT_CRATES, KNOWN_TRESPASSES, OWNERS};
+use owners::{EXEMPT_CRATES, OWNERS};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,23 +157,9 @@ fn every_table_has_one_owner() {
 fn no_crate_names_another_crates_tables_in_sql() {
     let tables = migrated_tables();
     let found = trespasses(&tables);
-    let known: BTreeSet<(String, String)> = KNOWN_TRESPASSES
-        .iter()
-        .map(|(krate, table, _)| (krate.to_string(), table.to_string()))
-        .collect();
-    let new: Vec<_> = found
-        .iter()
-        .filter(|(pair, _)| !known.contains(*pair))
-        .collect();
     assert!(
-        new.is_empty(),
-        "SQL on another crate's table (call a function of its owner instead): {new:#?}"
-    );
-    // The list of known ones only shrinks: one mended must leave it.
-    let mended: Vec<_> = known.iter().filter(|p| !found.contains_key(*p)).collect();
-    assert!(
-        mended.is_empty(),
-        "no longer trespassing, remove from KNOWN_TRESPASSES: {mended:?}"
+        found.is_empty(),
+        "SQL on another crate's table (call a function of its owner instead): {found:#?}"
     );
 }
 

@@ -1,4 +1,7 @@
-//! Which crate owns each Postgres table: the only crate whose SQL names it.
+//! Which crate owns each Postgres table: the only crate whose SQL names it. Others call
+//! the owner's functions; where a question about another crate's rows must be asked
+//! inside a statement (a filter, a claim), the owner publishes a SQL function for it
+//! in a migration (`tenant_is_synthetic`, `tenant_address_confirmed`).
 
 pub const OWNERS: &[(&str, &[&str])] = &[
     (
@@ -48,33 +51,3 @@ pub const EXEMPT_CRATES: &[(&str, &str)] = &[(
     "bench",
     "benchmark programs measure the ledger's tables from outside the service",
 )];
-
-/// Trespasses that exist today, each with what replaces it. The check fails on any
-/// other, and on any of these once it is gone, so the list only shrinks.
-pub const KNOWN_TRESPASSES: &[(&str, &str, &str)] = &[
-    (
-        "gateway",
-        "invoices",
-        "operator overview: a billing summary function",
-    ),
-    (
-        "gateway",
-        "tenant_transitions",
-        "operator overview: a lifecycle summary function",
-    ),
-    (
-        "gateway",
-        "tenants",
-        "operator overview: a tenancy summary, and the probes' filter below",
-    ),
-    (
-        "lifecycle",
-        "tenants",
-        "win-back list: leaves readiness probes out with a join on tenants.synthetic",
-    ),
-    (
-        "outbox",
-        "tenants",
-        "delivery: sends only to an address its tenant confirmed, checked in the claim",
-    ),
-];

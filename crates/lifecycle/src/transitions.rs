@@ -534,3 +534,34 @@ pub async fn mark_completed(conn: &mut PgConnection, id: TransitionId) -> Result
     .await?;
     Ok(())
 }
+
+// One recent transition, as the operator overview lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct RecentTransition {
+    #[schema(value_type = String)]
+    pub tenant_id: Uuid,
+    pub kind: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub from_plan: String,
+    pub to_plan: String,
+    pub status: String,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The latest transitions of all tenants, newest first, readiness probes left out.
+pub async fn recent(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<RecentTransition>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT r.tenant_id, r.kind, r.from_state, r.to_state, r.from_plan, r.to_plan, r.status, \
+                r.actor, r.created_at \
+         FROM tenant_transitions r \
+         WHERE NOT tenant_is_synthetic(r.tenant_id) ORDER BY r.created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -279,8 +279,8 @@ pub async fn list(
     Ok(sqlx::query_as(
         "SELECT c.id, c.tenant_id, c.reason, c.status, c.steps_sent, c.offer_code, c.started_at, \
                 c.ended_at \
-         FROM winback_campaigns c JOIN tenants t ON t.id = c.tenant_id \
-         WHERE NOT t.synthetic AND ($1::text IS NULL OR c.status = $1) \
+         FROM winback_campaigns c \
+         WHERE NOT tenant_is_synthetic(c.tenant_id) AND ($1::text IS NULL OR c.status = $1) \
          ORDER BY c.started_at DESC LIMIT $2",
     )
     .bind(status)

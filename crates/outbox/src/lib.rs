@@ -111,10 +111,8 @@ pub async fn deliver_pending(
              WHERE id = (SELECT id FROM notifications \
                  WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
                    AND (claimed_until IS NULL OR claimed_until < now()) \
-                   AND (kind = 'email_verification' OR tenant_id IS NULL OR EXISTS ( \
-                        SELECT 1 FROM tenants t WHERE t.id = notifications.tenant_id \
-                        AND t.email_verified_at IS NOT NULL \
-                        AND lower(t.email) = lower(notifications.recipient))) \
+                   AND (kind = 'email_verification' OR tenant_id IS NULL \
+                        OR tenant_address_confirmed(tenant_id, recipient)) \
                  ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, recipient, subject, body, attempts",
         )
@@ -181,9 +179,7 @@ async fn drop_unconfirmed(db: &Db) -> Result<u64, OutboxError> {
                 last_error = 'the recipient has not confirmed this address' \
          WHERE n.sent_at IS NULL AND n.failed_at IS NULL AND n.kind <> 'email_verification' \
            AND n.tenant_id IS NOT NULL \
-           AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = n.tenant_id \
-                           AND t.email_verified_at IS NOT NULL \
-                           AND lower(t.email) = lower(n.recipient))",
+           AND NOT tenant_address_confirmed(n.tenant_id, n.recipient)",
     )
     .execute(&mut *tx)
     .await?

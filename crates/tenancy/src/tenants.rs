@@ -456,3 +456,20 @@ pub async fn erase_personal(
     .await?
     .rows_affected())
 }
+
+// How many tenants are in one state (operator overview).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct StateCount {
+    pub state: String,
+    pub tenants: i64,
+}
+
+/// Tenants per state, readiness probes left out.
+pub async fn count_by_state(conn: &mut PgConnection) -> Result<Vec<StateCount>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT state, count(*) AS tenants FROM tenants WHERE NOT synthetic \
+         GROUP BY state ORDER BY state",
+    )
+    .fetch_all(conn)
+    .await?)
+}

@@ -2,9 +2,10 @@
 //! make them ([`run`]), their creation ([`store`]), where collecting each stands
 //! ([`payment`]), how the API reads them ([`view`]) and their reconciliation with usage
 //! ([`reconciliation`]), and what a tenant's data export and erasure do to them
-//! ([`personal_data`]). No other module of the crate names these tables in SQL (a test
+//! ([`personal_data`]), and what the operator overview shows of them ([`overview`]). No other module of the crate names these tables in SQL (a test
 //! checks it).
 
+mod overview;
 pub(crate) mod payment;
 pub mod personal_data;
 mod reconciliation;
@@ -12,6 +13,7 @@ mod run;
 mod store;
 mod view;
 
+pub use overview::{Revenue, UnpaidInvoice, revenue_by_month, unpaid};
 pub use payment::{close, mark_paid};
 pub use reconciliation::{MAX_PAGE, Mismatch, Page, Reconciliation, reconcile};
 pub use run::{Collection, RunError, RunReport, run};
