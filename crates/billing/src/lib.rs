@@ -11,6 +11,7 @@
 //! events. Charging goes through the `payments` crate.
 
 pub mod collection;
+pub mod dunning_status;
 pub mod final_invoice;
 pub mod invoice_status;
 pub mod invoices;
@@ -18,5 +19,6 @@ pub mod period_invoice;
 pub mod rating;
 pub mod webhooks;
 
+pub use dunning_status::DunningStatus;
 pub use invoice_status::InvoiceStatus;
 pub use rating::{InvoiceLine, LineKind, RatedInvoice, RatingError, rate};

@@ -59,6 +59,16 @@ pub struct Job {
     pub max_attempts: i32,
 }
 
+impl Job {
+    /// The payload as the type its enqueuer wrote; one that does not decode is a
+    /// permanent failure (no retry can mend it).
+    pub fn payload<P: serde::de::DeserializeOwned>(&self) -> Result<P, crate::JobError> {
+        serde_json::from_value(self.payload.clone()).map_err(|error| {
+            crate::JobError::Permanent(format!("bad {} payload: {error}", self.kind))
+        })
+    }
+}
+
 /// Writes a job on `conn` (usually inside the caller's transaction). Returns its id, or
 /// `None` when a job with the same kind and dedup key exists already.
 pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Option<JobId>, StoreError> {

@@ -25,6 +25,20 @@ pub enum JobError {
     Permanent(String),
 }
 
+/// A store failure inside a job is worth retrying: the database may be back next time.
+/// (So handlers can use `?` on store calls.)
+impl From<StoreError> for JobError {
+    fn from(error: StoreError) -> Self {
+        JobError::Retry(error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(error: sqlx::Error) -> Self {
+        JobError::Retry(error.to_string())
+    }
+}
+
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     /// The job kind this handler runs.

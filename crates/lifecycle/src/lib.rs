@@ -8,10 +8,10 @@
 //! `privacy` crate carries out).
 
 pub mod deletions;
-mod job_errors;
 pub mod plan_change;
 pub mod plan_history;
 pub mod state_machine;
+pub mod transition_words;
 pub mod transitions;
 pub mod winback;
 

@@ -26,8 +26,7 @@ use tenancy::plans::Plan;
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
 
-use crate::job_errors::{retry, sql_retry};
-use crate::transitions::{self, PLAN_CHANGE_JOB, Transition};
+use crate::transitions::{self, Effective, PLAN_CHANGE_JOB, Transition, TransitionStatus};
 
 pub const APPLY_SCHEDULED_PLAN_JOB: &str = "lifecycle.apply_scheduled_plan";
 
@@ -59,24 +58,19 @@ impl PlanChangeWorkflow {
         &self,
         payload: &Payload,
     ) -> Result<(Transition, Tenant, Option<String>, Plan), JobError> {
-        let mut tx = self.db.tenant_tx(payload.tenant_id).await.map_err(retry)?;
+        let mut tx = self.db.tenant_tx(payload.tenant_id).await?;
         let transition = transitions::get(&mut tx, payload.tenant_id, payload.transition_id)
             .await
             .map_err(|error| match error {
                 StoreError::NotFound => JobError::Permanent("transition not found".into()),
-                other => retry(other),
+                other => other.into(),
             })?;
-        let tenant = tenancy::tenants::get(&mut tx, payload.tenant_id)
-            .await
-            .map_err(retry)?;
+        let tenant = tenancy::tenants::get(&mut tx, payload.tenant_id).await?;
         let scheduled = tenancy::tenants::scheduled_plan(&mut tx, payload.tenant_id)
-            .await
-            .map_err(retry)?
+            .await?
             .map(|(plan, _)| plan);
-        let plan = tenancy::plans::get(&mut tx, &transition.to_plan)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(sql_retry)?;
+        let plan = tenancy::plans::get(&mut tx, &transition.to_plan).await?;
+        tx.commit().await?;
         Ok((transition, tenant, scheduled, plan))
     }
 
@@ -124,7 +118,7 @@ impl PlanChangeWorkflow {
     ) -> Result<(), JobError> {
         match self.check_payment_method(tenant, plan).await {
             Ok(()) => {
-                let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+                let mut tx = self.db.tenant_tx(tenant.id).await?;
                 // The usage so far is rated under the old plan, the rest under the new:
                 // recorded with the counters locked, so that no batch slips between.
                 let now = Utc::now();
@@ -133,14 +127,12 @@ impl PlanChangeWorkflow {
                     tenant.id,
                     tenant.period_at(now).start,
                 )
-                .await
-                .map_err(retry)?;
+                .await?;
                 record_usage_before(&mut tx, transition, &usage).await?;
                 // New plan, new quotas and the end of the state, all at one commit.
                 let step = ending(transition)?;
-                let switched = tenancy::tenants::switch_plan(&mut tx, tenant.id, &plan.code, step)
-                    .await
-                    .map_err(retry)?;
+                let switched =
+                    tenancy::tenants::switch_plan(&mut tx, tenant.id, &plan.code, step).await?;
                 // Not mid-change any more: erased meanwhile (erasure may interrupt).
                 complete(tx, switched, transition, tenant, plan, None).await
             }
@@ -156,16 +148,15 @@ impl PlanChangeWorkflow {
     /// A downgrade at the period's end: the state ends now, the plan switches later.
     async fn schedule(&self, transition: &Transition, tenant: &Tenant) -> Result<(), JobError> {
         let at = tenant.period_at(Utc::now()).end;
-        let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+        let mut tx = self.db.tenant_tx(tenant.id).await?;
         let step = allowed(TenantState::Downgrading, TenantState::Active)?;
         let moved =
             tenancy::tenants::schedule_plan(&mut tx, tenant.id, &transition.to_plan, at, step)
-                .await
-                .map_err(retry)?;
+                .await?;
         if !moved {
             return Ok(()); // done by an earlier attempt
         }
-        set_status(&mut tx, transition.id, "scheduled", None).await?;
+        set_status(&mut tx, transition.id, TransitionStatus::Scheduled, None).await?;
         let payload = serde_json::json!({ "transition_id": transition.id, "tenant_id": tenant.id });
         jobs::enqueue(
             &mut tx,
@@ -174,8 +165,7 @@ impl PlanChangeWorkflow {
                 .run_at(at)
                 .max_attempts(50),
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         let mut entry = AuditEntry::new(
             Some(tenant.id),
             Actor::System("lifecycle"),
@@ -186,8 +176,8 @@ impl PlanChangeWorkflow {
         entry.details = serde_json::json!({
             "transition_id": transition.id, "to_plan": transition.to_plan, "at": at,
         });
-        audit::record(&mut tx, &entry).await.map_err(retry)?;
-        tx.commit().await.map_err(sql_retry)
+        audit::record(&mut tx, &entry).await?;
+        Ok(tx.commit().await?)
     }
 
     /// The scheduled downgrade, due now: switch the plan unless something replaced it.
@@ -198,13 +188,14 @@ impl PlanChangeWorkflow {
         scheduled: Option<&str>,
         plan: &Plan,
     ) -> Result<(), JobError> {
-        if transition.state != "scheduled" || scheduled != Some(plan.code.as_str()) {
+        if transition.state != TransitionStatus::Scheduled || scheduled != Some(plan.code.as_str())
+        {
             return Ok(()); // replaced by a later change, or done
         }
         // Taken like any transition, so that nothing else can move the tenant meanwhile.
         // A retry after a crash finds the tenant `downgrading` already and goes on.
         if tenant.state != TenantState::Downgrading {
-            let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+            let mut tx = self.db.tenant_tx(tenant.id).await?;
             let step = allowed(TenantState::Active, TenantState::Downgrading)?;
             let taken = tenancy::tenants::take_for_scheduled_plan(
                 &mut tx,
@@ -213,9 +204,8 @@ impl PlanChangeWorkflow {
                 &plan.code,
                 step,
             )
-            .await
-            .map_err(retry)?;
-            tx.commit().await.map_err(sql_retry)?;
+            .await?;
+            tx.commit().await?;
             if !taken {
                 // Busy with another transition (try again later) or not active at all
                 // (suspended or deleted tenants keep the plan they have).
@@ -230,12 +220,11 @@ impl PlanChangeWorkflow {
                 };
             }
         }
-        let mut tx = self.db.tenant_tx(tenant.id).await.map_err(retry)?;
+        let mut tx = self.db.tenant_tx(tenant.id).await?;
         // Effective at the boundary it was scheduled for, however late this job runs.
         let step = allowed(TenantState::Downgrading, TenantState::Active)?;
-        let at = tenancy::tenants::apply_scheduled_plan(&mut tx, tenant.id, &plan.code, step)
-            .await
-            .map_err(retry)?;
+        let at =
+            tenancy::tenants::apply_scheduled_plan(&mut tx, tenant.id, &plan.code, step).await?;
         complete(tx, at.is_some(), transition, tenant, plan, at).await
     }
 
@@ -247,30 +236,29 @@ impl PlanChangeWorkflow {
         transition: &Transition,
         reason: &str,
     ) -> Result<(), JobError> {
-        let mut tx = self.db.tenant_tx(tenant).await.map_err(retry)?;
-        let current = tenancy::tenants::get(&mut tx, tenant)
-            .await
-            .map_err(retry)?;
+        let mut tx = self.db.tenant_tx(tenant).await?;
+        let current = tenancy::tenants::get(&mut tx, tenant).await?;
         if matches!(
             current.state,
             TenantState::Upgrading | TenantState::Downgrading
         ) {
             let step = allowed(current.state, TenantState::Active)?;
-            tenancy::tenants::abandon_plan_change(&mut tx, tenant, step)
-                .await
-                .map_err(retry)?;
+            tenancy::tenants::abandon_plan_change(&mut tx, tenant, step).await?;
         }
-        if matches!(transition.state.as_str(), "running" | "scheduled") {
+        if matches!(
+            transition.state,
+            TransitionStatus::Running | TransitionStatus::Scheduled
+        ) {
             finish(
                 &mut tx,
                 transition,
                 &current,
-                "failed",
+                TransitionStatus::Failed,
                 Some(reason.to_owned()),
             )
             .await?;
         }
-        tx.commit().await.map_err(sql_retry)
+        Ok(tx.commit().await?)
     }
 }
 
@@ -281,8 +269,7 @@ impl JobHandler for PlanChangeWorkflow {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let payload: Payload = job.payload()?;
         let (transition, tenant, scheduled, plan) = self.load(&payload).await?;
         let result = self
             .attempt(&transition, &tenant, scheduled.as_deref(), &plan)
@@ -316,10 +303,10 @@ impl PlanChangeWorkflow {
                 .apply_scheduled(transition, tenant, scheduled, plan)
                 .await;
         }
-        if transition.state != "running" {
+        if transition.state != TransitionStatus::Running {
             return Ok(());
         }
-        if transition.effective == "period_end" {
+        if transition.effective == Effective::PeriodEnd {
             self.schedule(transition, tenant).await
         } else {
             self.change_now(transition, tenant, plan).await
@@ -339,7 +326,14 @@ async fn complete(
     effective_at: Option<chrono::DateTime<Utc>>,
 ) -> Result<(), JobError> {
     if switched {
-        finish(&mut tx, transition, tenant, "completed", None).await?;
+        finish(
+            &mut tx,
+            transition,
+            tenant,
+            TransitionStatus::Completed,
+            None,
+        )
+        .await?;
         // A change taken at once is in effect from the commit that completes it.
         sqlx::query(
             "UPDATE tenant_transitions SET effective_at = COALESCE($2, completed_at) WHERE id = $1",
@@ -347,11 +341,10 @@ async fn complete(
         .bind(transition.id.as_uuid())
         .bind(effective_at)
         .execute(&mut *tx)
-        .await
-        .map_err(sql_retry)?;
+        .await?;
         follow_up_winback(&mut tx, tenant.id, plan).await?;
     }
-    tx.commit().await.map_err(sql_retry)
+    Ok(tx.commit().await?)
 }
 
 async fn record_usage_before(
@@ -368,8 +361,7 @@ async fn record_usage_before(
         .bind(transition.id.as_uuid())
         .bind(serde_json::Value::Object(usage))
         .execute(conn)
-        .await
-        .map_err(sql_retry)?;
+        .await?;
     Ok(())
 }
 
@@ -381,20 +373,17 @@ async fn follow_up_winback(
     plan: &Plan,
 ) -> Result<(), JobError> {
     if plan.base_fee == 0 {
-        crate::winback::start(conn, tenant, "cancelled")
-            .await
-            .map_err(retry)
+        crate::winback::start(conn, tenant, "cancelled").await?;
     } else {
-        crate::winback::end(conn, tenant, "won")
-            .await
-            .map_err(retry)
+        crate::winback::end(conn, tenant, "won").await?;
     }
+    Ok(())
 }
 
 async fn set_status(
     conn: &mut PgConnection,
     id: TransitionId,
-    status: &str,
+    status: TransitionStatus,
     failure: Option<String>,
 ) -> Result<(), JobError> {
     sqlx::query(
@@ -406,8 +395,7 @@ async fn set_status(
     .bind(status)
     .bind(failure)
     .execute(conn)
-    .await
-    .map_err(sql_retry)?;
+    .await?;
     Ok(())
 }
 
@@ -416,11 +404,11 @@ async fn finish(
     conn: &mut PgConnection,
     transition: &Transition,
     tenant: &Tenant,
-    status: &str,
+    status: TransitionStatus,
     failure: Option<String>,
 ) -> Result<(), JobError> {
     set_status(conn, transition.id, status, failure.clone()).await?;
-    let action = if status == "completed" {
+    let action = if status == TransitionStatus::Completed {
         "tenant.plan_changed"
     } else {
         "tenant.plan_change_failed"
@@ -443,9 +431,9 @@ async fn finish(
         "from_plan": transition.from_plan,
         "to_plan": transition.to_plan,
     });
-    audit::record(conn, &entry).await.map_err(retry)?;
-    metrics::counter!("tenant_plan_changes_total", "result" => status.to_owned()).increment(1);
-    tracing::info!(tenant = %tenant.id, transition = %transition.id, status, "plan change ended");
+    audit::record(conn, &entry).await?;
+    metrics::counter!("tenant_plan_changes_total", "result" => status.as_str()).increment(1);
+    tracing::info!(tenant = %tenant.id, transition = %transition.id, status = status.as_str(), "plan change ended");
     Ok(())
 }
 

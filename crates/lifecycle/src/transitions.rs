@@ -13,17 +13,16 @@ use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
-use uuid::Uuid;
 
 use crate::state_machine::{InvalidTransition, check_transition};
+pub use crate::transition_words::{Effective, TransitionKind, TransitionStatus};
 
-/// The columns `TransitionRow` reads, as a literal so that queries stay static strings.
-macro_rules! transition_columns {
-    () => {
-        "id, kind, from_state, to_state, from_plan, to_plan, status, effective, failure_reason, \
-         created_at, completed_at"
-    };
-}
+mod records;
+
+pub use records::{
+    RecentTransition, export_json, get, last_suspended_by, list, mark_completed, recent,
+    tenant_may_reactivate,
+};
 
 /// What is asked of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +45,12 @@ pub enum Change {
 }
 
 impl Change {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> TransitionKind {
         match self {
-            Change::Plan { .. } => "plan_change",
-            Change::Suspend { .. } => "suspension",
-            Change::Reactivate => "reactivation",
-            Change::Erase => "erasure",
+            Change::Plan { .. } => TransitionKind::PlanChange,
+            Change::Suspend { .. } => TransitionKind::Suspension,
+            Change::Reactivate => TransitionKind::Reactivation,
+            Change::Erase => TransitionKind::Erasure,
         }
     }
 
@@ -89,7 +88,8 @@ pub struct TransitionRequest {
 pub struct Transition {
     pub id: TransitionId,
     /// `plan_change`, `suspension`, `reactivation` or `erasure`.
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: TransitionKind,
     /// The tenant's state before.
     pub from: TenantState,
     /// The state the transition moved the tenant to (`upgrading` or `downgrading` while a
@@ -99,9 +99,11 @@ pub struct Transition {
     pub to_plan: String,
     /// `running`, `scheduled` (a downgrade waiting for the period's end), `completed`,
     /// `failed` or `canceled`.
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: TransitionStatus,
     /// `now`, or `period_end` for a deferred downgrade.
-    pub effective: String,
+    #[schema(value_type = String)]
+    pub effective: Effective,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -166,7 +168,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         && let Some(first) = list(&mut tx, tenant.id, 100)
             .await?
             .into_iter()
-            .find(|t| t.kind == "erasure")
+            .find(|t| t.kind == TransitionKind::Erasure)
     {
         return Ok(first);
     }
@@ -197,18 +199,21 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     let instant = matches!(request.change, Change::Suspend { .. } | Change::Reactivate);
     let transition = Transition {
         id: TransitionId::new(),
-        kind: request.change.kind().to_owned(),
+        kind: request.change.kind(),
         from: tenant.state,
         to: plan.to_state,
         from_plan: tenant.plan_code.clone(),
         to_plan: plan.code.clone(),
-        state: if instant { "completed" } else { "running" }.to_owned(),
-        effective: if plan.at_period_end {
-            "period_end"
+        state: if instant {
+            TransitionStatus::Completed
         } else {
-            "now"
-        }
-        .to_owned(),
+            TransitionStatus::Running
+        },
+        effective: if plan.at_period_end {
+            Effective::PeriodEnd
+        } else {
+            Effective::Now
+        },
         failure_reason: None,
         created_at: Utc::now(),
         completed_at: instant.then(Utc::now),
@@ -223,13 +228,13 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
     )
     .bind(transition.id.as_uuid())
     .bind(tenant.id.as_uuid())
-    .bind(&transition.kind)
+    .bind(transition.kind)
     .bind(transition.from.as_str())
     .bind(transition.to.as_str())
     .bind(&transition.from_plan)
     .bind(&transition.to_plan)
-    .bind(&transition.effective)
-    .bind(&transition.state)
+    .bind(transition.effective)
+    .bind(transition.state)
     .bind(request.actor.as_text())
     .bind(&request.reason)
     .bind(&request.request_id)
@@ -304,7 +309,7 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         .await?;
     }
     tx.commit().await?;
-    metrics::counter!("tenant_transitions_total", "kind" => transition.kind.clone()).increment(1);
+    metrics::counter!("tenant_transitions_total", "kind" => transition.kind.as_str()).increment(1);
     tracing::info!(tenant = %tenant.id, transition = %transition.id, kind = %transition.kind,
         from = %transition.from, to = %transition.to, "transition taken");
     Ok(transition)
@@ -364,14 +369,15 @@ async fn replay(
     let Some(key) = &request.idempotency_key else {
         return Ok(None);
     };
-    let found: Option<(String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
-        "SELECT kind, to_plan, asked, response FROM tenant_transitions \
+    let found: Option<(TransitionKind, String, Option<String>, serde_json::Value)> =
+        sqlx::query_as(
+            "SELECT kind, to_plan, asked, response FROM tenant_transitions \
          WHERE tenant_id = $1 AND idempotency_key = $2",
-    )
-    .bind(request.tenant_id.as_uuid())
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
+        )
+        .bind(request.tenant_id.as_uuid())
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
     let Some((kind, to_plan, asked, response)) = found else {
         return Ok(None);
     };
@@ -407,161 +413,4 @@ async fn cancel_scheduled_plan(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Whether the tenant's current suspension may be lifted by the tenant itself.
-pub async fn tenant_may_reactivate(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-) -> Result<bool, StoreError> {
-    let latest: Option<bool> = sqlx::query_scalar(
-        "SELECT tenant_may_reactivate FROM tenant_transitions \
-         WHERE tenant_id = $1 AND kind = 'suspension' ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_optional(conn)
-    .await?;
-    Ok(latest.unwrap_or(false))
-}
-
-/// Who made the tenant's latest suspension (the actor as recorded), if it has one.
-pub async fn last_suspended_by(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT actor FROM tenant_transitions WHERE tenant_id = $1 AND kind = 'suspension' \
-         ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_optional(conn)
-    .await?)
-}
-
-/// One transition of a tenant.
-pub async fn get(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    id: TransitionId,
-) -> Result<Transition, StoreError> {
-    let row: TransitionRow = sqlx::query_as(concat!(
-        "SELECT ",
-        transition_columns!(),
-        " FROM tenant_transitions WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant.as_uuid())
-    .bind(id.as_uuid())
-    .fetch_one(conn)
-    .await?;
-    row.try_into()
-}
-
-/// A tenant's transitions, newest first.
-pub async fn list(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    limit: i64,
-) -> Result<Vec<Transition>, StoreError> {
-    let rows: Vec<TransitionRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        transition_columns!(),
-        " FROM tenant_transitions WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT $2"
-    ))
-    .bind(tenant.as_uuid())
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(TryInto::try_into).collect()
-}
-
-#[derive(sqlx::FromRow)]
-struct TransitionRow {
-    id: Uuid,
-    kind: String,
-    from_state: String,
-    to_state: String,
-    from_plan: String,
-    to_plan: String,
-    status: String,
-    effective: String,
-    failure_reason: Option<String>,
-    created_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<TransitionRow> for Transition {
-    type Error = StoreError;
-
-    fn try_from(row: TransitionRow) -> Result<Self, StoreError> {
-        Ok(Transition {
-            id: TransitionId::from_uuid(row.id),
-            kind: row.kind,
-            from: row.from_state.parse()?,
-            to: row.to_state.parse()?,
-            from_plan: row.from_plan,
-            to_plan: row.to_plan,
-            state: row.status,
-            effective: row.effective,
-            failure_reason: row.failure_reason,
-            created_at: row.created_at,
-            completed_at: row.completed_at,
-        })
-    }
-}
-
-/// The tenant's transitions for its data export, oldest first, without the answers kept
-/// for idempotent retries.
-pub async fn export_json(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'response' ORDER BY t.created_at), '[]') \
-         FROM tenant_transitions t WHERE tenant_id = $1",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
-}
-
-/// Marks the transition completed.
-pub async fn mark_completed(conn: &mut PgConnection, id: TransitionId) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE tenant_transitions SET status = 'completed', completed_at = now() WHERE id = $1",
-    )
-    .bind(id.as_uuid())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-// One recent transition, as the operator overview lists it.
-#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
-pub struct RecentTransition {
-    #[schema(value_type = String)]
-    pub tenant_id: Uuid,
-    pub kind: String,
-    pub from_state: String,
-    pub to_state: String,
-    pub from_plan: String,
-    pub to_plan: String,
-    pub status: String,
-    pub actor: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// The latest transitions of all tenants, newest first, readiness probes left out.
-pub async fn recent(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<RecentTransition>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT r.tenant_id, r.kind, r.from_state, r.to_state, r.from_plan, r.to_plan, r.status, \
-                r.actor, r.created_at \
-         FROM tenant_transitions r \
-         WHERE NOT tenant_is_synthetic(r.tenant_id) ORDER BY r.created_at DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(conn)
-    .await?)
 }

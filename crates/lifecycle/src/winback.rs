@@ -18,8 +18,6 @@ use sqlx::PgConnection;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
-use crate::job_errors::{retry, sql_retry};
-
 pub const WINBACK_STEP_JOB: &str = "lifecycle.winback_step";
 
 /// When each outreach step goes out, counted from the campaign's start, and from which
@@ -145,17 +143,15 @@ impl JobHandler for WinbackWorkflow {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: StepPayload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
-        let mut tx = self.db.tenant_tx(payload.tenant_id).await.map_err(retry)?;
+        let payload: StepPayload = job.payload()?;
+        let mut tx = self.db.tenant_tx(payload.tenant_id).await?;
         let campaign: Campaign = sqlx::query_as(
             "SELECT status, steps_sent, started_at, offer_code FROM winback_campaigns \
              WHERE id = $1 FOR UPDATE",
         )
         .bind(payload.campaign_id)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(sql_retry)?;
+        .await?;
         let step = payload.step;
         if campaign.status != "running" || step >= self.schedule.steps.len() {
             return Ok(());
@@ -169,16 +165,14 @@ impl JobHandler for WinbackWorkflow {
                 0,
                 Some(due),
             )
-            .await
-            .map_err(retry)?;
-            return tx.commit().await.map_err(sql_retry);
+            .await?;
+            return Ok(tx.commit().await?);
         }
         if usize::try_from(campaign.steps_sent).unwrap_or(0) > step {
             return Ok(()); // sent by an earlier run
         }
         let recipient = tenancy::tenants::get(&mut tx, payload.tenant_id)
-            .await
-            .map_err(retry)?
+            .await?
             .email;
         let offer = (step >= self.schedule.offer_from_step).then(|| {
             campaign.offer_code.clone().unwrap_or_else(|| {
@@ -215,8 +209,7 @@ impl JobHandler for WinbackWorkflow {
                     dedup_key: &format!("winback-{}-{step}", payload.campaign_id),
                 },
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
         let last = step + 1 == self.schedule.steps.len();
         sqlx::query(
@@ -230,8 +223,7 @@ impl JobHandler for WinbackWorkflow {
         .bind(&offer)
         .bind(last)
         .execute(&mut *tx)
-        .await
-        .map_err(sql_retry)?;
+        .await?;
         if !last {
             let next = campaign.started_at + to_delta(self.schedule.steps[step + 1]);
             enqueue_step(
@@ -241,10 +233,9 @@ impl JobHandler for WinbackWorkflow {
                 step + 1,
                 Some(next),
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
-        tx.commit().await.map_err(sql_retry)?;
+        tx.commit().await?;
         metrics::counter!("winback_messages_total", "offer" => offer.is_some().to_string())
             .increment(1);
         tracing::info!(tenant = %payload.tenant_id, campaign = %payload.campaign_id, step, "win-back message queued");

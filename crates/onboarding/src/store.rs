@@ -109,8 +109,28 @@ struct SignupRow {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Step {
     pub name: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: StepOutcome,
     pub at: DateTime<Utc>,
+}
+
+/// How a step of the workflow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Done,
+    /// Not needed for this signup (a free plan has no card, say).
+    Skipped,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Done => "done",
+            StepOutcome::Skipped => "skipped",
+        }
+    }
 }
 
 /// A fresh signup token: 256 random bits. Only its hash is stored.
@@ -248,7 +268,7 @@ pub async fn record_step(
     conn: &mut PgConnection,
     id: SignupId,
     name: &str,
-    status: &str,
+    status: StepOutcome,
 ) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO signup_steps (signup_id, name, status) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(id.as_uuid())

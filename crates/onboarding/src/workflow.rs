@@ -23,7 +23,7 @@ use tenancy::email_verification;
 use tenancy::tenants::NewTenant;
 use tenancy::{Db, StoreError};
 
-use crate::store::{self, Signup, SignupStatus};
+use crate::store::{self, Signup, SignupStatus, StepOutcome};
 
 pub const ONBOARDING_JOB: &str = "onboarding.signup";
 
@@ -88,14 +88,12 @@ impl OnboardingWorkflow {
         &self,
         signup: SignupId,
         step: &'static str,
-        status: &str,
+        status: StepOutcome,
     ) -> Result<(), JobError> {
-        let mut tx = self.db.system_tx("onboarding step").await.map_err(retry)?;
-        store::record_step(&mut tx, signup, step, status)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(|e| retry(e.into()))?;
-        tracing::info!(signup = %signup, step, status, "onboarding step");
+        let mut tx = self.db.system_tx("onboarding step").await?;
+        store::record_step(&mut tx, signup, step, status).await?;
+        tx.commit().await?;
+        tracing::info!(signup = %signup, step, status = status.as_str(), "onboarding step");
         count_step(step, status);
         self.halt_if_asked(step).await;
         Ok(())
@@ -113,15 +111,9 @@ impl OnboardingWorkflow {
         status: SignupStatus,
         reason: Option<&str>,
     ) -> Result<(), JobError> {
-        let mut tx = self
-            .db
-            .system_tx("onboarding status")
-            .await
-            .map_err(retry)?;
-        store::set_status(&mut tx, id, status, reason)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(|e| retry(e.into()))
+        let mut tx = self.db.system_tx("onboarding status").await?;
+        store::set_status(&mut tx, id, status, reason).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn set_provider_ids(
@@ -130,15 +122,9 @@ impl OnboardingWorkflow {
         customer: Option<&str>,
         invoice: Option<&str>,
     ) -> Result<(), JobError> {
-        let mut tx = self
-            .db
-            .system_tx("onboarding provider ids")
-            .await
-            .map_err(retry)?;
-        store::set_provider_ids(&mut tx, id, customer, invoice)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(|e| retry(e.into()))
+        let mut tx = self.db.system_tx("onboarding provider ids").await?;
+        store::set_provider_ids(&mut tx, id, customer, invoice).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn fail(&self, signup: &Signup, reason: String) -> Result<(), JobError> {
@@ -161,13 +147,13 @@ impl OnboardingWorkflow {
     /// job may have left objects at the payment provider that must be found, not made.
     async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
         let load = |lock| async move {
-            let mut tx = self.db.system_tx("onboarding read").await.map_err(retry)?;
+            let mut tx = self.db.system_tx("onboarding read").await?;
             let signup = store::get(&mut tx, id, lock).await.map_err(|e| match e {
                 StoreError::NotFound => JobError::Permanent(format!("signup {id} does not exist")),
-                other => retry(other),
+                other => other.into(),
             })?;
-            let steps = store::steps(&mut tx, id).await.map_err(retry)?;
-            tx.commit().await.map_err(|e| retry(e.into()))?;
+            let steps = store::steps(&mut tx, id).await?;
+            tx.commit().await?;
             Ok::<_, JobError>((signup, steps))
         };
         let (mut signup, done) = load(false).await?;
@@ -176,15 +162,8 @@ impl OnboardingWorkflow {
         }
         let has = |step: &str| done.iter().any(|s| s.name == step);
         let plan = {
-            let mut conn = self
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| retry(e.into()))?;
-            tenancy::plans::get(&mut conn, &signup.plan_code)
-                .await
-                .map_err(retry)?
+            let mut conn = self.db.pool().acquire().await?;
+            tenancy::plans::get(&mut conn, &signup.plan_code).await?
         };
         let paid = plan.base_fee > 0;
 
@@ -196,7 +175,7 @@ impl OnboardingWorkflow {
             (None, true) => return self.fail(&signup, "billing is not configured".into()).await,
             (None, false) => {
                 if !has(steps::CUSTOMER_CREATED) {
-                    self.step_done(id, steps::CUSTOMER_CREATED, "skipped")
+                    self.step_done(id, steps::CUSTOMER_CREATED, StepOutcome::Skipped)
                         .await?;
                 }
             }
@@ -213,7 +192,8 @@ impl OnboardingWorkflow {
                         .map_err(payment_retry)?;
                     self.set_provider_ids(id, Some(&customer), None).await?;
                     signup.stripe_customer_id = Some(customer);
-                    self.step_done(id, steps::CUSTOMER_CREATED, "done").await?;
+                    self.step_done(id, steps::CUSTOMER_CREATED, StepOutcome::Done)
+                        .await?;
                 }
             }
         }
@@ -231,7 +211,7 @@ impl OnboardingWorkflow {
                     .await
                 {
                     Ok(_) => {
-                        self.step_done(id, steps::PAYMENT_METHOD_ATTACHED, "done")
+                        self.step_done(id, steps::PAYMENT_METHOD_ATTACHED, StepOutcome::Done)
                             .await?
                     }
                     Err(error) => return self.payment_failed(&signup, error).await,
@@ -239,14 +219,17 @@ impl OnboardingWorkflow {
             }
             if !has(steps::PAYMENT_CONFIRMED) {
                 match self.first_payment(&signup, &plan, attempt).await? {
-                    Ok(()) => self.step_done(id, steps::PAYMENT_CONFIRMED, "done").await?,
+                    Ok(()) => {
+                        self.step_done(id, steps::PAYMENT_CONFIRMED, StepOutcome::Done)
+                            .await?
+                    }
                     Err(error) => return self.payment_failed(&signup, error).await,
                 }
             }
         } else {
             for step in [steps::PAYMENT_METHOD_ATTACHED, steps::PAYMENT_CONFIRMED] {
                 if !has(step) {
-                    self.step_done(id, step, "skipped").await?;
+                    self.step_done(id, step, StepOutcome::Skipped).await?;
                 }
             }
         }
@@ -323,20 +306,15 @@ impl OnboardingWorkflow {
     /// The tenant, its first API key, the audit entry and the welcome message, all or
     /// nothing; a second run finds the signup completed and does nothing.
     async fn provision(&self, signup: &Signup) -> Result<(), JobError> {
-        let mut tx = self
-            .db
-            .system_tx("onboarding provision")
-            .await
-            .map_err(retry)?;
-        let current = store::get(&mut tx, signup.id, true).await.map_err(retry)?;
+        let mut tx = self.db.system_tx("onboarding provision").await?;
+        let current = store::get(&mut tx, signup.id, true).await?;
         if current.status.is_final() {
             return Ok(());
         }
         sqlx::query("UPDATE signups SET status = 'provisioning' WHERE id = $1")
             .bind(signup.id.as_uuid())
             .execute(&mut *tx)
-            .await
-            .map_err(|e| retry(e.into()))?;
+            .await?;
         let tenant_id = TenantId::from_uuid(signup.id.as_uuid());
         let tenant = tenancy::tenants::insert(
             &mut tx,
@@ -352,20 +330,15 @@ impl OnboardingWorkflow {
                 stripe_customer_id: signup.stripe_customer_id.clone(),
             },
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         if let Some(paid) = &signup.stripe_invoice_id {
-            let plan = tenancy::plans::get(&mut tx, &signup.plan_code)
-                .await
-                .map_err(retry)?;
+            let plan = tenancy::plans::get(&mut tx, &signup.plan_code).await?;
             let rated = billing::period_invoice::signup_invoice(&plan)
                 .map_err(|error| JobError::Permanent(error.to_string()))?;
-            billing::invoices::record_signup_invoice(&mut tx, &tenant, &rated, paid)
-                .await
-                .map_err(retry)?;
+            billing::invoices::record_signup_invoice(&mut tx, &tenant, &rated, paid).await?;
         }
         let key_error = |error| match error {
-            tenancy::api_keys::CreateKeyError::Store(store) => retry(store),
+            tenancy::api_keys::CreateKeyError::Store(store) => store.into(),
             // The tenant was made in this transaction: neither can happen.
             other => JobError::Permanent(other.to_string()),
         };
@@ -392,8 +365,7 @@ impl OnboardingWorkflow {
         .bind(signup.id.as_uuid())
         .bind(plaintext_key)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| retry(e.into()))?;
+        .await?;
         let mut entry = AuditEntry::new(
             Some(tenant_id),
             Actor::System("onboarding"),
@@ -402,22 +374,26 @@ impl OnboardingWorkflow {
         entry.from_state = Some(TenantState::Provisioning);
         entry.to_state = Some(TenantState::Active);
         entry.details = serde_json::json!({ "signup_id": signup.id, "plan": signup.plan_code });
-        audit::record(&mut tx, &entry).await.map_err(retry)?;
-        store::record_step(&mut tx, signup.id, steps::TENANT_PROVISIONED, "done")
-            .await
-            .map_err(retry)?;
+        audit::record(&mut tx, &entry).await?;
+        store::record_step(
+            &mut tx,
+            signup.id,
+            steps::TENANT_PROVISIONED,
+            StepOutcome::Done,
+        )
+        .await?;
         // The first mail asks the recipient to confirm the address; nothing else is mailed
         // to it before that. A readiness probe's signup has nobody to write to, and an
         // address named by too many signups today gets no more.
-        let mail = !signup.synthetic
-            && outbox::may_send_confirmation(&mut tx, &signup.email)
-                .await
-                .map_err(retry)?;
-        let welcome = if mail { "done" } else { "skipped" };
+        let mail =
+            !signup.synthetic && outbox::may_send_confirmation(&mut tx, &signup.email).await?;
+        let welcome = if mail {
+            StepOutcome::Done
+        } else {
+            StepOutcome::Skipped
+        };
         if mail {
-            let token = email_verification::start(&mut tx, tenant_id)
-                .await
-                .map_err(retry)?;
+            let token = email_verification::start(&mut tx, tenant_id).await?;
             outbox::enqueue(
                 &mut tx,
                 &outbox::NewMessage {
@@ -429,14 +405,11 @@ impl OnboardingWorkflow {
                     dedup_key: &format!("welcome-{tenant_id}"),
                 },
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
-        store::record_step(&mut tx, signup.id, steps::WELCOME_QUEUED, welcome)
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(|e| retry(e.into()))?;
-        count_step(steps::TENANT_PROVISIONED, "done");
+        store::record_step(&mut tx, signup.id, steps::WELCOME_QUEUED, welcome).await?;
+        tx.commit().await?;
+        count_step(steps::TENANT_PROVISIONED, StepOutcome::Done);
         count_step(steps::WELCOME_QUEUED, welcome);
         metrics::counter!("signups_completed_total").increment(1);
         let elapsed = (chrono::Utc::now() - signup.created_at).as_seconds_f64();
@@ -453,8 +426,7 @@ impl JobHandler for OnboardingWorkflow {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let payload: Payload = job.payload()?;
         let id = payload.signup_id;
         let result = self.run_signup(id, Attempt::of_run(job.attempts)).await;
         // Refused for good, or out of attempts: the signup fails visibly (and frees its
@@ -463,13 +435,9 @@ impl JobHandler for OnboardingWorkflow {
         if let Err(JobError::Permanent(reason)) | Err(JobError::Retry(reason)) = &result
             && (last || matches!(result, Err(JobError::Permanent(_))))
         {
-            let mut tx = self
-                .db
-                .system_tx("onboarding give up")
-                .await
-                .map_err(retry)?;
+            let mut tx = self.db.system_tx("onboarding give up").await?;
             let signup = store::get(&mut tx, id, false).await;
-            tx.commit().await.map_err(|e| retry(e.into()))?;
+            tx.commit().await?;
             if let Ok(signup) = signup
                 && !signup.status.is_final()
             {
@@ -481,13 +449,9 @@ impl JobHandler for OnboardingWorkflow {
     }
 }
 
-fn count_step(step: &'static str, status: &str) {
-    metrics::counter!("onboarding_steps_total", "step" => step, "status" => status.to_owned())
+fn count_step(step: &'static str, status: StepOutcome) {
+    metrics::counter!("onboarding_steps_total", "step" => step, "status" => status.as_str())
         .increment(1);
-}
-
-fn retry(error: StoreError) -> JobError {
-    JobError::Retry(error.to_string())
 }
 
 fn payment_retry(error: PaymentError) -> JobError {

@@ -21,8 +21,8 @@ use metering::ClickHouseSink;
 use payments::PaymentProvider;
 use saas_core::{TenantId, TransitionId};
 use serde::Deserialize;
+use tenancy::Db;
 use tenancy::audit::{self, Actor, AuditEntry};
-use tenancy::{Db, StoreError};
 
 /// How long the ClickHouse delete may take before the job retries.
 const CLICKHOUSE_WAIT: Duration = Duration::from_secs(120);
@@ -63,21 +63,16 @@ impl JobHandler for ErasureWorkflow {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))?;
+        let payload: Payload = job.payload()?;
         let tenant_id = payload.tenant_id;
         let (transition, tenant) = {
-            let mut tx = self.db.tenant_tx(tenant_id).await.map_err(retry)?;
-            let transition = transitions::get(&mut tx, tenant_id, payload.transition_id)
-                .await
-                .map_err(retry)?;
-            let tenant = tenancy::tenants::get(&mut tx, tenant_id)
-                .await
-                .map_err(retry)?;
-            tx.commit().await.map_err(retry)?;
+            let mut tx = self.db.tenant_tx(tenant_id).await?;
+            let transition = transitions::get(&mut tx, tenant_id, payload.transition_id).await?;
+            let tenant = tenancy::tenants::get(&mut tx, tenant_id).await?;
+            tx.commit().await?;
             (transition, tenant)
         };
-        if transition.state == "completed" {
+        if transition.state == lifecycle::transitions::TransitionStatus::Completed {
             return Ok(());
         }
         tracing::info!(tenant = %tenant_id, transition = %transition.id, "erasure running");
@@ -101,43 +96,33 @@ impl JobHandler for ErasureWorkflow {
             }
             _ => false,
         };
-        let ledger_rows = metering::erasure::erase_ledger(&self.db, tenant_id)
-            .await
-            .map_err(retry)?;
+        let ledger_rows = metering::erasure::erase_ledger(&self.db, tenant_id).await?;
         let events = self
             .clickhouse
             .erase_tenant(tenant_id, CLICKHOUSE_WAIT)
             .await
             .map_err(|error| JobError::Retry(error.to_string()))?;
 
-        let mut tx = self.db.tenant_tx(tenant_id).await.map_err(retry)?;
+        let mut tx = self.db.tenant_tx(tenant_id).await?;
         let forget_stripe_ids = stripe_customer_deleted || tenant.stripe_customer_id.is_none();
         let stripped = ledger_rows
             + tenancy::tenants::erase_personal(&mut tx, tenant_id, forget_stripe_ids)
-                .await
-                .map_err(retry)?
+                .await?
             + tenancy::api_keys::erase_labels(&mut tx, tenant_id)
-                .await
-                .map_err(retry)?
-            + outbox::erase(&mut tx, tenant_id).await.map_err(retry)?
+                .await?
+            + outbox::erase(&mut tx, tenant_id).await?
             + billing::invoices::personal_data::erase(&mut tx, tenant_id)
-                .await
-                .map_err(retry)?
+                .await?
             // The signup that became this tenant shares its id.
             + onboarding::store::erase(&mut tx, tenant_id)
-                .await
-                .map_err(retry)?;
+                .await?;
         let erased = Erased {
             postgres_rows: stripped,
             clickhouse_events: events,
             stripe_customer_deleted,
         };
-        deletions::record(&mut tx, tenant_id, transition.id, erased)
-            .await
-            .map_err(retry)?;
-        transitions::mark_completed(&mut tx, transition.id)
-            .await
-            .map_err(retry)?;
+        deletions::record(&mut tx, tenant_id, transition.id, erased).await?;
+        transitions::mark_completed(&mut tx, transition.id).await?;
         let mut entry =
             AuditEntry::new(Some(tenant_id), Actor::System("lifecycle"), "tenant.erased");
         entry.details = serde_json::json!({
@@ -146,15 +131,10 @@ impl JobHandler for ErasureWorkflow {
             "clickhouse_events_deleted": events,
             "stripe_customer_deleted": stripe_customer_deleted,
         });
-        audit::record(&mut tx, &entry).await.map_err(retry)?;
-        tx.commit().await.map_err(retry)?;
+        audit::record(&mut tx, &entry).await?;
+        tx.commit().await?;
         metrics::counter!("tenant_erasures_total").increment(1);
         tracing::info!(tenant = %tenant_id, events, rows = stripped, "tenant erased");
         Ok(())
     }
-}
-
-/// Store failures inside a job are worth retrying: the database may be back next time.
-fn retry(error: impl Into<StoreError>) -> JobError {
-    JobError::Retry(error.into().to_string())
 }

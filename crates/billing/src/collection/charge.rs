@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::dunning::NextStep;
 use super::jobs::{Payload, RETRY_PAYMENT_JOB};
 use super::{CollectError, Collector};
+use crate::DunningStatus;
 use crate::invoices::payment::{self, InvoiceState, close, mark_paid};
 
 /// How a settlement by the tenant ended.
@@ -181,9 +182,9 @@ impl Collector {
         next: &NextStep,
     ) -> Result<(), CollectError> {
         let (dunning, next_at) = match next {
-            NextStep::RetryAt(at) => ("retrying", Some(*at)),
-            NextStep::Exhausted => ("exhausted", None),
-            NextStep::HardDecline => ("hard_decline", None),
+            NextStep::RetryAt(at) => (DunningStatus::Retrying, Some(*at)),
+            NextStep::Exhausted => (DunningStatus::Exhausted, None),
+            NextStep::HardDecline => (DunningStatus::HardDecline, None),
         };
         let mut tx = self.db.tenant_tx(tenant).await?;
         let recorded = payment::record_failure(

@@ -42,8 +42,7 @@ impl Payload {
     }
 
     fn of(job: &Job) -> Result<Payload, JobError> {
-        serde_json::from_value(job.payload.clone())
-            .map_err(|error| JobError::Permanent(format!("bad payload: {error}")))
+        job.payload()
     }
 }
 

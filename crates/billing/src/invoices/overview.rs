@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
+
+use crate::DunningStatus;
 use tenancy::StoreError;
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -29,7 +31,8 @@ pub struct UnpaidInvoice {
     /// Charges tried so far.
     pub payment_attempts: i32,
     /// `none`, `retrying`, `exhausted` or `hard_decline`.
-    pub dunning: String,
+    #[schema(value_type = String)]
+    pub dunning: DunningStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Why collecting it can never succeed as it stands (an operator must act), if so.
     pub collection_error: Option<String>,

@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use sqlx::PgConnection;
+
+use crate::DunningStatus;
 use tenancy::StoreError;
 use uuid::Uuid;
 
@@ -178,7 +180,7 @@ pub(crate) async fn record_failure(
     number: i32,
     first_failed_at: DateTime<Utc>,
     error: &str,
-    dunning: &str,
+    dunning: DunningStatus,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
     let recorded = sqlx::query(
@@ -206,8 +208,8 @@ pub(crate) async fn dunning_verdict(
     conn: &mut PgConnection,
     tenant: TenantId,
     invoice: Uuid,
-) -> Result<(Option<String>, bool), StoreError> {
-    let gave_up_on_this: Option<String> = sqlx::query_scalar(
+) -> Result<(Option<DunningStatus>, bool), StoreError> {
+    let gave_up_on_this: Option<DunningStatus> = sqlx::query_scalar(
         "SELECT dunning FROM invoices WHERE tenant_id = $1 AND id = $2 \
            AND status = 'open' AND dunning IN ('exhausted', 'hard_decline') \
            AND dunning_suspended_at IS NULL",

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use serde::Serialize;
 use sqlx::PgConnection;
+
+use crate::DunningStatus;
 use tenancy::StoreError;
 use uuid::Uuid;
 
@@ -35,7 +37,8 @@ pub struct PaymentState {
     /// Charges tried so far.
     pub attempts: i32,
     /// `none`, `retrying`, `exhausted` (retries used up) or `hard_decline` (not retried).
-    pub dunning: String,
+    #[schema(value_type = String)]
+    pub dunning: DunningStatus,
     /// When the next retry is due, while dunning retries.
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Why the last charge failed.
@@ -88,7 +91,7 @@ struct InvoiceRow {
     created_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
     payment_attempts: i32,
-    dunning: String,
+    dunning: DunningStatus,
     next_attempt_at: Option<DateTime<Utc>>,
     last_payment_error: Option<String>,
 }
