@@ -30,10 +30,7 @@ impl TenantContext {
     /// 403 unless the request presented the API key itself.
     pub fn require_key(&self) -> Result<(), ApiError> {
         if self.via_session {
-            return Err(ApiError::forbidden(
-                "api_key_required",
-                "this action needs the API key itself, not a dashboard session",
-            ));
+            return Err(ApiError::key_required());
         }
         Ok(())
     }

@@ -64,6 +64,14 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// The action needs the API key itself, and came with a dashboard session.
+    pub fn key_required() -> Self {
+        Self::forbidden(
+            "api_key_required",
+            "this action needs the API key itself, not a dashboard session",
+        )
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -28,6 +28,7 @@ mod charge;
 mod dunning;
 mod jobs;
 mod push;
+mod reactivation;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub use jobs::{
     COLLECT_JOB, RETRY_PAYMENT_JOB, enqueue_collection, enqueue_follow_up, requeue_stalled,
 };
 pub use push::{MAX_CHARGE, signup_draft};
+pub use reactivation::{Reactivation, ReactivationError, reactivate};
 
 use ::jobs::JobError;
 use lifecycle::TransitionError;

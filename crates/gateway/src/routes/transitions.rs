@@ -426,83 +426,48 @@ async fn request_reactivation(
         ));
     }
     state.tenant_writes.check(tenant.tenant_id)?;
-    // The state as stored, not as the key cache remembers it: dunning suspends tenants
-    // from a job, behind the cache's back, and a tenant comes back right after.
-    let (current, allowed) = {
-        let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
-        let current = tenancy::tenants::get(&mut tx, tenant.tenant_id)
-            .await?
-            .state;
-        let allowed =
-            lifecycle::transitions::tenant_may_reactivate(&mut tx, tenant.tenant_id).await?;
-        tx.commit().await?;
-        (current, allowed)
+    let ask = billing::collection::Reactivation {
+        request,
+        payment_method: body.payment_method,
+        may_change_payment_method: tenant.require_key().is_ok(),
     };
-    if current != TenantState::Suspended {
-        return Err(ApiError::unprocessable(
-            "invalid_transition",
-            format!("only a suspended tenant can be reactivated; this one is {current}"),
-        ));
-    }
-    if !allowed {
-        return Err(ApiError::forbidden(
-            "reactivation_not_allowed",
-            "this suspension can only be lifted by an operator",
-        ));
-    }
-    if let Some(method) = body.payment_method {
-        tenant.require_key()?;
-        let (Some(payments), Some(customer)) = (
-            &state.payments,
-            customer_of(&state, tenant.tenant_id).await?,
-        ) else {
-            return Err(ApiError::unprocessable(
-                "billing_not_configured",
-                "payment methods cannot be taken here",
-            ));
-        };
-        payments
-            .ensure_default_payment_method(&customer, &method, payments::Attempt::First)
-            .await
-            .map_err(|error| match error {
-                payments::PaymentError::Unavailable(_) => {
-                    ApiError::unavailable("payment_provider_unavailable", error)
-                }
-                other => ApiError::new(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "payment_method_refused",
-                    other.to_string(),
-                ),
-            })?;
-    }
-    // Paying first where needed: every unpaid invoice is charged to the (new) default
-    // payment method, and a decline keeps the tenant suspended.
-    if let Some(collector) = state.collector() {
-        let settled = collector
-            .settle(tenant.tenant_id)
-            .await
-            .map_err(|error| match error {
-                billing::collection::CollectError::Payment(payment) if payment.is_retryable() => {
-                    ApiError::unavailable("payment_provider_unavailable", payment)
-                }
-                other => ApiError::internal(other),
-            })?;
-        if let billing::collection::Settlement::Declined { invoice, code } = settled {
-            return Err(ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "payment_failed",
-                format!("invoice {invoice} could not be paid ({code}); use another payment method"),
-            ));
-        }
-    }
-    take(&state, request).await
+    let transition = billing::collection::reactivate(&state.db, state.collector().as_ref(), ask)
+        .await
+        .map_err(reactivation_error)?;
+    // Keys remembered in this process would outlive a state change by up to their TTL.
+    state.key_cache.forget_tenant(tenant.tenant_id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TransitionAccepted { transition }),
+    ))
 }
 
-async fn customer_of(state: &AppState, tenant: TenantId) -> ApiResult<Option<String>> {
-    let mut tx = state.db.tenant_tx(tenant).await?;
-    let record = tenancy::tenants::get(&mut tx, tenant).await?;
-    tx.commit().await?;
-    Ok(record.stripe_customer_id)
+fn reactivation_error(error: billing::collection::ReactivationError) -> ApiError {
+    use billing::collection::ReactivationError as E;
+    match error {
+        E::NotSuspended(_) => ApiError::unprocessable("invalid_transition", error.to_string()),
+        E::OnlyByOperator => ApiError::forbidden("reactivation_not_allowed", error.to_string()),
+        E::KeyRequired => ApiError::key_required(),
+        E::BillingNotConfigured => {
+            ApiError::unprocessable("billing_not_configured", error.to_string())
+        }
+        E::PaymentMethodRefused(refused) => ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_method_refused",
+            refused.to_string(),
+        ),
+        E::ProviderUnavailable(unavailable) => {
+            ApiError::unavailable("payment_provider_unavailable", unavailable)
+        }
+        E::PaymentFailed { .. } => ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_failed",
+            error.to_string(),
+        ),
+        E::Transition(transition) => transition_error(transition),
+        E::Store(store) => store.into(),
+        E::Collect(collect) => ApiError::internal(collect),
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
