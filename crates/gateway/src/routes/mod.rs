@@ -6,14 +6,17 @@ mod admin_overview;
 mod admin_tenants;
 mod api_keys;
 mod email_verifications;
+mod erasure;
 mod health;
 mod invoices;
 mod plans;
+mod reactivation;
 mod signups;
 mod tenant;
 mod transitions;
 mod usage;
 mod webhooks;
+mod winback;
 
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -76,5 +79,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(signups::router())
         .merge(email_verifications::router())
         .merge(transitions::router())
+        .merge(erasure::router())
+        .merge(reactivation::router())
+        .merge(winback::router())
         .merge(webhooks::router())
 }
