@@ -197,7 +197,10 @@ async fn a_tenant_has_at_most_twenty_active_keys() {
 
 #[tokio::test]
 async fn key_writes_are_rate_limited_per_tenant() {
-    let app = TestApp::spawn_with(|config| config.http.sensitive_writes_per_minute = 3).await;
+    let app = TestApp::spawn_with(|config| {
+        config.http.sensitive_writes_per_minute = 3.try_into().unwrap()
+    })
+    .await;
     let (looping, other) = (
         app.create_tenant("starter").await,
         app.create_tenant("starter").await,

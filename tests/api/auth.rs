@@ -179,7 +179,9 @@ async fn tokens_not_shaped_like_keys_and_keys_just_found_unknown_cost_no_databas
 
 #[tokio::test]
 async fn wrong_operator_tokens_are_limited_per_address_even_a_right_one_after() {
-    let app = TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 5).await;
+    let app =
+        TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 5.try_into().unwrap())
+            .await;
     for _ in 0..5 {
         let response = app
             .get("/v1/admin/tenants")
@@ -205,7 +207,9 @@ async fn wrong_operator_tokens_are_limited_per_address_even_a_right_one_after() 
 
 #[tokio::test]
 async fn an_operator_using_the_right_token_is_never_limited() {
-    let app = TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 2).await;
+    let app =
+        TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 2.try_into().unwrap())
+            .await;
     for _ in 0..20 {
         let response = app
             .get("/v1/admin/tenants")

@@ -112,9 +112,9 @@ pub fn short_cycles(
     dunning: &'static str,
 ) -> impl FnOnce(&mut gateway::Config) {
     move |config| {
-        config.billing.cycle = cycle.into();
+        config.billing.cycle = cycle.parse().unwrap();
         config.billing.close_grace_ms = 300;
-        config.billing.dunning_retries = dunning.into();
+        config.billing.dunning_retries = dunning.parse().unwrap();
         // The tests start the invoice runs themselves.
         config.billing.run_interval_ms = 3_600_000;
         config.workers.relay_idle_ms = 20;

@@ -422,7 +422,9 @@ async fn the_operator_view_reads_the_overview_with_a_read_only_session() {
 
 #[tokio::test]
 async fn sign_in_attempts_are_limited_per_address() {
-    let app = TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 2).await;
+    let app =
+        TestApp::spawn_with(|config| config.dashboard.sign_ins_per_minute = 2.try_into().unwrap())
+            .await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
         statuses.push(sign_in(&app, "sk_live_guess").await.status().as_u16());

@@ -215,7 +215,7 @@ async fn traffic_keeps_flowing_through_an_upgrade_and_a_downgrade() {
 
 #[tokio::test]
 async fn a_downgrade_waits_for_the_end_of_the_period() {
-    let app = TestApp::spawn_with(|config| config.billing.cycle = "3s".into()).await;
+    let app = TestApp::spawn_with(|config| config.billing.cycle = "3s".parse().unwrap()).await;
     let tenant = app.sign_up_tenant("pro", Some("pm_card_visa")).await;
     let response = plan_change(&app, &tenant.api_key, json!({"plan": "starter"})).await;
     assert_eq!(response.status(), 202);

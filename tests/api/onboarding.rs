@@ -413,7 +413,7 @@ async fn bad_signups_get_4xx_and_create_nothing() {
 async fn signups_are_rate_limited_per_client_and_read_only_with_their_token() {
     let app = TestApp::spawn_with(|config| {
         config.workers.enabled = false;
-        config.signups.rate_per_minute = 3;
+        config.signups.rate_per_minute = 3.try_into().unwrap();
     })
     .await;
     let mut created = Vec::new();

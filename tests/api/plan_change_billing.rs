@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 fn cycle(seconds: &'static str) -> impl FnOnce(&mut gateway::Config) {
     move |config| {
-        config.billing.cycle = seconds.into();
+        config.billing.cycle = seconds.parse().unwrap();
         config.billing.close_grace_ms = 300;
         // The tests start the invoice runs themselves.
         config.billing.run_interval_ms = 3_600_000;

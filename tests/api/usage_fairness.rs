@@ -26,7 +26,7 @@ async fn used_queries(app: &TestApp, api_key: &str) -> u64 {
 async fn a_hot_tenant_cannot_take_the_pool_from_another() {
     let app = TestApp::spawn_with(|config| {
         config.database.max_connections = 10;
-        config.http.ingest_batches_per_tenant = 3;
+        config.http.ingest_batches_per_tenant = 3.try_into().unwrap();
     })
     .await;
     let hot = app.create_tenant("enterprise").await;

@@ -80,14 +80,14 @@ impl TestApp {
         config.database.max_connections = 10;
         // As many of a tenant's batches at once as there are connections: tests of
         // concurrent ingest reach the database with as many as can run together.
-        config.http.ingest_batches_per_tenant = 10;
+        config.http.ingest_batches_per_tenant = 10.try_into().unwrap();
         config.clickhouse.url = stack.clickhouse_url.clone();
         config.clickhouse.database = stack::CLICKHOUSE_TEST_DATABASE.to_owned();
         config.stripe.api_base = stack.stripe_url.clone();
         config.stripe.secret_key = Some(SecretString::from(stack::STRIPE_TEST_KEY));
         config.operator_token = Some(SecretString::from(OPERATOR_TOKEN));
-        config.signups.rate_per_minute = 10_000;
-        config.http.sensitive_writes_per_minute = 10_000;
+        config.signups.rate_per_minute = 10_000.try_into().unwrap();
+        config.http.sensitive_writes_per_minute = 10_000.try_into().unwrap();
         config.workers.job_poll_ms = 50;
         customize(&mut config);
 

@@ -2,7 +2,9 @@
 //! by `SAAS_CONFIG_FILE`, then `SAAS_*` environment variables. Validated before anything
 //! starts; secrets are wrapped so that printing a `Config` never shows them.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,8 +14,9 @@ use metering::ClickHouseSettings;
 use metering::relay::RelaySettings;
 use metering::retention::RetentionSettings;
 use saas_core::BillingCycle;
+use saas_core::schedule::Offsets;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use sqlx::postgres::PgConnectOptions;
 
 const DEFAULTS: &str = include_str!("../default.toml");
@@ -71,21 +74,25 @@ pub struct StripeConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BillingConfig {
-    pub cycle: String,
+    /// `1mo`, `30s`, ...
+    #[serde(deserialize_with = "parsed")]
+    pub cycle: BillingCycle,
     pub close_grace_ms: u64,
     pub run_interval_ms: u64,
-    pub dunning_retries: String,
+    /// Offsets from the first failed charge, e.g. `3d,5d,7d`.
+    #[serde(deserialize_with = "parsed")]
+    pub dunning_retries: Offsets,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SignupsConfig {
-    pub rate_per_minute: u32,
+    pub rate_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DashboardConfig {
     pub session_ttl_ms: u64,
-    pub sign_ins_per_minute: u32,
+    pub sign_ins_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,7 +104,9 @@ pub struct ReadinessConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WinbackConfig {
-    pub steps: String,
+    /// Offsets from the suspension, e.g. `3d,14d,30d`.
+    #[serde(deserialize_with = "parsed")]
+    pub steps: Offsets,
     pub offer_from_step: usize,
     pub offer_percent_off: u8,
 }
@@ -126,9 +135,9 @@ pub struct WorkersConfig {
 pub struct HttpConfig {
     pub body_limit_bytes: usize,
     pub key_cache_ttl_ms: u64,
-    pub sensitive_writes_per_minute: u32,
+    pub sensitive_writes_per_minute: NonZeroU32,
     /// Usage batches of one tenant in flight at once in this process.
-    pub ingest_batches_per_tenant: u32,
+    pub ingest_batches_per_tenant: NonZeroU32,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
@@ -195,13 +204,8 @@ impl Config {
         if self.http.request_timeout_ms == 0 {
             return invalid("http.request_timeout_ms must be positive".into());
         }
-        if self.billing.cycle.parse::<BillingCycle>().is_err() {
-            return invalid("billing.cycle must look like \"1mo\" or \"30s\"".into());
-        }
-        if self.signups.rate_per_minute == 0 || self.workers.job_concurrency == 0 {
-            return invalid(
-                "signups.rate_per_minute and workers.job_concurrency must be positive".into(),
-            );
+        if self.workers.job_concurrency == 0 {
+            return invalid("workers.job_concurrency must be positive".into());
         }
         if self.workers.relay_batch_size == 0 {
             return invalid("workers.relay_batch_size must be positive".into());
@@ -251,14 +255,8 @@ impl Config {
                 );
             }
         }
-        if let Err(problem) = lifecycle::WinbackSchedule::parse_steps(&self.winback.steps) {
-            return invalid(format!("winback.steps: {problem}"));
-        }
         if self.winback.offer_percent_off == 0 || self.winback.offer_percent_off > 100 {
             return invalid("winback.offer_percent_off must be 1 to 100".into());
-        }
-        if let Err(problem) = saas_core::schedule::parse_offsets(&self.billing.dunning_retries) {
-            return invalid(format!("billing.dunning_retries: {problem}"));
         }
         if self
             .stripe
@@ -283,13 +281,7 @@ impl Config {
                 "dashboard.session_ttl_ms must be between 1000 and {MAX_SESSION_TTL_MS} (30 days)"
             ));
         }
-        if self.dashboard.sign_ins_per_minute == 0 {
-            return invalid("dashboard.sign_ins_per_minute must be positive".into());
-        }
-        if self.http.sensitive_writes_per_minute == 0 {
-            return invalid("http.sensitive_writes_per_minute must be positive".into());
-        }
-        if !(1..=self.database.max_connections).contains(&self.http.ingest_batches_per_tenant) {
+        if self.http.ingest_batches_per_tenant.get() > self.database.max_connections {
             return invalid(
                 "http.ingest_batches_per_tenant must be between 1 and database.max_connections"
                     .into(),
@@ -310,8 +302,7 @@ impl Config {
 
     pub fn winback_schedule(&self) -> lifecycle::WinbackSchedule {
         lifecycle::WinbackSchedule {
-            steps: lifecycle::WinbackSchedule::parse_steps(&self.winback.steps)
-                .expect("validated at load"),
+            steps: self.winback.steps.as_slice().to_vec(),
             offer_from_step: self.winback.offer_from_step,
             offer_percent_off: self.winback.offer_percent_off,
         }
@@ -350,13 +341,12 @@ impl Config {
 
     pub fn dunning_schedule(&self) -> billing::collection::DunningSchedule {
         billing::collection::DunningSchedule {
-            retries: saas_core::schedule::parse_offsets(&self.billing.dunning_retries)
-                .expect("validated at load"),
+            retries: self.billing.dunning_retries.as_slice().to_vec(),
         }
     }
 
     pub fn billing_cycle(&self) -> BillingCycle {
-        self.billing.cycle.parse().expect("validated at load")
+        self.billing.cycle
     }
 
     pub fn relay_settings(&self) -> RelaySettings {
@@ -379,6 +369,18 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.http.shutdown_grace_ms)
     }
+}
+
+/// A setting written as text and read into its type once, at load (an unreadable one
+/// refuses the whole configuration, naming the key).
+fn parsed<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -447,6 +449,7 @@ mod tests {
             ("dashboard.session_ttl_ms", "18446744073709551615"),
             ("dashboard.session_ttl_ms", "0"),
             ("winback.steps", "3d,99999999999d"),
+            ("winback.steps", "30d,3d"),
             ("billing.dunning_retries", "1d,40000d"),
             ("stripe.timeout_ms", "0"),
         ] {

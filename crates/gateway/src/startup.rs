@@ -126,25 +126,19 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         key_cache: KeyCache::new(Duration::from_millis(config.http.key_cache_ttl_ms)),
         payments: payment_provider(&config)?,
         signup_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-            std::num::NonZeroU32::new(config.signups.rate_per_minute).expect("validated at load"),
+            config.signups.rate_per_minute,
         )),
         sign_in_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-            std::num::NonZeroU32::new(config.dashboard.sign_ins_per_minute)
-                .expect("validated at load"),
+            config.dashboard.sign_ins_per_minute,
         )),
         operator_failures: crate::limits::FailureLimiter::per_minute(
-            std::num::NonZeroU32::new(config.dashboard.sign_ins_per_minute)
-                .expect("validated at load"),
+            config.dashboard.sign_ins_per_minute,
         ),
         tenant_writes: crate::limits::TenantWriteLimiter::per_minute(
-            std::num::NonZeroU32::new(config.http.sensitive_writes_per_minute)
-                .expect("validated at load"),
+            config.http.sensitive_writes_per_minute,
         ),
         exports: crate::limits::TenantSlots::exports(),
-        ingest_slots: crate::limits::TenantSlots::ingest(
-            std::num::NonZeroU32::new(config.http.ingest_batches_per_tenant)
-                .expect("validated at load"),
-        ),
+        ingest_slots: crate::limits::TenantSlots::ingest(config.http.ingest_batches_per_tenant),
         readiness: Default::default(),
         config,
     }))

@@ -152,6 +152,8 @@ pub async fn answered(
 }
 
 /// Takes the transition `request` asks for, or says why not.
+#[tracing::instrument(name = "transition_begin", skip_all,
+    fields(tenant = %request.tenant_id, kind = %request.change.kind()))]
 pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, TransitionError> {
     let mut tx = db.tenant_tx(request.tenant_id).await?;
     if let Some(first) = replay(&mut tx, request).await? {

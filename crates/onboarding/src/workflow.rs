@@ -145,6 +145,7 @@ impl OnboardingWorkflow {
 
     /// Runs the signup's remaining steps. `attempt` says whether an earlier run of this
     /// job may have left objects at the payment provider that must be found, not made.
+    #[tracing::instrument(name = "signup_run", skip(self, attempt), fields(signup = %id))]
     async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
         let load = |lock| async move {
             let mut tx = self.db.system_tx("onboarding read").await?;

@@ -63,7 +63,14 @@ impl JobHandler for ErasureWorkflow {
     }
 
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = job.payload()?;
+        self.erase(job.payload()?).await
+    }
+}
+
+impl ErasureWorkflow {
+    #[tracing::instrument(name = "erasure", skip_all,
+        fields(tenant = %payload.tenant_id, transition = %payload.transition_id))]
+    async fn erase(&self, payload: Payload) -> Result<(), JobError> {
         let tenant_id = payload.tenant_id;
         let (transition, tenant) = {
             let mut tx = self.db.tenant_tx(tenant_id).await?;

@@ -8,6 +8,25 @@ use std::time::Duration;
 /// win-back plan, and far below what date arithmetic can add to a timestamp.
 pub const MAX_OFFSET: Duration = Duration::from_secs(10 * 366 * 86_400);
 
+/// A schedule of offsets as [`parse_offsets`] accepts them: at least one, strictly
+/// increasing, none over ten years. Only parsing makes one, so holding one is proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offsets(Vec<Duration>);
+
+impl Offsets {
+    pub fn as_slice(&self) -> &[Duration] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Offsets {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_offsets(text).map(Offsets)
+    }
+}
+
 pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
     let mut steps = Vec::new();
     for part in text.split(',').map(str::trim) {

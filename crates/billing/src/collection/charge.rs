@@ -27,6 +27,7 @@ impl Collector {
     /// pushed invoice not charged yet, then makes sure dunning's verdict on `invoice`
     /// stands. Another invoice that cannot be pushed is left for its own job (and
     /// logged); only `invoice`'s own failure fails this job.
+    #[tracing::instrument(name = "collection", skip(self), fields(tenant = %tenant, invoice = %invoice))]
     pub async fn collect(&self, tenant: TenantId, invoice: Uuid) -> Result<(), CollectError> {
         let customer = self.customer(tenant).await?;
         let lock = self.lock(tenant).await?;

@@ -72,6 +72,7 @@ pub enum Collection {
 }
 
 /// Invoices every period that ended at least `grace` before `now`.
+#[tracing::instrument(name = "invoice_run", skip_all, fields(run = tracing::field::Empty))]
 pub async fn run(
     db: &Db,
     sink: &ClickHouseSink,
@@ -84,6 +85,7 @@ pub async fn run(
         run_id: Uuid::now_v7(),
         ..RunReport::default()
     };
+    tracing::Span::current().record("run", tracing::field::display(report.run_id));
     let closed_before = now - chrono::TimeDelta::from_std(grace).unwrap_or_default();
     let mut timings = Timings::default();
     let mut after: Option<TenantId> = None;
