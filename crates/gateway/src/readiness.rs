@@ -464,29 +464,15 @@ async fn self_service_onboarding(state: &AppState) -> Outcome {
         payment_method: None,
         paid: false,
     };
-    let token = onboarding::store::new_token();
-    let mut tx = state
-        .db
-        .system_tx("readiness signup")
+    let application = onboarding::accept::Application {
+        id,
+        signup,
+        scope: None,
+        synthetic: true,
+    };
+    onboarding::accept::accept(&state.db, application)
         .await
         .map_err(|e| e.to_string())?;
-    onboarding::store::insert(
-        &mut tx,
-        onboarding::store::NewSignup {
-            id,
-            signup: &signup,
-            token_hash: onboarding::store::hash_token(&token),
-            first_key: &onboarding::secrets::FirstKey::new(&token),
-            idempotency: None,
-            synthetic: true,
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    onboarding::workflow::enqueue(&mut tx, id)
-        .await
-        .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
     loop {
         let mut tx = state
             .db

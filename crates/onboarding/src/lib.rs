@@ -9,6 +9,7 @@
 //!   step is idempotent and recorded, so a worker killed at any point resumes and
 //!   finishes exactly once.
 
+pub mod accept;
 pub mod request;
 pub mod sealed;
 pub mod secrets;

@@ -5,13 +5,13 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
+use onboarding::accept::AcceptError;
 use onboarding::request::{SignupRequest, validate};
-use onboarding::secrets::{FirstKey, IdempotencyScope};
-use onboarding::store::{self, NewSignup, SignupStatus, Step};
+use onboarding::secrets::IdempotencyScope;
+use onboarding::store::{self, SignupStatus, Step};
 use saas_core::{SignupId, TenantId};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tenancy::StoreError;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -64,60 +64,27 @@ async fn create_signup(
     let signup = validate(request, &plans)
         .map_err(|invalid| ApiError::unprocessable(invalid.code, invalid.message))?;
 
-    let scope = idempotency_key
-        .as_deref()
-        .map(|key| IdempotencyScope::new(client.ip(), key));
-    if let Some(scope) = &scope
-        && let Some(replay) = replay(&state, scope, &signup.digest()).await?
-    {
-        return Ok((StatusCode::ACCEPTED, Json(replay)));
-    }
-    let id = SignupId::new();
-    let token = store::new_token();
-    let response = created(id, token.clone())?;
-    let first_key = FirstKey::new(&token);
-    let new = NewSignup {
-        id,
-        signup: &signup,
-        token_hash: store::hash_token(&token),
-        first_key: &first_key,
-        idempotency: scope.as_ref().map(|scope| store::IdempotentRequest {
-            scope_digest: scope.digest(),
-            token_sealed: scope.seal_token(&token),
-        }),
+    let application = onboarding::accept::Application {
+        id: SignupId::new(),
+        signup,
+        scope: idempotency_key
+            .as_deref()
+            .map(|key| IdempotencyScope::new(client.ip(), key)),
         synthetic: false,
     };
-    let mut tx = state
-        .db
-        .tenant_tx(TenantId::from_uuid(id.as_uuid()))
-        .await?;
-    match store::insert(&mut tx, new).await {
-        Ok(()) => {}
-        // Another request with the same key got there first: answer as it did.
-        Err(StoreError::Conflict { constraint }) if constraint == "signups_idempotency_scope" => {
-            drop(tx);
-            let scope = scope
-                .as_ref()
-                .expect("only a scoped signup conflicts on its scope");
-            return match replay(&state, scope, &signup.digest()).await? {
-                Some(first) => Ok((StatusCode::ACCEPTED, Json(first))),
-                None => Err(signup_exists()),
-            };
-        }
-        // The same person and company signed up already (and it did not fail). The first
-        // signup's token is not handed out again: only its holder may read it.
-        Err(StoreError::Conflict { constraint })
-            if constraint == "signups_one_live_per_email_and_company" =>
-        {
-            return Err(signup_exists());
-        }
-        Err(other) => return Err(other.into()),
-    }
-    onboarding::workflow::enqueue(&mut tx, id).await?;
-    tx.commit().await?;
-    metrics::counter!("signups_created_total").increment(1);
-    tracing::info!(signup = %id, plan = %signup.plan_code, "signup accepted");
-    Ok((StatusCode::ACCEPTED, Json(response)))
+    let accepted = onboarding::accept::accept(&state.db, application)
+        .await
+        .map_err(|error| match error {
+            AcceptError::Exists => signup_exists(),
+            AcceptError::KeyReused => {
+                ApiError::unprocessable("idempotency_key_reused", error.to_string())
+            }
+            AcceptError::Store(store) => store.into(),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(created(accepted.id, accepted.token)?),
+    ))
 }
 
 fn created(id: SignupId, signup_token: String) -> ApiResult<serde_json::Value> {
@@ -136,42 +103,6 @@ fn signup_exists() -> ApiError {
         "signup_exists",
         "a signup for this email and company is already under way or complete",
     )
-}
-
-/// The first answer given under `scope`, if any; 422 if the key was used for another
-/// body. A key older than the idempotency window is forgotten and may be used afresh.
-async fn replay(
-    state: &AppState,
-    scope: &IdempotencyScope,
-    digest: &[u8],
-) -> ApiResult<Option<serde_json::Value>> {
-    let mut tx = state.db.system_tx("signup idempotency").await?;
-    let found = store::find_by_idempotency_scope(&mut tx, &scope.digest()).await?;
-    let Some(found) = found else {
-        return Ok(None);
-    };
-    if found.expired {
-        store::forget_idempotency_scope(&mut tx, found.id).await?;
-        tx.commit().await?;
-        return Ok(None);
-    }
-    tx.commit().await?;
-    if found.request_hash != digest {
-        return Err(ApiError::unprocessable(
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different signup",
-        ));
-    }
-    // The first answer was always `pending` with the token; the token is opened with
-    // the scope the retry proves it shares.
-    match found
-        .token_sealed
-        .as_deref()
-        .and_then(|sealed| scope.open_token(sealed))
-    {
-        Some(token) => created(SignupId::from_uuid(found.id), token).map(Some),
-        None => Err(signup_exists()),
-    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
