@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
+use db::StoreError;
 use serde_json::Value;
 use sqlx::PgConnection;
-use tenancy::StoreError;
 use uuid::Uuid;
 
 /// The channel workers listen on.

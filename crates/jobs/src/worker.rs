@@ -3,10 +3,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use db::{Db, StoreError};
 use futures_util::FutureExt;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tenancy::{Db, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;

@@ -1,9 +1,9 @@
 //! Writing messages into the outbox, in the caller's transaction: a message exists
 //! exactly when the change that decided to send it committed.
 
+use db::StoreError;
 use saas_core::TenantId;
 use sqlx::PgConnection;
-use tenancy::StoreError;
 use uuid::Uuid;
 
 /// Confirmation mails one address receives in a day, however many signups name it.

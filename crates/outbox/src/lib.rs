@@ -10,10 +10,10 @@ mod enqueue;
 
 use std::time::Duration;
 
+use db::{Db, StoreError};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::{AsyncSmtpTransportBuilder, Error as SmtpError};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tenancy::{Db, StoreError};
 use tokio::sync::watch;
 use uuid::Uuid;
 
