@@ -65,8 +65,10 @@ pub struct OnboardingWorkflow {
     db: Db,
     payments: Option<Arc<dyn PaymentProvider>>,
     billing_cycle: BillingCycle,
-    /// Fault injection for tests: after recording this step, the run stops forever, as
-    /// if the worker had been killed there. Always `None` in the service.
+    /// Fault injection for the crash tests: after recording this step, the run stops
+    /// forever, as if the worker had been killed there. Compiled only with the
+    /// `fault-injection` feature, which only the tests turn on.
+    #[cfg(feature = "fault-injection")]
     pub halt_after: Option<&'static str>,
 }
 
@@ -80,6 +82,7 @@ impl OnboardingWorkflow {
             db,
             payments,
             billing_cycle,
+            #[cfg(feature = "fault-injection")]
             halt_after: None,
         }
     }
@@ -100,9 +103,11 @@ impl OnboardingWorkflow {
     }
 
     async fn halt_if_asked(&self, step: &'static str) {
+        #[cfg(feature = "fault-injection")]
         if self.halt_after == Some(step) {
             std::future::pending::<()>().await;
         }
+        let _ = step;
     }
 
     async fn set_status(
