@@ -66,9 +66,7 @@ impl PlanChangeWorkflow {
                 other => other.into(),
             })?;
         let tenant = tenancy::tenants::get(&mut tx, payload.tenant_id).await?;
-        let scheduled = tenancy::tenants::scheduled_plan(&mut tx, payload.tenant_id)
-            .await?
-            .map(|(plan, _)| plan);
+        let scheduled = tenant.scheduled_plan.clone().map(|(plan, _)| plan);
         let plan = tenancy::plans::get(&mut tx, &transition.to_plan).await?;
         tx.commit().await?;
         Ok((transition, tenant, scheduled, plan))

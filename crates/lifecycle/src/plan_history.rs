@@ -131,10 +131,9 @@ pub async fn load(conn: &mut PgConnection, tenant: TenantId) -> Result<PlanHisto
         .into_iter()
         .map(PlanChange::try_from)
         .collect::<Result<Vec<_>, _>>()?;
-    let current = tenancy::tenants::get(&mut *conn, tenant).await?.plan_code;
-    if let Some((to_plan, effective_at)) =
-        tenancy::tenants::scheduled_plan(&mut *conn, tenant).await?
-    {
+    let record = tenancy::tenants::get(&mut *conn, tenant).await?;
+    let current = record.plan_code;
+    if let Some((to_plan, effective_at)) = record.scheduled_plan {
         changes.push(PlanChange {
             from_plan: current.clone(),
             to_plan,

@@ -74,10 +74,11 @@ pub async fn may_send_confirmation(
         .execute(&mut *conn)
         .await?;
     let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM notifications WHERE kind = 'email_verification' \
+        "SELECT count(*) FROM notifications WHERE kind = $2 \
          AND lower(recipient) = lower($1) AND created_at > now() - interval '1 day'",
     )
     .bind(recipient)
+    .bind(Kind::EmailVerification.as_str())
     .fetch_one(conn)
     .await?;
     Ok(sent < MAX_CONFIRMATIONS_PER_DAY)

@@ -14,7 +14,7 @@ mod moves;
 
 pub use moves::{
     abandon_plan_change, apply_scheduled_plan, clear_scheduled_plan, move_state, schedule_plan,
-    scheduled_plan, switch_plan, take_for_scheduled_plan,
+    switch_plan, take_for_scheduled_plan,
 };
 
 #[derive(Clone, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub struct Tenant {
     pub synthetic: bool,
     pub stripe_customer_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The plan scheduled to replace `plan_code` (a downgrade at the period's end), and
+    /// when.
+    pub scheduled_plan: Option<(String, DateTime<Utc>)>,
 }
 
 #[derive(Clone)]
@@ -58,6 +61,8 @@ struct TenantRow {
     synthetic: bool,
     stripe_customer_id: Option<String>,
     created_at: DateTime<Utc>,
+    scheduled_plan_code: Option<String>,
+    scheduled_plan_at: Option<DateTime<Utc>>,
 }
 
 impl Tenant {
@@ -87,6 +92,7 @@ impl TryFrom<TenantRow> for Tenant {
             synthetic: row.synthetic,
             stripe_customer_id: row.stripe_customer_id,
             created_at: row.created_at,
+            scheduled_plan: row.scheduled_plan_code.zip(row.scheduled_plan_at),
         })
     }
 }
@@ -95,7 +101,7 @@ impl TryFrom<TenantRow> for Tenant {
 macro_rules! columns {
     () => {
         "id, name, email, state, plan_code, billing_anchor, billing_cycle, version, synthetic, \
-         stripe_customer_id, created_at"
+         stripe_customer_id, created_at, scheduled_plan_code, scheduled_plan_at"
     };
 }
 
@@ -127,30 +133,39 @@ pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, 
 }
 
 pub async fn get(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreError> {
-    let row: TenantRow = sqlx::query_as(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM tenants WHERE id = $1"
-    ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    row.try_into()
+    read_one(
+        conn,
+        id,
+        concat!("SELECT ", columns!(), " FROM tenants WHERE id = $1"),
+    )
+    .await
 }
 
 /// The tenant, read under a share lock held until the transaction ends: a change of its
 /// row (an erasure, say) waits for the caller, or has happened and is seen.
 pub async fn get_for_share(conn: &mut PgConnection, id: TenantId) -> Result<Tenant, StoreError> {
-    let row: TenantRow = sqlx::query_as(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM tenants WHERE id = $1 FOR SHARE"
-    ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+    read_one(
+        conn,
+        id,
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM tenants WHERE id = $1 FOR SHARE"
+        ),
+    )
+    .await
+}
+
+async fn read_one(
+    conn: &mut PgConnection,
+    id: TenantId,
+    sql: &'static str,
+) -> Result<Tenant, StoreError> {
+    let row: TenantRow = sqlx::query_as(sql)
+        .bind(id.as_uuid())
+        .fetch_optional(conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     row.try_into()
 }
 

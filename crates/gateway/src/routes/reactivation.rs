@@ -10,7 +10,7 @@ use tenancy::audit::Actor;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::transitions::{TransitionAccepted, transition_error};
+use super::transitions::{TransitionAccepted, accepted, taken, transition_error};
 use crate::auth::TenantContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::idempotency::IdempotencyKey;
@@ -61,10 +61,7 @@ async fn request_reactivation(
         .await
         .map_err(transition_error)?
     {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(TransitionAccepted { transition: first }),
-        ));
+        return Ok(accepted(first));
     }
     state.tenant_writes.check(tenant.tenant_id)?;
     let ask = billing::collection::Reactivation {
@@ -75,12 +72,7 @@ async fn request_reactivation(
     let transition = billing::collection::reactivate(&state.db, state.collector().as_ref(), ask)
         .await
         .map_err(reactivation_error)?;
-    // Keys remembered in this process would outlive a state change by up to their TTL.
-    state.key_cache.forget_tenant(tenant.tenant_id);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TransitionAccepted { transition }),
-    ))
+    Ok(taken(&state, tenant.tenant_id, transition))
 }
 
 fn reactivation_error(error: billing::collection::ReactivationError) -> ApiError {

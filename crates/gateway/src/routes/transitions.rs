@@ -89,12 +89,26 @@ pub(super) async fn take(
     let transition = lifecycle::transitions::begin(&state.db, &request)
         .await
         .map_err(transition_error)?;
-    // Keys remembered in this process would outlive a state change by up to their TTL.
-    state.key_cache.forget_tenant(request.tenant_id);
-    Ok((
+    Ok(taken(state, request.tenant_id, transition))
+}
+
+/// The answer to a transition just taken. Keys remembered in this process would outlive
+/// the state change by up to their TTL: they are forgotten first.
+pub(super) fn taken(
+    state: &AppState,
+    tenant: TenantId,
+    transition: Transition,
+) -> (StatusCode, Json<TransitionAccepted>) {
+    state.key_cache.forget_tenant(tenant);
+    accepted(transition)
+}
+
+/// 202 with the transition: a new one, or the first answer to a retried request.
+pub(super) fn accepted(transition: Transition) -> (StatusCode, Json<TransitionAccepted>) {
+    (
         StatusCode::ACCEPTED,
         Json(TransitionAccepted { transition }),
-    ))
+    )
 }
 
 /// Moves the calling tenant to another plan. Upgrades take effect at once; downgrades at

@@ -17,18 +17,18 @@ pub async fn move_state(
     expected_version: i64,
     step: StateMove,
 ) -> Result<bool, StoreError> {
-    let moved = sqlx::query(
-        "UPDATE tenants SET state = $4, version = version + 1, updated_at = now() \
-         WHERE id = $1 AND version = $2 AND state = $3",
+    one_row(
+        sqlx::query(
+            "UPDATE tenants SET state = $4, version = version + 1, updated_at = now() \
+             WHERE id = $1 AND version = $2 AND state = $3",
+        )
+        .bind(id.as_uuid())
+        .bind(expected_version)
+        .bind(step.from().as_str())
+        .bind(step.to().as_str()),
+        conn,
     )
-    .bind(id.as_uuid())
-    .bind(expected_version)
-    .bind(step.from().as_str())
-    .bind(step.to().as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
+    .await
 }
 
 /// Ends a plan change that is under way (the tenant in `step.from()`): the tenant moves
@@ -40,18 +40,18 @@ pub async fn switch_plan(
     plan: &str,
     step: StateMove,
 ) -> Result<bool, StoreError> {
-    let switched = sqlx::query(
-        "UPDATE tenants SET plan_code = $2, state = $4, version = version + 1, updated_at = now() \
-         WHERE id = $1 AND state = $3",
+    one_row(
+        sqlx::query(
+            "UPDATE tenants SET plan_code = $2, state = $4, version = version + 1, updated_at = now() \
+             WHERE id = $1 AND state = $3",
+        )
+        .bind(id.as_uuid())
+        .bind(plan)
+        .bind(step.from().as_str())
+        .bind(step.to().as_str()),
+        conn,
     )
-    .bind(id.as_uuid())
-    .bind(plan)
-    .bind(step.from().as_str())
-    .bind(step.to().as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(switched == 1)
+    .await
 }
 
 /// Ends a plan change under way without changing the plan, and forgets any plan
@@ -62,18 +62,18 @@ pub async fn abandon_plan_change(
     id: TenantId,
     step: StateMove,
 ) -> Result<bool, StoreError> {
-    let moved = sqlx::query(
-        "UPDATE tenants SET state = $3, scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
-                version = version + 1, updated_at = now() \
-         WHERE id = $1 AND state = $2",
+    one_row(
+        sqlx::query(
+            "UPDATE tenants SET state = $3, scheduled_plan_code = NULL, scheduled_plan_at = NULL, \
+                    version = version + 1, updated_at = now() \
+             WHERE id = $1 AND state = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(step.from().as_str())
+        .bind(step.to().as_str()),
+        conn,
     )
-    .bind(id.as_uuid())
-    .bind(step.from().as_str())
-    .bind(step.to().as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
+    .await
 }
 
 /// Ends a plan change under way by scheduling `plan` for `at` (a downgrade at the
@@ -85,20 +85,20 @@ pub async fn schedule_plan(
     at: DateTime<Utc>,
     step: StateMove,
 ) -> Result<bool, StoreError> {
-    let moved = sqlx::query(
-        "UPDATE tenants SET scheduled_plan_code = $2, scheduled_plan_at = $3, state = $5, \
-                version = version + 1, updated_at = now() \
-         WHERE id = $1 AND state = $4",
+    one_row(
+        sqlx::query(
+            "UPDATE tenants SET scheduled_plan_code = $2, scheduled_plan_at = $3, state = $5, \
+                    version = version + 1, updated_at = now() \
+             WHERE id = $1 AND state = $4",
+        )
+        .bind(id.as_uuid())
+        .bind(plan)
+        .bind(at)
+        .bind(step.from().as_str())
+        .bind(step.to().as_str()),
+        conn,
     )
-    .bind(id.as_uuid())
-    .bind(plan)
-    .bind(at)
-    .bind(step.from().as_str())
-    .bind(step.to().as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
+    .await
 }
 
 /// Starts applying the scheduled `plan`: moves the tenant as `step` says only if nobody
@@ -110,19 +110,19 @@ pub async fn take_for_scheduled_plan(
     plan: &str,
     step: StateMove,
 ) -> Result<bool, StoreError> {
-    let taken = sqlx::query(
-        "UPDATE tenants SET state = $5, version = version + 1, updated_at = now() \
-         WHERE id = $1 AND version = $2 AND scheduled_plan_code = $3 AND state = $4",
+    one_row(
+        sqlx::query(
+            "UPDATE tenants SET state = $5, version = version + 1, updated_at = now() \
+             WHERE id = $1 AND version = $2 AND scheduled_plan_code = $3 AND state = $4",
+        )
+        .bind(id.as_uuid())
+        .bind(expected_version)
+        .bind(plan)
+        .bind(step.from().as_str())
+        .bind(step.to().as_str()),
+        conn,
     )
-    .bind(id.as_uuid())
-    .bind(expected_version)
-    .bind(plan)
-    .bind(step.from().as_str())
-    .bind(step.to().as_str())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(taken == 1)
+    .await
 }
 
 /// Switches to the scheduled `plan` and clears the schedule, if the tenant is in
@@ -162,19 +162,11 @@ pub async fn clear_scheduled_plan(conn: &mut PgConnection, id: TenantId) -> Resu
     Ok(())
 }
 
-/// The plan scheduled to replace the tenant's, and when, if one is.
-pub async fn scheduled_plan(
+/// Runs a conditional update of one tenant's row; whether it matched (false: the tenant
+/// was not in the state the move starts from, or not at the version read).
+async fn one_row(
+    update: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     conn: &mut PgConnection,
-    id: TenantId,
-) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
-    let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT scheduled_plan_code, scheduled_plan_at FROM tenants WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(conn)
-            .await?;
-    match row {
-        None => Err(StoreError::NotFound),
-        Some((Some(plan), Some(at))) => Ok(Some((plan, at))),
-        Some(_) => Ok(None),
-    }
+) -> Result<bool, StoreError> {
+    Ok(update.execute(conn).await?.rows_affected() == 1)
 }
