@@ -58,11 +58,12 @@ async fn a_plan_change_out_of_attempts_returns_the_tenant_to_active() {
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     last_attempt(&app).await;
-    let mut worker = Worker::new(&app.db, WorkerSettings::default());
-    for handler in PlanChangeWorkflow::jobs(app.db.clone(), Some(unreachable_stripe())) {
-        worker = worker.register(handler);
-    }
-    worker.run_pending().await.unwrap();
+    let worker = Worker::new(&app.db, WorkerSettings::default());
+    PlanChangeWorkflow::new(app.db.clone(), Some(unreachable_stripe()))
+        .register_with(worker)
+        .run_pending()
+        .await
+        .unwrap();
 
     let view = app.get_json(&tenant.api_key, "/v1/tenant").await;
     assert_eq!(

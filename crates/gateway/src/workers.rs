@@ -33,16 +33,13 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         },
     )
     .register(onboarding);
-    for handler in PlanChangeWorkflow::jobs(state.db.clone(), state.payments.clone()) {
-        jobs = jobs.register(handler);
-    }
+    jobs = PlanChangeWorkflow::new(state.db.clone(), state.payments.clone()).register_with(jobs);
     jobs = jobs.register(WinbackWorkflow::new(
         state.db.clone(),
         config.winback_schedule(),
     ));
     if let Some(collector) = state.collector() {
-        let (collect, retry_payment) = collector.jobs();
-        jobs = jobs.register(collect).register(retry_payment);
+        jobs = collector.register_with(jobs);
     }
     jobs = jobs.register(ErasureWorkflow::new(
         state.db.clone(),

@@ -1,98 +1,47 @@
+//! Writing jobs and reading their state: the queue as callers outside a worker see it.
+
 use chrono::{DateTime, Utc};
 use db::StoreError;
-use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::kind::{JobKind, JobOptions};
 
 /// The channel workers listen on.
 pub(crate) const NOTIFY_CHANNEL: &str = "jobs";
 
 pub type JobId = Uuid;
 
-/// A job to enqueue.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub kind: &'static str,
-    pub payload: Value,
-    /// Enqueueing another job of the same kind with the same key does nothing.
-    pub dedup_key: Option<String>,
-    /// Not before this time (`None`: now).
-    pub run_at: Option<DateTime<Utc>>,
-    pub max_attempts: i32,
-}
-
-impl NewJob {
-    pub fn new(kind: &'static str, payload: Value) -> Self {
-        Self {
-            kind,
-            payload,
-            dedup_key: None,
-            run_at: None,
-            max_attempts: 10,
-        }
-    }
-
-    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
-        self.dedup_key = Some(key.into());
-        self
-    }
-
-    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
-        self.run_at = Some(at);
-        self
-    }
-
-    pub fn max_attempts(mut self, attempts: i32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
-    }
-}
-
-/// A claimed job, as a handler sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Job {
-    pub id: JobId,
-    pub kind: String,
-    pub payload: Value,
-    /// This run's number, from 1.
-    pub attempts: i32,
-    pub max_attempts: i32,
-}
-
-impl Job {
-    /// The payload as the type its enqueuer wrote; one that does not decode is a
-    /// permanent failure (no retry can mend it).
-    pub fn payload<P: serde::de::DeserializeOwned>(&self) -> Result<P, crate::JobError> {
-        serde_json::from_value(self.payload.clone()).map_err(|error| {
-            crate::JobError::Permanent(format!("bad {} payload: {error}", self.kind))
-        })
-    }
-}
-
-/// Writes a job on `conn` (usually inside the caller's transaction). Returns its id, or
-/// `None` when a job with the same kind and dedup key exists already.
-pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Option<JobId>, StoreError> {
+/// See [`JobKind::enqueue`].
+pub(crate) async fn enqueue<J: JobKind>(
+    conn: &mut PgConnection,
+    job: &J,
+    options: JobOptions,
+) -> Result<Option<JobId>, StoreError> {
+    let payload = serde_json::to_value(job)
+        .map_err(|error| StoreError::Corrupt(format!("a {} job: {error}", J::KIND)))?;
     let id: Option<JobId> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, kind, payload, dedup_key, run_at, max_attempts) \
-         VALUES ($1, $2, $3, $4, coalesce($5, now()), $6) \
+        "INSERT INTO jobs (id, kind, payload, dedup_key, concurrency_key, run_at, max_attempts) \
+         VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), $7) \
          ON CONFLICT (kind, dedup_key) DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
-    .bind(job.kind)
-    .bind(&job.payload)
-    .bind(&job.dedup_key)
-    .bind(job.run_at)
-    .bind(job.max_attempts)
+    .bind(J::KIND)
+    .bind(&payload)
+    .bind(&options.dedup_key)
+    .bind(job.concurrency_key())
+    .bind(options.run_at)
+    .bind(options.max_attempts)
     .fetch_optional(&mut *conn)
     .await?;
     if id.is_some() {
         // Delivered when the transaction commits, never before.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
-            .bind(job.kind)
+            .bind(J::KIND)
             .execute(&mut *conn)
             .await?;
-        metrics::counter!("jobs_enqueued_total", "kind" => job.kind).increment(1);
+        metrics::counter!("jobs_enqueued_total", "kind" => J::KIND).increment(1);
     }
     Ok(id)
 }
@@ -117,9 +66,20 @@ pub async fn pending_with(
     Ok(found.into_iter().collect())
 }
 
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to run, running, or waiting for its next attempt.
+    Pending,
+    Done,
+    /// Out of attempts, or refused for good; kept for operators.
+    Dead,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobStatus {
-    pub status: String,
+    pub status: JobState,
     pub attempts: i32,
     pub run_at: DateTime<Utc>,
     pub last_error: Option<String>,

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::queue::{Job, NOTIFY_CHANNEL};
+use crate::kind::{JobContext, JobKind};
+use crate::lease::{Claimed, Leases};
+use crate::queue::NOTIFY_CHANNEL;
 
 /// How a handler's run ended, when it did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +42,33 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// Runs the jobs of one kind. A type may handle several kinds, one impl each.
 #[async_trait]
-pub trait JobHandler: Send + Sync + 'static {
-    /// The job kind this handler runs.
-    fn kind(&self) -> &'static str;
+pub trait JobHandler<J: JobKind>: Send + Sync + 'static {
     /// Runs one attempt. Must be idempotent: a job can run again after a crash.
-    async fn run(&self, job: &Job) -> Result<(), JobError>;
+    async fn run(&self, job: J, context: JobContext) -> Result<(), JobError>;
+}
+
+/// A handler with its kind's payload decoding in front, so the worker can hold handlers
+/// of every kind in one map.
+#[async_trait]
+trait Runner: Send + Sync + 'static {
+    async fn run(&self, job: &Claimed) -> Result<(), JobError>;
+}
+
+struct Typed<J, H> {
+    handler: H,
+    kind: PhantomData<fn() -> J>,
+}
+
+#[async_trait]
+impl<J: JobKind, H: JobHandler<J>> Runner for Typed<J, H> {
+    async fn run(&self, job: &Claimed) -> Result<(), JobError> {
+        // One that does not decode is a permanent failure: no retry can mend it.
+        let payload: J = serde_json::from_value(job.payload.clone())
+            .map_err(|error| JobError::Permanent(format!("bad {} payload: {error}", J::KIND)))?;
+        self.handler.run(payload, job.context()).await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +110,8 @@ impl Default for WorkerSettings {
 #[derive(Clone)]
 pub struct Worker {
     pool: PgPool,
-    handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
+    handlers: Arc<HashMap<&'static str, Arc<dyn Runner>>>,
+    kinds: Arc<Vec<&'static str>>,
     settings: Arc<WorkerSettings>,
 }
 
@@ -95,33 +120,35 @@ impl Worker {
         Self {
             pool: db.pool().clone(),
             handlers: Arc::default(),
+            kinds: Arc::default(),
             settings: Arc::new(settings),
         }
     }
 
-    pub fn register(mut self, handler: impl JobHandler) -> Self {
-        Arc::make_mut(&mut self.handlers).insert(handler.kind(), Arc::new(handler));
+    /// Runs jobs of kind `J` with `handler`.
+    pub fn register<J: JobKind>(mut self, handler: impl JobHandler<J>) -> Self {
+        let typed = Typed {
+            handler,
+            kind: PhantomData::<fn() -> J>,
+        };
+        Arc::make_mut(&mut self.handlers).insert(J::KIND, Arc::new(typed));
+        Arc::make_mut(&mut self.kinds).push(J::KIND);
         self
     }
 
-    fn kinds(&self) -> Vec<&'static str> {
-        self.handlers.keys().copied().collect()
+    fn leases(&self) -> Leases<'_> {
+        Leases {
+            pool: &self.pool,
+            holder: &self.settings.name,
+            lease: self.settings.lease,
+            kinds: &self.kinds,
+        }
     }
 
-    /// Dead-letters the jobs whose last attempt never ended (their process died with
-    /// it, say) instead of letting them run past their attempts. At most once per poll
+    /// Dead-letters the jobs whose last attempt never ended. At most once per poll
     /// interval, not per claim.
     async fn bury_abandoned(&self) -> Result<(), StoreError> {
-        let abandoned = sqlx::query(
-            "UPDATE jobs SET status = 'dead', finished_at = now(), locked_until = NULL, \
-                    last_error = 'its last attempt never ended (the worker stopped during it)' \
-             WHERE status = 'pending' AND attempts >= max_attempts \
-               AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($1)",
-        )
-        .bind(self.kinds())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let abandoned = self.leases().bury_abandoned().await?;
         if abandoned > 0 {
             tracing::error!(
                 count = abandoned,
@@ -132,29 +159,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes the lease on the next due job this worker can run, never one whose
-    /// attempts are used up.
-    async fn claim(&self) -> Result<Option<Job>, StoreError> {
-        Ok(sqlx::query_as(
-            "UPDATE jobs SET attempts = attempts + 1, locked_by = $1, \
-                    locked_until = now() + make_interval(secs => $2) \
-             WHERE id = ( \
-                 SELECT id FROM jobs \
-                 WHERE status = 'pending' AND run_at <= now() AND attempts < max_attempts \
-                   AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($3) \
-                 ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, payload, attempts, max_attempts",
-        )
-        .bind(&self.settings.name)
-        .bind(self.settings.lease.as_secs_f64())
-        .bind(self.kinds())
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
     /// Runs one claimed job to its end, renewing the lease meanwhile, and records how
     /// it ended.
-    async fn execute(&self, job: Job) {
+    async fn execute(&self, job: Claimed) {
         let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
             return;
         };
@@ -165,7 +172,7 @@ impl Worker {
 
     /// Runs one attempt within its deadline, a panic counting as a failure, and records
     /// the outcome.
-    async fn supervise(&self, handler: Arc<dyn JobHandler>, job: Job) {
+    async fn supervise(&self, handler: Arc<dyn Runner>, job: Claimed) {
         let attempt = std::panic::AssertUnwindSafe(handler.run(&job)).catch_unwind();
         let run = async {
             match tokio::time::timeout(self.settings.deadline, attempt).await {
@@ -187,14 +194,14 @@ impl Worker {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = renew.tick() => {
-                    if let Err(error) = self.renew(&job).await {
+                    if let Err(error) = self.leases().renew(&job).await {
                         tracing::warn!(%error, "could not renew a job lease");
                     }
                 }
             }
         };
         let recorded = match &outcome {
-            Ok(()) => self.complete(&job).await,
+            Ok(()) => self.leases().complete(&job).await,
             Err(error) => self.fail(&job, error).await,
         };
         if let Err(error) = recorded {
@@ -206,33 +213,7 @@ impl Worker {
             .increment(1);
     }
 
-    async fn renew(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
-        )
-        .bind(job.id)
-        .bind(&self.settings.name)
-        .bind(self.settings.lease.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn complete(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'done', finished_at = now(), locked_until = NULL, \
-                    last_error = NULL \
-             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
-        )
-        .bind(job.id)
-        .bind(&self.settings.name)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn fail(&self, job: &Job, error: &JobError) -> Result<(), StoreError> {
+    async fn fail(&self, job: &Claimed, error: &JobError) -> Result<(), StoreError> {
         let permanent = matches!(error, JobError::Permanent(_));
         let dead = permanent || job.attempts >= job.max_attempts;
         let delay = backoff(&self.settings, job.attempts);
@@ -241,21 +222,7 @@ impl Worker {
         } else {
             tracing::warn!(%error, retry_in_secs = delay.as_secs_f64(), "job failed; will retry");
         }
-        sqlx::query(
-            "UPDATE jobs SET status = CASE WHEN $3 THEN 'dead' ELSE 'pending' END, \
-                    finished_at = CASE WHEN $3 THEN now() END, \
-                    run_at = now() + make_interval(secs => $4), \
-                    locked_until = NULL, last_error = $5 \
-             WHERE id = $1 AND locked_by = $2 AND status = 'pending'",
-        )
-        .bind(job.id)
-        .bind(&self.settings.name)
-        .bind(dead)
-        .bind(delay.as_secs_f64())
-        .bind(error.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.leases().fail(job, error, dead, delay).await
     }
 
     /// Runs due jobs one after another until none is left; returns how many ran. For
@@ -263,7 +230,7 @@ impl Worker {
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
         self.bury_abandoned().await?;
         let mut ran = 0;
-        while let Some(job) = self.claim().await? {
+        while let Some(job) = self.leases().claim().await? {
             self.execute(job).await;
             ran += 1;
         }
@@ -295,7 +262,7 @@ impl Worker {
                 }
             }
             while in_flight.len() < self.settings.concurrency {
-                match self.claim().await {
+                match self.leases().claim().await {
                     Ok(Some(job)) => {
                         let worker = self.clone();
                         in_flight.spawn(async move { worker.execute(job).await });

@@ -11,6 +11,7 @@ pub mod deletions;
 pub mod plan_change;
 pub mod plan_history;
 pub mod state_machine;
+pub mod transition_jobs;
 pub mod transition_words;
 pub mod transitions;
 pub mod winback;

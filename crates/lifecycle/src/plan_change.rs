@@ -16,56 +16,59 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use jobs::{Job, JobError, JobHandler, NewJob};
+use jobs::{JobContext, JobError, JobHandler, JobKind, JobOptions, Worker};
 use payments::{PaymentError, PaymentProvider};
 use saas_core::{StateMove, TenantId, TenantState, TransitionId, check_transition};
-use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::plans::Plan;
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
 
-use crate::transitions::{self, Effective, PLAN_CHANGE_JOB, Transition, TransitionStatus};
+use crate::transition_jobs::{ApplyScheduledPlanJob, PlanChangeJob};
+use crate::transitions::{self, Effective, Transition, TransitionStatus};
 
-pub const APPLY_SCHEDULED_PLAN_JOB: &str = "lifecycle.apply_scheduled_plan";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Payload {
-    transition_id: TransitionId,
-    tenant_id: TenantId,
+/// Which of the two plan-change jobs runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The change as taken: now, or scheduled for the period's end.
+    Begin,
+    /// The scheduled switch, at the period's end.
+    ApplyScheduled,
 }
 
-/// Runs both plan-change jobs; register it twice, once per kind (see [`Self::jobs`]).
+/// Runs both plan-change jobs ([`Self::register_with`]).
 #[derive(Clone)]
 pub struct PlanChangeWorkflow {
     db: Db,
     payments: Option<Arc<dyn PaymentProvider>>,
-    kind: &'static str,
 }
 
 impl PlanChangeWorkflow {
-    /// The handlers for a plan change now and for one due at the period's end.
-    pub fn jobs(db: Db, payments: Option<Arc<dyn PaymentProvider>>) -> [PlanChangeWorkflow; 2] {
-        [PLAN_CHANGE_JOB, APPLY_SCHEDULED_PLAN_JOB].map(|kind| PlanChangeWorkflow {
-            db: db.clone(),
-            payments: payments.clone(),
-            kind,
-        })
+    pub fn new(db: Db, payments: Option<Arc<dyn PaymentProvider>>) -> Self {
+        Self { db, payments }
+    }
+
+    /// Runs a plan change now and one due at the period's end on `worker`.
+    pub fn register_with(self, worker: Worker) -> Worker {
+        worker
+            .register::<PlanChangeJob>(self.clone())
+            .register::<ApplyScheduledPlanJob>(self)
     }
 
     async fn load(
         &self,
-        payload: &Payload,
+        tenant_id: TenantId,
+        transition_id: TransitionId,
     ) -> Result<(Transition, Tenant, Option<String>, Plan), JobError> {
-        let mut tx = self.db.tenant_tx(payload.tenant_id).await?;
-        let transition = transitions::get(&mut tx, payload.tenant_id, payload.transition_id)
+        let mut tx = self.db.tenant_tx(tenant_id).await?;
+        let transition = transitions::get(&mut tx, tenant_id, transition_id)
             .await
             .map_err(|error| match error {
                 StoreError::NotFound => JobError::Permanent("transition not found".into()),
                 other => other.into(),
             })?;
-        let tenant = tenancy::tenants::get(&mut tx, payload.tenant_id).await?;
+        let tenant = tenancy::tenants::get(&mut tx, tenant_id).await?;
         let scheduled = tenant.scheduled_plan.clone().map(|(plan, _)| plan);
         let plan = tenancy::plans::get(&mut tx, &transition.to_plan).await?;
         tx.commit().await?;
@@ -155,15 +158,14 @@ impl PlanChangeWorkflow {
             return Ok(()); // done by an earlier attempt
         }
         set_status(&mut tx, transition.id, TransitionStatus::Scheduled, None).await?;
-        let payload = serde_json::json!({ "transition_id": transition.id, "tenant_id": tenant.id });
-        jobs::enqueue(
-            &mut tx,
-            NewJob::new(APPLY_SCHEDULED_PLAN_JOB, payload)
-                .dedup_key(transition.id.to_string())
-                .run_at(at)
-                .max_attempts(50),
-        )
-        .await?;
+        let job = ApplyScheduledPlanJob {
+            transition_id: transition.id,
+            tenant_id: tenant.id,
+        };
+        let options = JobOptions::dedup_key(transition.id.to_string())
+            .run_at(at)
+            .max_attempts(50);
+        job.enqueue(&mut tx, options).await?;
         let mut entry = AuditEntry::new(
             Some(tenant.id),
             Actor::System("lifecycle"),
@@ -261,42 +263,61 @@ impl PlanChangeWorkflow {
 }
 
 #[async_trait]
-impl JobHandler for PlanChangeWorkflow {
-    fn kind(&self) -> &'static str {
-        self.kind
+impl JobHandler<PlanChangeJob> for PlanChangeWorkflow {
+    async fn run(&self, job: PlanChangeJob, context: JobContext) -> Result<(), JobError> {
+        self.run_step(Step::Begin, job.tenant_id, job.transition_id, context)
+            .await
     }
+}
 
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = job.payload()?;
-        let (transition, tenant, scheduled, plan) = self.load(&payload).await?;
+#[async_trait]
+impl JobHandler<ApplyScheduledPlanJob> for PlanChangeWorkflow {
+    async fn run(&self, job: ApplyScheduledPlanJob, context: JobContext) -> Result<(), JobError> {
+        self.run_step(
+            Step::ApplyScheduled,
+            job.tenant_id,
+            job.transition_id,
+            context,
+        )
+        .await
+    }
+}
+
+impl PlanChangeWorkflow {
+    async fn run_step(
+        &self,
+        step: Step,
+        tenant_id: TenantId,
+        transition_id: TransitionId,
+        context: JobContext,
+    ) -> Result<(), JobError> {
+        let (transition, tenant, scheduled, plan) = self.load(tenant_id, transition_id).await?;
         let result = self
-            .attempt(&transition, &tenant, scheduled.as_deref(), &plan)
+            .attempt(step, &transition, &tenant, scheduled.as_deref(), &plan)
             .await;
         // Out of attempts (or refused for good): never leave the tenant mid-transition,
         // where it would refuse every later change.
-        let last = job.attempts >= job.max_attempts;
         match &result {
             Err(JobError::Permanent(reason)) => {
                 self.abandon(tenant.id, &transition, reason).await?
             }
-            Err(JobError::Retry(reason)) if last => {
+            Err(JobError::Retry(reason)) if context.is_last_attempt() => {
                 self.abandon(tenant.id, &transition, reason).await?
             }
             _ => {}
         }
         result
     }
-}
 
-impl PlanChangeWorkflow {
     async fn attempt(
         &self,
+        step: Step,
         transition: &Transition,
         tenant: &Tenant,
         scheduled: Option<&str>,
         plan: &Plan,
     ) -> Result<(), JobError> {
-        if self.kind == APPLY_SCHEDULED_PLAN_JOB {
+        if step == Step::ApplyScheduled {
             return self
                 .apply_scheduled(transition, tenant, scheduled, plan)
                 .await;

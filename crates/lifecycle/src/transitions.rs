@@ -15,7 +15,9 @@ use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
 
 use crate::state_machine::{InvalidTransition, check_transition};
+use crate::transition_jobs::{ErasureJob, PlanChangeJob};
 pub use crate::transition_words::{Effective, TransitionKind, TransitionStatus};
+use jobs::{JobKind, JobOptions};
 
 mod records;
 
@@ -132,9 +134,6 @@ impl From<sqlx::Error> for TransitionError {
         TransitionError::Store(error.into())
     }
 }
-
-pub const PLAN_CHANGE_JOB: &str = "lifecycle.plan_change";
-pub const ERASURE_JOB: &str = "lifecycle.erasure";
 
 /// The first answer to `request`'s `Idempotency-Key`, if one was given and answered:
 /// a retry is told what happened before any of its side effects (a charge) is repeated.
@@ -294,21 +293,21 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         tenancy::api_keys::revoke_all(&mut tx, tenant.id).await?;
     }
     if !instant {
-        let kind = if request.change == Change::Erase {
-            ERASURE_JOB
+        let options = JobOptions::dedup_key(transition.id.to_string()).max_attempts(20);
+        let (transition_id, tenant_id) = (transition.id, tenant.id);
+        if request.change == Change::Erase {
+            let job = ErasureJob {
+                transition_id,
+                tenant_id,
+            };
+            job.enqueue(&mut tx, options).await?;
         } else {
-            PLAN_CHANGE_JOB
-        };
-        jobs::enqueue(
-            &mut tx,
-            jobs::NewJob::new(
-                kind,
-                serde_json::json!({ "transition_id": transition.id, "tenant_id": tenant.id }),
-            )
-            .dedup_key(transition.id.to_string())
-            .max_attempts(20),
-        )
-        .await?;
+            let job = PlanChangeJob {
+                transition_id,
+                tenant_id,
+            };
+            job.enqueue(&mut tx, options).await?;
+        }
     }
     tx.commit().await?;
     metrics::counter!("tenant_transitions_total", "kind" => transition.kind.as_str()).increment(1);

@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use jobs::{Job, JobError, JobHandler, NewJob};
+use jobs::{JobContext, JobError, JobHandler, JobKind, JobOptions};
 use saas_core::TenantId;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
-
-pub const WINBACK_STEP_JOB: &str = "lifecycle.winback_step";
 
 /// When each outreach step goes out, counted from the campaign's start, and from which
 /// step on an offer is made.
@@ -38,14 +36,23 @@ impl WinbackSchedule {
     }
 }
 
+/// One step of a campaign.
 #[derive(Debug, Serialize, Deserialize)]
-struct StepPayload {
+pub struct WinbackStepJob {
     campaign_id: Uuid,
     tenant_id: TenantId,
     step: usize,
     /// False for the job `start` writes, which knows no schedule: it only plans step 0
     /// at its time.
     planned: bool,
+}
+
+impl JobKind for WinbackStepJob {
+    const KIND: &'static str = "lifecycle.winback_step";
+
+    fn concurrency_key(&self) -> Option<String> {
+        jobs::tenant_key(self.tenant_id)
+    }
 }
 
 /// Starts a campaign for `tenant` unless one is running, in the caller's transaction.
@@ -97,23 +104,22 @@ async fn enqueue_step(
     run_at: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
     let planned = run_at.is_some();
-    let payload = serde_json::to_value(StepPayload {
+    let job = WinbackStepJob {
         campaign_id: campaign,
         tenant_id: tenant,
         step,
         planned,
-    })
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    };
     let dedup = if planned {
         format!("{campaign}:{step}")
     } else {
         format!("{campaign}:plan")
     };
-    let mut job = NewJob::new(WINBACK_STEP_JOB, payload).dedup_key(dedup);
+    let mut options = JobOptions::dedup_key(dedup);
     if let Some(at) = run_at {
-        job = job.run_at(at);
+        options = options.run_at(at);
     }
-    jobs::enqueue(conn, job).await?;
+    job.enqueue(conn, options).await?;
     Ok(())
 }
 
@@ -137,13 +143,8 @@ struct Campaign {
 }
 
 #[async_trait]
-impl JobHandler for WinbackWorkflow {
-    fn kind(&self) -> &'static str {
-        WINBACK_STEP_JOB
-    }
-
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: StepPayload = job.payload()?;
+impl JobHandler<WinbackStepJob> for WinbackWorkflow {
+    async fn run(&self, payload: WinbackStepJob, _: JobContext) -> Result<(), JobError> {
         let mut tx = self.db.tenant_tx(payload.tenant_id).await?;
         let campaign: Campaign = sqlx::query_as(
             "SELECT status, steps_sent, started_at, offer_code FROM winback_campaigns \

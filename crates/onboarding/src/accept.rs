@@ -84,7 +84,7 @@ pub async fn accept(db: &Db, application: Application) -> Result<Accepted, Accep
         }
         Err(other) => return Err(other.into()),
     }
-    crate::workflow::enqueue(&mut tx, id).await?;
+    crate::job::enqueue(&mut tx, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     if !application.synthetic {
         metrics::counter!("signups_created_total").increment(1);

@@ -5,15 +5,17 @@
 //! - [`store`]: signups and their steps in Postgres.
 //! - [`sealed`]: secrets kept only under a key the store never holds.
 //! - [`secrets`]: the first API key and the replayed token, sealed that way.
-//! - [`workflow`]: the job that takes a signup through payment and provisioning. Every
-//!   step is idempotent and recorded, so a worker killed at any point resumes and
-//!   finishes exactly once.
+//! - [`workflow`]: takes a signup through payment and provisioning. Every step is
+//!   idempotent and recorded, so a worker killed at any point resumes and finishes
+//!   exactly once; [`job`] is the job that runs it.
 
 pub mod accept;
+pub mod job;
 pub mod request;
 pub mod sealed;
 pub mod secrets;
 pub mod store;
 pub mod workflow;
 
-pub use workflow::{ONBOARDING_JOB, OnboardingWorkflow};
+pub use job::OnboardingJob;
+pub use workflow::OnboardingWorkflow;

@@ -12,20 +12,15 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use jobs::{Job, JobError, JobHandler, NewJob};
+use jobs::JobError;
 use payments::{Attempt, ChargeOutcome, CustomerDetails, PaymentError, PaymentProvider};
 use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
-use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::email_verification;
 use tenancy::tenants::NewTenant;
 use tenancy::{Db, StoreError};
 
 use crate::store::{self, Signup, SignupStatus, StepOutcome};
-
-pub const ONBOARDING_JOB: &str = "onboarding.signup";
 
 /// The steps, in order, as recorded and reported.
 pub mod steps {
@@ -43,26 +38,8 @@ pub mod steps {
     ];
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Payload {
-    signup_id: SignupId,
-}
-
-/// The job that onboards `signup`, written in the caller's transaction.
-pub async fn enqueue(conn: &mut PgConnection, signup: SignupId) -> Result<(), StoreError> {
-    let payload = serde_json::to_value(Payload { signup_id: signup }).unwrap_or_default();
-    jobs::enqueue(
-        conn,
-        NewJob::new(ONBOARDING_JOB, payload)
-            .dedup_key(signup.to_string())
-            .max_attempts(20),
-    )
-    .await?;
-    Ok(())
-}
-
 pub struct OnboardingWorkflow {
-    db: Db,
+    pub(crate) db: Db,
     payments: Option<Arc<dyn PaymentProvider>>,
     billing_cycle: BillingCycle,
     /// Fault injection for the crash tests: after recording this step, the run stops
@@ -132,7 +109,7 @@ impl OnboardingWorkflow {
         Ok(tx.commit().await?)
     }
 
-    async fn fail(&self, signup: &Signup, reason: String) -> Result<(), JobError> {
+    pub(crate) async fn fail(&self, signup: &Signup, reason: String) -> Result<(), JobError> {
         tracing::warn!(signup = %signup.id, %reason, "onboarding failed");
         metrics::counter!("signups_failed_total").increment(1);
         self.set_status(signup.id, SignupStatus::Failed, Some(&reason))
@@ -151,7 +128,7 @@ impl OnboardingWorkflow {
     /// Runs the signup's remaining steps. `attempt` says whether an earlier run of this
     /// job may have left objects at the payment provider that must be found, not made.
     #[tracing::instrument(name = "signup_run", skip(self, attempt), fields(signup = %id))]
-    async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
+    pub(crate) async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
         let load = |lock| async move {
             let mut tx = self.db.system_tx("onboarding read").await?;
             let signup = store::get(&mut tx, id, lock).await.map_err(|e| match e {
@@ -422,36 +399,6 @@ impl OnboardingWorkflow {
         metrics::histogram!("onboarding_completed_seconds").record(elapsed);
         tracing::info!(signup = %signup.id, tenant = %tenant_id, elapsed, "tenant provisioned");
         Ok(())
-    }
-}
-
-#[async_trait]
-impl JobHandler for OnboardingWorkflow {
-    fn kind(&self) -> &'static str {
-        ONBOARDING_JOB
-    }
-
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload: Payload = job.payload()?;
-        let id = payload.signup_id;
-        let result = self.run_signup(id, Attempt::of_run(job.attempts)).await;
-        // Refused for good, or out of attempts: the signup fails visibly (and frees its
-        // email and company for another try) instead of staying pending forever.
-        let last = job.attempts >= job.max_attempts;
-        if let Err(JobError::Permanent(reason)) | Err(JobError::Retry(reason)) = &result
-            && (last || matches!(result, Err(JobError::Permanent(_))))
-        {
-            let mut tx = self.db.system_tx("onboarding give up").await?;
-            let signup = store::get(&mut tx, id, false).await;
-            tx.commit().await?;
-            if let Ok(signup) = signup
-                && !signup.status.is_final()
-            {
-                self.fail(&signup, format!("onboarding_failed: {reason}"))
-                    .await?;
-            }
-        }
-        result
     }
 }
 

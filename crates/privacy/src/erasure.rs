@@ -14,24 +14,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billing::final_invoice::FinalBiller;
-use jobs::{Job, JobError, JobHandler};
+use jobs::{JobContext, JobError, JobHandler};
 use lifecycle::deletions::{self, Erased};
-use lifecycle::transitions::{self, ERASURE_JOB};
+use lifecycle::transition_jobs::ErasureJob;
+use lifecycle::transitions;
 use metering::ClickHouseSink;
 use payments::PaymentProvider;
-use saas_core::{TenantId, TransitionId};
-use serde::Deserialize;
 use tenancy::Db;
 use tenancy::audit::{self, Actor, AuditEntry};
 
 /// How long the ClickHouse delete may take before the job retries.
 const CLICKHOUSE_WAIT: Duration = Duration::from_secs(120);
-
-#[derive(Deserialize)]
-struct Payload {
-    transition_id: TransitionId,
-    tenant_id: TenantId,
-}
 
 pub struct ErasureWorkflow {
     db: Db,
@@ -57,20 +50,16 @@ impl ErasureWorkflow {
 }
 
 #[async_trait]
-impl JobHandler for ErasureWorkflow {
-    fn kind(&self) -> &'static str {
-        ERASURE_JOB
-    }
-
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        self.erase(job.payload()?).await
+impl JobHandler<ErasureJob> for ErasureWorkflow {
+    async fn run(&self, job: ErasureJob, _: JobContext) -> Result<(), JobError> {
+        self.erase(job).await
     }
 }
 
 impl ErasureWorkflow {
     #[tracing::instrument(name = "erasure", skip_all,
         fields(tenant = %payload.tenant_id, transition = %payload.transition_id))]
-    async fn erase(&self, payload: Payload) -> Result<(), JobError> {
+    async fn erase(&self, payload: ErasureJob) -> Result<(), JobError> {
         let tenant_id = payload.tenant_id;
         let (transition, tenant) = {
             let mut tx = self.db.tenant_tx(tenant_id).await?;

@@ -1,14 +1,14 @@
 //! Step 3 of collection: charging, recording what each charge did, and the payments a
 //! tenant makes itself to settle what it owes.
 
-use ::jobs::NewJob;
+use ::jobs::{JobKind, JobOptions};
 use chrono::{DateTime, Utc};
 use payments::{ChargeOutcome, PaymentError};
 use saas_core::TenantId;
 use uuid::Uuid;
 
 use super::dunning::NextStep;
-use super::jobs::{Payload, RETRY_PAYMENT_JOB};
+use super::jobs::RetryPaymentJob;
 use super::{CollectError, Collector};
 use crate::DunningStatus;
 use crate::invoices::payment::{self, InvoiceState, close, mark_paid};
@@ -200,14 +200,13 @@ impl Collector {
         )
         .await?;
         if recorded && let Some(at) = next_at {
-            let payload = Payload::json(tenant, invoice, Some(number + 1))?;
-            jobs::enqueue(
-                &mut tx,
-                NewJob::new(RETRY_PAYMENT_JOB, payload)
-                    .dedup_key(format!("{invoice}:{}", number + 1))
-                    .run_at(at),
-            )
-            .await?;
+            let job = RetryPaymentJob {
+                tenant_id: tenant,
+                invoice_id: invoice,
+                attempt: number + 1,
+            };
+            let options = JobOptions::dedup_key(format!("{invoice}:{}", number + 1)).run_at(at);
+            job.enqueue(&mut tx, options).await?;
         }
         tx.commit().await?;
         Ok(())

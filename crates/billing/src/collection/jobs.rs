@@ -3,46 +3,47 @@
 
 use std::time::Duration;
 
-use ::jobs::{Job, JobError, JobHandler, NewJob};
+use ::jobs::{JobContext, JobError, JobHandler, JobKind, JobOptions, Worker};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::PgConnection;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
 use super::Collector;
 
-pub const COLLECT_JOB: &str = "billing.collect";
-pub const RETRY_PAYMENT_JOB: &str = "billing.retry_payment";
-
+/// The collection of a new invoice (or one more, to finish what a payment means).
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Payload {
-    tenant_id: TenantId,
-    invoice_id: Uuid,
-    /// For payment retries: which charge of the invoice this job makes (from 2).
-    #[serde(default)]
-    attempt: Option<i32>,
+pub struct CollectJob {
+    pub tenant_id: TenantId,
+    pub invoice_id: Uuid,
 }
 
-impl Payload {
-    pub(super) fn json(
-        tenant: TenantId,
-        invoice: Uuid,
-        attempt: Option<i32>,
-    ) -> Result<Value, StoreError> {
-        let payload = Payload {
-            tenant_id: tenant,
-            invoice_id: invoice,
-            attempt,
-        };
-        serde_json::to_value(payload).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
+impl JobKind for CollectJob {
+    const KIND: &'static str = "billing.collect";
 
-    fn of(job: &Job) -> Result<Payload, JobError> {
-        job.payload()
+    /// One at a time with the tenant's other jobs (the payment lock would make a second
+    /// collection wait anyway, holding a worker).
+    fn concurrency_key(&self) -> Option<String> {
+        ::jobs::tenant_key(self.tenant_id)
+    }
+}
+
+/// One scheduled dunning retry: the `attempt`-th charge of the invoice (from 2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RetryPaymentJob {
+    pub tenant_id: TenantId,
+    pub invoice_id: Uuid,
+    pub attempt: i32,
+}
+
+impl JobKind for RetryPaymentJob {
+    const KIND: &'static str = "billing.retry_payment";
+
+    fn concurrency_key(&self) -> Option<String> {
+        ::jobs::tenant_key(self.tenant_id)
     }
 }
 
@@ -52,12 +53,12 @@ pub async fn enqueue_collection(
     tenant: TenantId,
     invoice: Uuid,
 ) -> Result<(), StoreError> {
-    let payload = Payload::json(tenant, invoice, None)?;
-    jobs::enqueue(
-        conn,
-        NewJob::new(COLLECT_JOB, payload).dedup_key(invoice.to_string()),
-    )
-    .await?;
+    let job = CollectJob {
+        tenant_id: tenant,
+        invoice_id: invoice,
+    };
+    job.enqueue(conn, JobOptions::dedup_key(invoice.to_string()))
+        .await?;
     Ok(())
 }
 
@@ -69,12 +70,12 @@ pub async fn enqueue_follow_up(
     invoice: Uuid,
     why: &str,
 ) -> Result<(), StoreError> {
-    let payload = Payload::json(tenant, invoice, None)?;
-    jobs::enqueue(
-        conn,
-        NewJob::new(COLLECT_JOB, payload).dedup_key(format!("{invoice}:{why}")),
-    )
-    .await?;
+    let job = CollectJob {
+        tenant_id: tenant,
+        invoice_id: invoice,
+    };
+    job.enqueue(conn, JobOptions::dedup_key(format!("{invoice}:{why}")))
+        .await?;
     Ok(())
 }
 
@@ -105,7 +106,7 @@ pub async fn requeue_stalled(
         let ids: Vec<String> = page.iter().map(|row| row.1.to_string()).collect();
         let waiting = jobs::pending_with(
             &mut tx,
-            &[COLLECT_JOB, RETRY_PAYMENT_JOB],
+            &[CollectJob::KIND, RetryPaymentJob::KIND],
             "invoice_id",
             &ids,
         )
@@ -121,21 +122,22 @@ pub async fn requeue_stalled(
     let mut requeued = 0;
     for (tenant, invoice, status, attempts, _) in &stalled {
         let retrying = status == "open" && *attempts > 0;
-        let payload = Payload::json(
-            TenantId::from_uuid(*tenant),
-            *invoice,
-            retrying.then_some(attempts + 1),
-        )?;
-        let kind = if retrying {
-            RETRY_PAYMENT_JOB
+        let tenant_id = TenantId::from_uuid(*tenant);
+        let options = JobOptions::dedup_key(format!("{invoice}:requeued:{hour}"));
+        let queued = if retrying {
+            let job = RetryPaymentJob {
+                tenant_id,
+                invoice_id: *invoice,
+                attempt: attempts + 1,
+            };
+            job.enqueue(&mut tx, options).await?
         } else {
-            COLLECT_JOB
+            let job = CollectJob {
+                tenant_id,
+                invoice_id: *invoice,
+            };
+            job.enqueue(&mut tx, options).await?
         };
-        let queued = jobs::enqueue(
-            &mut tx,
-            NewJob::new(kind, payload).dedup_key(format!("{invoice}:requeued:{hour}")),
-        )
-        .await?;
         requeued += usize::from(queued.is_some());
     }
     tx.commit().await?;
@@ -149,40 +151,28 @@ pub async fn requeue_stalled(
     Ok(requeued)
 }
 
-/// Runs [`Collector::collect`] for a new invoice.
-pub struct CollectJob(pub(super) Collector);
+impl Collector {
+    /// Runs this collector's jobs (collections and payment retries) on `worker`.
+    pub fn register_with(self, worker: Worker) -> Worker {
+        worker
+            .register::<CollectJob>(self.clone())
+            .register::<RetryPaymentJob>(self)
+    }
+}
 
 #[async_trait]
-impl JobHandler for CollectJob {
-    fn kind(&self) -> &'static str {
-        COLLECT_JOB
-    }
-
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload = Payload::of(job)?;
-        self.0
-            .collect(payload.tenant_id, payload.invoice_id)
+impl JobHandler<CollectJob> for Collector {
+    async fn run(&self, job: CollectJob, _: JobContext) -> Result<(), JobError> {
+        self.collect(job.tenant_id, job.invoice_id)
             .await
             .map_err(JobError::from)
     }
 }
 
-/// Runs one scheduled dunning retry.
-pub struct RetryPaymentJob(pub(super) Collector);
-
 #[async_trait]
-impl JobHandler for RetryPaymentJob {
-    fn kind(&self) -> &'static str {
-        RETRY_PAYMENT_JOB
-    }
-
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let payload = Payload::of(job)?;
-        let attempt = payload
-            .attempt
-            .ok_or_else(|| JobError::Permanent("a payment retry without its number".into()))?;
-        self.0
-            .retry_payment(payload.tenant_id, payload.invoice_id, attempt)
+impl JobHandler<RetryPaymentJob> for Collector {
+    async fn run(&self, job: RetryPaymentJob, _: JobContext) -> Result<(), JobError> {
+        self.retry_payment(job.tenant_id, job.invoice_id, job.attempt)
             .await
             .map_err(JobError::from)
     }

@@ -32,7 +32,6 @@ mod reactivation;
 
 use std::sync::Arc;
 
-use jobs::{CollectJob, RetryPaymentJob};
 use payments::{PaymentError, PaymentProvider};
 use saas_core::TenantId;
 use tenancy::{Db, StoreError};
@@ -42,7 +41,7 @@ pub use crate::invoices::payment::{close, mark_paid};
 pub use charge::Settlement;
 pub use dunning::{DunningSchedule, NextStep};
 pub use jobs::{
-    COLLECT_JOB, RETRY_PAYMENT_JOB, enqueue_collection, enqueue_follow_up, requeue_stalled,
+    CollectJob, RetryPaymentJob, enqueue_collection, enqueue_follow_up, requeue_stalled,
 };
 pub use push::{MAX_CHARGE, signup_draft};
 pub use reactivation::{Reactivation, ReactivationError, reactivate};
@@ -104,11 +103,6 @@ impl Collector {
             payments,
             schedule,
         }
-    }
-
-    /// The job handlers: collection and payment retries.
-    pub fn jobs(&self) -> (CollectJob, RetryPaymentJob) {
-        (CollectJob(self.clone()), RetryPaymentJob(self.clone()))
     }
 
     /// The tenant's payment lock (see `tenancy::payment_lock`): also keeps two
