@@ -39,7 +39,7 @@ impl FinalBiller {
     ) -> Result<(), String> {
         let mut tx = self.db.tenant_tx(tenant.id).await.map_err(text)?;
         let usage: BTreeMap<Metric, u64> =
-            metering::ledger::period_usage(&mut tx, tenant.id, period.start)
+            metering::counters::period_usage(&mut tx, tenant.id, period.start)
                 .await
                 .map_err(text)?;
         let composed = period_invoice::compose(&mut tx, tenant, period, &usage, next_period)

@@ -6,47 +6,40 @@ use jobs::JobKind;
 use saas_core::{TenantId, TransitionId};
 use serde::{Deserialize, Serialize};
 
-/// Moves a tenant from `upgrading`/`downgrading` to its new plan.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlanChangeJob {
-    pub transition_id: TransitionId,
-    pub tenant_id: TenantId,
+/// A job kind whose payload is a transition of a tenant; only the stored name differs.
+macro_rules! transition_job {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct $name {
+            pub transition_id: TransitionId,
+            pub tenant_id: TenantId,
+        }
+
+        impl JobKind for $name {
+            const KIND: &'static str = $kind;
+
+            fn concurrency_key(&self) -> Option<String> {
+                jobs::tenant_key(self.tenant_id)
+            }
+        }
+    };
 }
 
-impl JobKind for PlanChangeJob {
-    const KIND: &'static str = "lifecycle.plan_change";
+transition_job!(
+    /// Moves a tenant from `upgrading`/`downgrading` to its new plan.
+    PlanChangeJob,
+    "lifecycle.plan_change"
+);
 
-    fn concurrency_key(&self) -> Option<String> {
-        jobs::tenant_key(self.tenant_id)
-    }
-}
+transition_job!(
+    /// Switches the plan of a downgrade taken for the period's end, when it ends.
+    ApplyScheduledPlanJob,
+    "lifecycle.apply_scheduled_plan"
+);
 
-/// Switches the plan of a downgrade taken for the period's end, when it ends.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApplyScheduledPlanJob {
-    pub transition_id: TransitionId,
-    pub tenant_id: TenantId,
-}
-
-impl JobKind for ApplyScheduledPlanJob {
-    const KIND: &'static str = "lifecycle.apply_scheduled_plan";
-
-    fn concurrency_key(&self) -> Option<String> {
-        jobs::tenant_key(self.tenant_id)
-    }
-}
-
-/// Bills what an erased tenant used and removes the rest (run by the privacy crate).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErasureJob {
-    pub transition_id: TransitionId,
-    pub tenant_id: TenantId,
-}
-
-impl JobKind for ErasureJob {
-    const KIND: &'static str = "lifecycle.erasure";
-
-    fn concurrency_key(&self) -> Option<String> {
-        jobs::tenant_key(self.tenant_id)
-    }
-}
+transition_job!(
+    /// Bills what an erased tenant used and removes the rest (run by the privacy crate).
+    ErasureJob,
+    "lifecycle.erasure"
+);

@@ -23,7 +23,7 @@ mod records;
 
 pub use records::{
     RecentTransition, export_json, get, last_suspended_by, list, mark_completed, recent,
-    tenant_may_reactivate,
+    record_usage_before, set_effective_at, set_status, tenant_may_reactivate,
 };
 
 /// What is asked of the tenant.

@@ -3,6 +3,7 @@
 //! - [`event`]: what a usage event is and the rules it must meet.
 //! - [`ledger`]: ingestion. Events are committed to Postgres together with the quota
 //!   counters before they are acknowledged; hard limits are exact under concurrency.
+//! - [`counters`]: a tenant's exact usage of the period so far, from those counters.
 //! - [`periods`]: closes a billing period to usage before it is invoiced.
 //! - [`relay`]: copies the ledger to ClickHouse, in order, replay-safe.
 //! - [`usage_query`]: real-time reads, ClickHouse plus whatever the relay has not copied.
@@ -11,6 +12,7 @@
 //!   relayed events, a whole partition at a time.
 
 pub mod clickhouse_sink;
+pub mod counters;
 pub mod erasure;
 pub mod event;
 pub mod export;

@@ -20,7 +20,7 @@ use tenancy::{Db, StoreError};
 use tokio::sync::watch;
 
 use crate::clickhouse_sink::{ClickHouseSink, SinkError};
-use crate::ledger::parse_u64;
+use crate::counters::parse_u64;
 use crate::retention::{self, RetentionSettings};
 use crate::usage_rows::{LedgerPosition, UsageRow, to_clickhouse_time};
 

@@ -316,7 +316,8 @@ pub async fn period_summary(
     let now = state.clock.now();
     let mut tx = state.db.tenant_tx(tenant.tenant_id).await?;
     let terms = ledger::tenant_terms(&mut tx, tenant.tenant_id, now).await?;
-    let used = ledger::period_usage(&mut tx, tenant.tenant_id, terms.period.start).await?;
+    let used =
+        metering::counters::period_usage(&mut tx, tenant.tenant_id, terms.period.start).await?;
     tx.commit().await?;
     let metrics = terms
         .metrics

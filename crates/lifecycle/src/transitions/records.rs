@@ -135,12 +135,63 @@ pub async fn export_json(
 
 /// Marks the transition completed.
 pub async fn mark_completed(conn: &mut PgConnection, id: TransitionId) -> Result<(), StoreError> {
+    set_status(conn, id, TransitionStatus::Completed, None).await
+}
+
+/// Moves the transition to `status`; a final one (completed, failed) is stamped with
+/// its time.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: TransitionId,
+    status: TransitionStatus,
+    failure: Option<String>,
+) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE tenant_transitions SET status = 'completed', completed_at = now() WHERE id = $1",
+        "UPDATE tenant_transitions SET status = $2, failure_reason = $3, \
+                completed_at = CASE WHEN $2 IN ('completed', 'failed') THEN now() END \
+         WHERE id = $1",
     )
     .bind(id.as_uuid())
+    .bind(status)
+    .bind(failure)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// When a completed plan change took effect: `at` (a scheduled boundary), or else the
+/// commit that completed it.
+pub async fn set_effective_at(
+    conn: &mut PgConnection,
+    id: TransitionId,
+    at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tenant_transitions SET effective_at = COALESCE($2, completed_at) WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The usage of the period up to a plan change, which billing rates under the old plan.
+pub async fn record_usage_before(
+    conn: &mut PgConnection,
+    id: TransitionId,
+    usage: &std::collections::BTreeMap<saas_core::Metric, u64>,
+) -> Result<(), StoreError> {
+    // Decimal strings: a u64 does not fit a JSON number exactly.
+    let usage: serde_json::Map<String, serde_json::Value> = usage
+        .iter()
+        .map(|(metric, used)| (metric.as_str().to_owned(), used.to_string().into()))
+        .collect();
+    sqlx::query("UPDATE tenant_transitions SET usage_before = $2 WHERE id = $1")
+        .bind(id.as_uuid())
+        .bind(serde_json::Value::Object(usage))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -13,6 +13,8 @@ use serde_json::Value;
 use crate::api::{Api, As};
 use crate::books::{Books, MetricUsage, Tally, Tenant, instant};
 use crate::rerate::{self, Plan};
+use crate::settling::settled_invoices;
+use crate::stripe_view::{StripeSource, StripeView};
 use crate::usage_store::UsageStore;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -241,100 +243,6 @@ fn quantities(invoice: &Value) -> BTreeMap<String, u64> {
     sums
 }
 
-/// Waits (up to `within` in all) until every tenant's ended periods are invoiced and
-/// collected.
-pub async fn wait_until_settled(
-    api: &Api,
-    books: &Books,
-    tenants: &[Tenant],
-    cutoff: DateTime<Utc>,
-    within: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    for tenant in tenants.iter().filter(|t| !t.erased()) {
-        settled_invoices(api, tenant, books, (cutoff, deadline)).await?;
-    }
-    Ok(())
-}
-
-/// A tenant's invoices, the current period's start, and the starts of every period that
-/// ended before it.
-struct Settled {
-    invoices: Vec<Value>,
-    current: Option<DateTime<Utc>>,
-    ended: Vec<DateTime<Utc>>,
-    cycle: chrono::TimeDelta,
-}
-
-/// The tenant's invoices of periods that started before `cutoff` (the end of the
-/// traffic), once every such period that ended has one and none is still being collected
-/// (or the deadline passed). Later periods keep closing while the checks run; their
-/// invoices bill base fees only and are left out.
-async fn settled_invoices(
-    api: &Api,
-    tenant: &Tenant,
-    books: &Books,
-    (cutoff, deadline): (DateTime<Utc>, Instant),
-) -> anyhow::Result<Settled> {
-    let first = instant(&tenant.first_period).context("the first period")?;
-    loop {
-        let summary = usage_summary(api, tenant).await?;
-        let current = summary["period_start"].as_str().and_then(instant);
-        let end = summary["period_end"].as_str().and_then(instant);
-        let cycle = match (current, end) {
-            (Some(current), Some(end)) => end - current,
-            _ => chrono::TimeDelta::zero(),
-        };
-        let ended: Vec<DateTime<Utc>> = match (current, end) {
-            (Some(current), Some(_)) if cycle > chrono::TimeDelta::zero() => {
-                std::iter::successors(Some(first), |start| Some(*start + cycle))
-                    .take_while(|start| *start < current && *start < cutoff)
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        let listed = api
-            .call(
-                "GET /v1/invoices",
-                Method::GET,
-                "/v1/invoices",
-                As::Key(&tenant.key()),
-                None,
-            )
-            .await?;
-        let invoices: Vec<Value> = listed.body["invoices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["period_start"].as_str().and_then(instant) < Some(cutoff))
-            .cloned()
-            .collect();
-        let invoiced: Vec<DateTime<Utc>> = invoices
-            .iter()
-            .filter(|i| i["kind"] == "period")
-            .filter_map(|i| instant(i["period_start"].as_str()?))
-            .collect();
-        let waiting_for_invoice = books
-            .usage_of(&tenant.tenant_id)
-            .keys()
-            .filter_map(|s| instant(s))
-            .chain(ended.iter().copied())
-            .any(|start| Some(start) != current && !invoiced.contains(&start));
-        let collecting = invoices
-            .iter()
-            .any(|i| i["status"] == "draft" || (i["status"] == "open" && i["total"] != 0));
-        if (!waiting_for_invoice && !collecting) || Instant::now() > deadline {
-            return Ok(Settled {
-                invoices,
-                current,
-                ended,
-                cycle,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// The amounts of an invoice's lines, sorted; of ours only those Stripe is sent (a line
 /// of nothing is not).
 fn line_amounts(lines: &Value, ours: bool) -> Vec<i64> {
@@ -433,77 +341,7 @@ fn add(into: &mut MetricUsage, usage: &MetricUsage) {
     }
 }
 
-/// Where the Stripe fake is, and the key to reach it with.
-pub struct StripeSource {
-    pub base: String,
-    pub key: String,
-}
-
-impl StripeSource {
-    /// A form-encoded POST, as Stripe's API takes them.
-    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Value> {
-        let answer = reqwest::Client::new()
-            .post(format!("{}{path}", self.base))
-            .basic_auth(&self.key, Some(""))
-            .form(form)
-            .send()
-            .await?;
-        anyhow::ensure!(answer.status().is_success(), "{path}: {}", answer.status());
-        Ok(answer.json().await?)
-    }
-
-    /// Every customer, read page by page.
-    pub async fn customers(&self) -> anyhow::Result<Vec<Value>> {
-        self.customers_where(&[]).await
-    }
-
-    /// The customer with `email`, by the list's own filter ("A case-sensitive filter on
-    /// the list based on the customer's email field",
-    /// https://docs.stripe.com/api/customers/list#list_customers-email).
-    pub async fn customer_with_email(&self, email: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .customers_where(&[("email", email)])
-            .await?
-            .first()
-            .and_then(|c| c["id"].as_str())
-            .map(str::to_owned))
-    }
-
-    async fn customers_where(&self, filter: &[(&str, &str)]) -> anyhow::Result<Vec<Value>> {
-        let client = reqwest::Client::new();
-        let (mut customers, mut after) = (Vec::new(), None::<String>);
-        loop {
-            let mut url = reqwest::Url::parse(&format!("{}/v1/customers", self.base))?;
-            {
-                let mut query = url.query_pairs_mut();
-                query.append_pair("limit", "100");
-                query.extend_pairs(filter);
-                if let Some(after) = &after {
-                    query.append_pair("starting_after", after);
-                }
-            }
-            let page: Value = client
-                .get(url)
-                .basic_auth(&self.key, Some(""))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let data = page["data"].as_array().cloned().unwrap_or_default();
-            after = data
-                .last()
-                .and_then(|c| c["id"].as_str())
-                .map(str::to_owned);
-            customers.extend(data);
-            if page["has_more"] != true || after.is_none() {
-                return Ok(customers);
-            }
-        }
-    }
-}
-
-/// The tenant's current period and its usage, as `GET /v1/usage/summary` shows them.
-async fn usage_summary(api: &Api, tenant: &Tenant) -> anyhow::Result<Value> {
+pub async fn usage_summary(api: &Api, tenant: &Tenant) -> anyhow::Result<Value> {
     Ok(api
         .call(
             "GET /v1/usage/summary",
@@ -514,52 +352,4 @@ async fn usage_summary(api: &Api, tenant: &Tenant) -> anyhow::Result<Value> {
         )
         .await?
         .body)
-}
-
-/// Every invoice the Stripe fake holds, by our invoice id (its `saas_invoice` metadata).
-pub struct StripeView {
-    pub by_reference: HashMap<String, Vec<Value>>,
-    pub invoices: usize,
-}
-
-impl StripeView {
-    pub async fn load(base: &str, key: &str) -> anyhow::Result<StripeView> {
-        let client = reqwest::Client::new();
-        let mut by_reference: HashMap<String, Vec<Value>> = HashMap::new();
-        let mut after: Option<String> = None;
-        let mut invoices = 0;
-        loop {
-            let mut url = format!("{base}/v1/invoices?limit=100");
-            if let Some(after) = &after {
-                url.push_str(&format!("&starting_after={after}"));
-            }
-            let page: Value = client
-                .get(url)
-                .basic_auth(key, Some(""))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let data = page["data"].as_array().cloned().unwrap_or_default();
-            for invoice in &data {
-                invoices += 1;
-                if let Some(reference) = invoice["metadata"]["saas_invoice"].as_str() {
-                    by_reference
-                        .entry(reference.to_owned())
-                        .or_default()
-                        .push(invoice.clone());
-                }
-            }
-            after = data
-                .last()
-                .and_then(|i| i["id"].as_str())
-                .map(str::to_owned);
-            if page["has_more"] != true || after.is_none() {
-                return Ok(StripeView {
-                    by_reference,
-                    invoices,
-                });
-            }
-        }
-    }
 }

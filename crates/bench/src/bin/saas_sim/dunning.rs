@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::api::{Api, As};
 use crate::books::{Books, Tally, Tenant};
-use crate::checks::StripeSource;
 use crate::life::note;
+use crate::stripe_view::StripeSource;
 
 /// Stripe's test card that attaches and then declines every charge
 /// (https://docs.stripe.com/testing#declined-payments).

@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::api::{Api, As};
 use crate::books::{Books, Tally, Tenant};
-use crate::checks::StripeSource;
+use crate::stripe_view::StripeSource;
 
 /// Where an erased tenant's data could be left.
 pub struct Stores<'a> {

@@ -11,8 +11,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::api::{Api, Busy};
 use crate::books::{Books, Tally, Tenant};
-use crate::checks::StripeSource;
 use crate::mail::Mailbox;
+use crate::stripe_view::StripeSource;
 use crate::suspensions::Suspensions;
 use crate::{dunning, erasure, plan_changes, rotation};
 

@@ -18,8 +18,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use jobs::{JobContext, JobError, JobHandler, JobKind, JobOptions, Worker};
 use payments::{PaymentError, PaymentProvider};
-use saas_core::{StateMove, TenantId, TenantState, TransitionId, check_transition};
-use sqlx::PgConnection;
+use saas_core::{TenantId, TenantState, TransitionId};
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::plans::Plan;
 use tenancy::tenants::Tenant;
@@ -27,6 +26,10 @@ use tenancy::{Db, StoreError};
 
 use crate::transition_jobs::{ApplyScheduledPlanJob, PlanChangeJob};
 use crate::transitions::{self, Effective, Transition, TransitionStatus};
+
+mod closing;
+
+use closing::{allowed, complete, ending, finish};
 
 /// Which of the two plan-change jobs runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,13 +126,13 @@ impl PlanChangeWorkflow {
                 // The usage so far is rated under the old plan, the rest under the new:
                 // recorded with the counters locked, so that no batch slips between.
                 let now = Utc::now();
-                let usage = metering::ledger::lock_period_usage(
+                let usage = metering::counters::lock_period_usage(
                     &mut tx,
                     tenant.id,
                     tenant.period_at(now).start,
                 )
                 .await?;
-                record_usage_before(&mut tx, transition, &usage).await?;
+                transitions::record_usage_before(&mut tx, transition.id, &usage).await?;
                 // New plan, new quotas and the end of the state, all at one commit.
                 let step = ending(transition)?;
                 let switched =
@@ -157,7 +160,7 @@ impl PlanChangeWorkflow {
         if !moved {
             return Ok(()); // done by an earlier attempt
         }
-        set_status(&mut tx, transition.id, TransitionStatus::Scheduled, None).await?;
+        transitions::set_status(&mut tx, transition.id, TransitionStatus::Scheduled, None).await?;
         let job = ApplyScheduledPlanJob {
             transition_id: transition.id,
             tenant_id: tenant.id,
@@ -331,138 +334,4 @@ impl PlanChangeWorkflow {
             self.change_now(transition, tenant, plan).await
         }
     }
-}
-
-/// Commits a plan switch; when it took (`switched`), the transition completes with its
-/// audit entry and win-back follow-up in the same commit, in effect from `effective_at`
-/// (a scheduled boundary) or from its completion.
-async fn complete(
-    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    switched: bool,
-    transition: &Transition,
-    tenant: &Tenant,
-    plan: &Plan,
-    effective_at: Option<chrono::DateTime<Utc>>,
-) -> Result<(), JobError> {
-    if switched {
-        finish(
-            &mut tx,
-            transition,
-            tenant,
-            TransitionStatus::Completed,
-            None,
-        )
-        .await?;
-        // A change taken at once is in effect from the commit that completes it.
-        sqlx::query(
-            "UPDATE tenant_transitions SET effective_at = COALESCE($2, completed_at) WHERE id = $1",
-        )
-        .bind(transition.id.as_uuid())
-        .bind(effective_at)
-        .execute(&mut *tx)
-        .await?;
-        follow_up_winback(&mut tx, tenant.id, plan).await?;
-    }
-    Ok(tx.commit().await?)
-}
-
-async fn record_usage_before(
-    conn: &mut PgConnection,
-    transition: &Transition,
-    usage: &std::collections::BTreeMap<saas_core::Metric, u64>,
-) -> Result<(), JobError> {
-    // Decimal strings: a u64 does not fit a JSON number exactly.
-    let usage: serde_json::Map<String, serde_json::Value> = usage
-        .iter()
-        .map(|(metric, used)| (metric.as_str().to_owned(), used.to_string().into()))
-        .collect();
-    sqlx::query("UPDATE tenant_transitions SET usage_before = $2 WHERE id = $1")
-        .bind(transition.id.as_uuid())
-        .bind(serde_json::Value::Object(usage))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Leaving every paid plan is a cancellation, and starts a win-back campaign; taking a
-/// paid plan again wins it back.
-async fn follow_up_winback(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    plan: &Plan,
-) -> Result<(), JobError> {
-    if plan.base_fee == 0 {
-        crate::winback::start(conn, tenant, "cancelled").await?;
-    } else {
-        crate::winback::end(conn, tenant, "won").await?;
-    }
-    Ok(())
-}
-
-async fn set_status(
-    conn: &mut PgConnection,
-    id: TransitionId,
-    status: TransitionStatus,
-    failure: Option<String>,
-) -> Result<(), JobError> {
-    sqlx::query(
-        "UPDATE tenant_transitions SET status = $2, failure_reason = $3, \
-                completed_at = CASE WHEN $2 IN ('completed', 'failed') THEN now() END \
-         WHERE id = $1",
-    )
-    .bind(id.as_uuid())
-    .bind(status)
-    .bind(failure)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Ends the transition as `status` with its audit entry.
-async fn finish(
-    conn: &mut PgConnection,
-    transition: &Transition,
-    tenant: &Tenant,
-    status: TransitionStatus,
-    failure: Option<String>,
-) -> Result<(), JobError> {
-    set_status(conn, transition.id, status, failure.clone()).await?;
-    let action = if status == TransitionStatus::Completed {
-        "tenant.plan_changed"
-    } else {
-        "tenant.plan_change_failed"
-    };
-    let mut entry = AuditEntry::new(Some(tenant.id), Actor::System("lifecycle"), action);
-    entry.from_state = Some(tenant.state);
-    entry.to_state = Some(if tenant.state == TenantState::Deleted {
-        TenantState::Deleted
-    } else if matches!(
-        tenant.state,
-        TenantState::Upgrading | TenantState::Downgrading
-    ) {
-        TenantState::Active
-    } else {
-        tenant.state
-    });
-    entry.reason = failure;
-    entry.details = serde_json::json!({
-        "transition_id": transition.id,
-        "from_plan": transition.from_plan,
-        "to_plan": transition.to_plan,
-    });
-    audit::record(conn, &entry).await?;
-    metrics::counter!("tenant_plan_changes_total", "result" => status.as_str()).increment(1);
-    tracing::info!(tenant = %tenant.id, transition = %transition.id, status = status.as_str(), "plan change ended");
-    Ok(())
-}
-
-/// The state change a plan-change job makes, from the transition table; a refusal is a
-/// bug no retry mends.
-fn allowed(from: TenantState, to: TenantState) -> Result<StateMove, JobError> {
-    check_transition(from, to).map_err(|refused| JobError::Permanent(refused.to_string()))
-}
-
-/// How the plan change `transition` ends: from the state it runs in back to active.
-fn ending(transition: &Transition) -> Result<StateMove, JobError> {
-    allowed(transition.to, TenantState::Active)
 }

@@ -11,26 +11,29 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stripe::{Client, ClientBuilder, StripeError};
-use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe::StripeRequest;
+use stripe::{Client, ClientBuilder};
 use stripe_billing::invoice::{
     CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior, FinalizeInvoiceInvoice, ListInvoice,
     PayInvoice, RetrieveInvoice, VoidInvoiceInvoice,
 };
 use stripe_billing::invoice_item::CreateInvoiceItem;
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
-use stripe_billing::{Invoice, InvoiceCollectionMethod, InvoiceLineItem, InvoiceStatus};
+use stripe_billing::{Invoice, InvoiceCollectionMethod, InvoiceStatus};
 use stripe_core::customer::{
     CreateCustomer, DeleteCustomer, ListCustomer, RetrieveCustomer, RetrieveCustomerReturned,
     UpdateCustomer, UpdateCustomerInvoiceSettings,
 };
 use stripe_payment::payment_method::AttachPaymentMethod;
-use stripe_types::{Currency, Expandable};
 
 use crate::provider::{
     Attempt, ChargeLine, ChargeOutcome, CustomerDetails, InvoiceDraft, LineOrigin, PaymentError,
-    PaymentProvider, ProviderInvoice, ProviderLine,
+    PaymentProvider, ProviderInvoice,
 };
+
+mod convert;
+
+use convert::{classify, currency, expandable_id, idempotent, invoice_id, provider_invoice};
 
 /// Metadata key holding our reference on every customer we create.
 const REFERENCE_KEY: &str = "saas_reference";
@@ -382,94 +385,5 @@ impl PaymentProvider for StripeProvider {
             .await
             .map(|_| ())
             .map_err(classify)
-    }
-}
-
-fn provider_invoice(
-    invoice: &Invoice,
-    lines: &[InvoiceLineItem],
-) -> Result<ProviderInvoice, PaymentError> {
-    let lines = lines
-        .iter()
-        .map(|line| ProviderLine {
-            amount: line.amount,
-            description: line.description.clone().unwrap_or_default(),
-            origin: match line.metadata.get(LINE_KEY) {
-                Some(reference) => LineOrigin::Ours(reference.clone()),
-                None => LineOrigin::Other,
-            },
-        })
-        .collect();
-    Ok(ProviderInvoice {
-        id: invoice_id(invoice)?,
-        reference: invoice
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get(INVOICE_KEY))
-            .cloned(),
-        customer: invoice.customer.as_ref().map(expandable_id),
-        status: invoice
-            .status
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "draft".into()),
-        currency: invoice.currency.to_string(),
-        total: invoice.total,
-        attempt_count: invoice.attempt_count,
-        auto_advance: invoice.auto_advance.unwrap_or(false),
-        lines,
-    })
-}
-
-fn idempotent(key: &str) -> Result<RequestStrategy, PaymentError> {
-    IdempotencyKey::new(key)
-        .map(RequestStrategy::Idempotent)
-        .map_err(|error| PaymentError::Unexpected(error.to_string()))
-}
-
-fn expandable_id<T: stripe_types::Object>(expandable: &Expandable<T>) -> String
-where
-    T::Id: ToString,
-{
-    expandable.id().to_string()
-}
-
-fn invoice_id(invoice: &Invoice) -> Result<String, PaymentError> {
-    invoice
-        .id
-        .as_ref()
-        .map(|id| id.to_string())
-        .ok_or_else(|| PaymentError::Unexpected("an invoice without an id".into()))
-}
-
-fn currency(code: &str) -> Result<Currency, PaymentError> {
-    code.parse()
-        .map_err(|_| PaymentError::Unexpected(format!("currency {code}")))
-}
-
-/// Sorts an async-stripe error into what the caller can act on.
-fn classify(error: StripeError) -> PaymentError {
-    match error {
-        StripeError::Stripe(api, status) => {
-            let message = api.message.clone().unwrap_or_default();
-            let code = api.code.as_ref().map(|code| code.to_string());
-            if let Some(decline) = api.decline_code.clone().or_else(|| {
-                code.clone()
-                    .filter(|c| c == "card_declined" || c == "expired_card" || c == "incorrect_cvc")
-            }) {
-                return PaymentError::Declined {
-                    code: decline,
-                    message,
-                };
-            }
-            match status {
-                404 => PaymentError::NotFound(message),
-                429 | 500..=599 => PaymentError::Unavailable(format!("{status}: {message}")),
-                _ => PaymentError::Refused(format!("{status}: {message}")),
-            }
-        }
-        StripeError::ClientError(message) => PaymentError::Unavailable(message),
-        StripeError::Timeout => PaymentError::Unavailable("timeout".into()),
-        other => PaymentError::Unexpected(other.to_string()),
     }
 }
