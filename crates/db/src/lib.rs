@@ -8,6 +8,8 @@
 
 mod db;
 mod error;
+mod export;
 
 pub use db::{Db, DbTx, MIGRATOR, is_lock_timeout};
 pub use error::StoreError;
+pub use export::export_json;

@@ -46,10 +46,10 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT to_jsonb(d) FROM tenant_deletions d WHERE tenant_id = $1")
-            .bind(tenant.as_uuid())
-            .fetch_optional(conn)
-            .await?,
+    db::export_json(
+        conn,
+        "SELECT to_jsonb(d) FROM tenant_deletions d WHERE tenant_id = $1",
+        tenant,
     )
+    .await
 }

@@ -389,14 +389,14 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT to_jsonb(s) - 'token_hash' - 'request_hash' - 'first_response' - 'api_key_secret' \
                 - 'first_key_hash' - 'first_key_sealed' - 'idempotency_scope' - 'token_sealed' \
          FROM signups s WHERE id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_optional(conn)
-    .await?)
+    .await
 }
 
 /// Erases the personal data and the secrets of the signup that became `tenant`. Rows

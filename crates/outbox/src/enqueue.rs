@@ -89,13 +89,13 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT coalesce(jsonb_agg(to_jsonb(n) ORDER BY n.created_at), '[]') \
          FROM notifications n WHERE tenant_id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
+    .await
 }
 
 /// Deletes every message to or about the tenant, sent or not. Rows deleted.

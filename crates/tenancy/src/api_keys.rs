@@ -298,13 +298,13 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT coalesce(jsonb_agg(to_jsonb(k) - 'secret_hash' ORDER BY k.created_at), '[]') \
          FROM api_keys k WHERE tenant_id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
+    .await
 }
 
 /// Erases the labels the tenant gave its keys, and revokes any still live. Rows changed.

@@ -189,11 +189,11 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.chain_seq), '[]') \
          FROM audit_log a WHERE tenant_id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
+    .await
 }

@@ -278,12 +278,12 @@ pub async fn export_json(
     conn: &mut PgConnection,
     id: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT to_jsonb(t) - 'email_verification_hash' FROM tenants t WHERE id = $1",
+        id,
     )
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await?)
+    .await
 }
 
 /// Erases the tenant's personal data (its name, email and any pending confirmation);

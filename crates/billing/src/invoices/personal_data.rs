@@ -10,15 +10,15 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT coalesce(jsonb_agg(to_jsonb(i) || jsonb_build_object('lines', \
              (SELECT coalesce(jsonb_agg(to_jsonb(l) ORDER BY l.position), '[]') \
               FROM invoice_lines l WHERE l.invoice_id = i.id)) ORDER BY i.period_start), '[]') \
          FROM invoices i WHERE tenant_id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
+    .await
 }
 
 /// Removes the name and email the tenant's invoices were billed to. Rows changed.

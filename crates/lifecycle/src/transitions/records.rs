@@ -124,13 +124,13 @@ pub async fn export_json(
     conn: &mut PgConnection,
     tenant: TenantId,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(sqlx::query_scalar(
+    db::export_json(
+        conn,
         "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'response' ORDER BY t.created_at), '[]') \
          FROM tenant_transitions t WHERE tenant_id = $1",
+        tenant,
     )
-    .bind(tenant.as_uuid())
-    .fetch_one(conn)
-    .await?)
+    .await
 }
 
 /// Marks the transition completed.

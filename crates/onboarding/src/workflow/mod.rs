@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use jobs::JobError;
 use payments::{Attempt, ChargeOutcome, CustomerDetails, PaymentError, PaymentProvider};
-use saas_core::{BillingCycle, SignupId, TenantId, TenantState};
-use tenancy::audit::{self, Actor, AuditEntry};
-use tenancy::email_verification;
-use tenancy::tenants::NewTenant;
+use saas_core::{BillingCycle, SignupId, TenantId};
 use tenancy::{Db, StoreError};
 
 use crate::store::{self, Signup, SignupStatus, StepOutcome};
+
+mod provision;
 
 /// The steps, in order, as recorded and reported.
 pub mod steps {
@@ -73,10 +72,34 @@ impl OnboardingWorkflow {
         let mut tx = self.db.system_tx("onboarding step").await?;
         store::record_step(&mut tx, signup, step, status).await?;
         tx.commit().await?;
+        self.after_step(signup, step, status).await;
+        Ok(())
+    }
+
+    /// The customer made at the payment provider: its id, the step, and for a paid plan
+    /// the move to `payment_processing`, at one commit.
+    async fn customer_made(
+        &self,
+        signup: SignupId,
+        customer: &str,
+        paid: bool,
+    ) -> Result<(), JobError> {
+        let step = steps::CUSTOMER_CREATED;
+        let mut tx = self.db.system_tx("onboarding customer").await?;
+        store::set_provider_ids(&mut tx, signup, Some(customer), None).await?;
+        store::record_step(&mut tx, signup, step, StepOutcome::Done).await?;
+        if paid {
+            store::set_status(&mut tx, signup, SignupStatus::PaymentProcessing, None).await?;
+        }
+        tx.commit().await?;
+        self.after_step(signup, step, StepOutcome::Done).await;
+        Ok(())
+    }
+
+    async fn after_step(&self, signup: SignupId, step: &'static str, status: StepOutcome) {
         tracing::info!(signup = %signup, step, status = status.as_str(), "onboarding step");
         count_step(step, status);
         self.halt_if_asked(step).await;
-        Ok(())
     }
 
     async fn halt_if_asked(&self, step: &'static str) {
@@ -129,25 +152,22 @@ impl OnboardingWorkflow {
     /// job may have left objects at the payment provider that must be found, not made.
     #[tracing::instrument(name = "signup_run", skip(self, attempt), fields(signup = %id))]
     pub(crate) async fn run_signup(&self, id: SignupId, attempt: Attempt) -> Result<(), JobError> {
-        let load = |lock| async move {
+        // The signup, the steps done so far and its plan, in one read.
+        let (mut signup, done, plan) = {
             let mut tx = self.db.system_tx("onboarding read").await?;
-            let signup = store::get(&mut tx, id, lock).await.map_err(|e| match e {
+            let signup = store::get(&mut tx, id, false).await.map_err(|e| match e {
                 StoreError::NotFound => JobError::Permanent(format!("signup {id} does not exist")),
                 other => other.into(),
             })?;
             let steps = store::steps(&mut tx, id).await?;
+            let plan = tenancy::plans::get(&mut tx, &signup.plan_code).await?;
             tx.commit().await?;
-            Ok::<_, JobError>((signup, steps))
+            (signup, steps, plan)
         };
-        let (mut signup, done) = load(false).await?;
         if signup.status.is_final() {
             return Ok(());
         }
         let has = |step: &str| done.iter().any(|s| s.name == step);
-        let plan = {
-            let mut conn = self.db.pool().acquire().await?;
-            tenancy::plans::get(&mut conn, &signup.plan_code).await?
-        };
         let paid = plan.base_fee > 0;
 
         // 1. The customer at the payment provider (also for free plans, when billing is
@@ -173,10 +193,11 @@ impl OnboardingWorkflow {
                         .ensure_customer(&details, attempt)
                         .await
                         .map_err(payment_retry)?;
-                    self.set_provider_ids(id, Some(&customer), None).await?;
+                    self.customer_made(id, &customer, paid).await?;
                     signup.stripe_customer_id = Some(customer);
-                    self.step_done(id, steps::CUSTOMER_CREATED, StepOutcome::Done)
-                        .await?;
+                    if paid {
+                        signup.status = SignupStatus::PaymentProcessing;
+                    }
                 }
             }
         }
@@ -185,8 +206,10 @@ impl OnboardingWorkflow {
         if paid {
             let payments = self.payments.as_ref().expect("checked above");
             let customer = signup.stripe_customer_id.clone().expect("set above");
-            self.set_status(id, SignupStatus::PaymentProcessing, None)
-                .await?;
+            if signup.status != SignupStatus::PaymentProcessing {
+                self.set_status(id, SignupStatus::PaymentProcessing, None)
+                    .await?;
+            }
             if !has(steps::PAYMENT_METHOD_ATTACHED) {
                 let method = signup.payment_method.clone().unwrap_or_default();
                 match payments
@@ -218,8 +241,7 @@ impl OnboardingWorkflow {
         }
 
         // 4 and 5. Provisioning and the welcome message, in one transaction.
-        let (signup, _) = load(false).await?;
-        self.provision(&signup).await?;
+        self.provision(id).await?;
         self.halt_if_asked(steps::TENANT_PROVISIONED).await;
         Ok(())
     }
@@ -285,121 +307,6 @@ impl OnboardingWorkflow {
             other => Err(payment_retry(other)),
         }
     }
-
-    /// The tenant, its first API key, the audit entry and the welcome message, all or
-    /// nothing; a second run finds the signup completed and does nothing.
-    async fn provision(&self, signup: &Signup) -> Result<(), JobError> {
-        let mut tx = self.db.system_tx("onboarding provision").await?;
-        let current = store::get(&mut tx, signup.id, true).await?;
-        if current.status.is_final() {
-            return Ok(());
-        }
-        sqlx::query("UPDATE signups SET status = 'provisioning' WHERE id = $1")
-            .bind(signup.id.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        let tenant_id = TenantId::from_uuid(signup.id.as_uuid());
-        let tenant = tenancy::tenants::insert(
-            &mut tx,
-            &NewTenant {
-                id: tenant_id,
-                name: signup.company.clone(),
-                email: Some(signup.email.clone()),
-                state: TenantState::Active,
-                plan_code: signup.plan_code.clone(),
-                billing_anchor: chrono::Utc::now(),
-                billing_cycle: self.billing_cycle,
-                synthetic: signup.synthetic,
-                stripe_customer_id: signup.stripe_customer_id.clone(),
-            },
-        )
-        .await?;
-        if let Some(paid) = &signup.stripe_invoice_id {
-            let plan = tenancy::plans::get(&mut tx, &signup.plan_code).await?;
-            let rated = billing::period_invoice::signup_invoice(&plan)
-                .map_err(|error| JobError::Permanent(error.to_string()))?;
-            billing::invoices::record_signup_invoice(&mut tx, &tenant, &rated, paid).await?;
-        }
-        let key_error = |error| match error {
-            tenancy::api_keys::CreateKeyError::Store(store) => store.into(),
-            // The tenant was made in this transaction: neither can happen.
-            other => JobError::Permanent(other.to_string()),
-        };
-        // The key was made when the signup was accepted; only its hash is here. A signup
-        // accepted before that gets one now, kept for its first read as it always was.
-        let plaintext_key = match &signup.first_key {
-            Some((hash, prefix)) => {
-                tenancy::api_keys::create_with_hash(&mut tx, tenant_id, "default", prefix, hash)
-                    .await
-                    .map_err(key_error)?;
-                None
-            }
-            None => Some(
-                tenancy::api_keys::create(&mut tx, tenant_id, "default")
-                    .await
-                    .map_err(key_error)?
-                    .secret,
-            ),
-        };
-        sqlx::query(
-            "UPDATE signups SET status = 'completed', completed_at = now(), \
-                    api_key_secret = $2 WHERE id = $1",
-        )
-        .bind(signup.id.as_uuid())
-        .bind(plaintext_key)
-        .execute(&mut *tx)
-        .await?;
-        let mut entry = AuditEntry::new(
-            Some(tenant_id),
-            Actor::System("onboarding"),
-            "tenant.provisioned",
-        );
-        entry.from_state = Some(TenantState::Provisioning);
-        entry.to_state = Some(TenantState::Active);
-        entry.details = serde_json::json!({ "signup_id": signup.id, "plan": signup.plan_code });
-        audit::record(&mut tx, &entry).await?;
-        store::record_step(
-            &mut tx,
-            signup.id,
-            steps::TENANT_PROVISIONED,
-            StepOutcome::Done,
-        )
-        .await?;
-        // The first mail asks the recipient to confirm the address; nothing else is mailed
-        // to it before that. A readiness probe's signup has nobody to write to, and an
-        // address named by too many signups today gets no more.
-        let mail =
-            !signup.synthetic && outbox::may_send_confirmation(&mut tx, &signup.email).await?;
-        let welcome = if mail {
-            StepOutcome::Done
-        } else {
-            StepOutcome::Skipped
-        };
-        if mail {
-            let token = email_verification::start(&mut tx, tenant_id).await?;
-            outbox::enqueue(
-                &mut tx,
-                &outbox::NewMessage {
-                    tenant: tenant_id,
-                    kind: outbox::Kind::EmailVerification,
-                    recipient: &signup.email,
-                    subject: "Confirm your email address",
-                    body: &confirmation_body(&token),
-                    dedup_key: &format!("welcome-{tenant_id}"),
-                },
-            )
-            .await?;
-        }
-        store::record_step(&mut tx, signup.id, steps::WELCOME_QUEUED, welcome).await?;
-        tx.commit().await?;
-        count_step(steps::TENANT_PROVISIONED, StepOutcome::Done);
-        count_step(steps::WELCOME_QUEUED, welcome);
-        metrics::counter!("signups_completed_total").increment(1);
-        let elapsed = (chrono::Utc::now() - signup.created_at).as_seconds_f64();
-        metrics::histogram!("onboarding_completed_seconds").record(elapsed);
-        tracing::info!(signup = %signup.id, tenant = %tenant_id, elapsed, "tenant provisioned");
-        Ok(())
-    }
 }
 
 fn count_step(step: &'static str, status: StepOutcome) {
@@ -413,16 +320,4 @@ fn payment_retry(error: PaymentError) -> JobError {
     } else {
         JobError::Permanent(error.to_string())
     }
-}
-
-/// The confirmation mail. Fixed text and our token only: nothing the signer-up wrote, so
-/// naming someone else's address sends them nothing of the signer-up's choosing.
-fn confirmation_body(token: &str) -> String {
-    format!(
-        "An account was opened with this email address. If that was you, confirm the\n\
-         address to receive the account's notices: post this token to\n\
-         /v1/email-verifications, as {{\"token\": \"...\"}}:\n\n\
-         {token}\n\n\
-         If it was not you, ignore this message: nothing more will be sent to you."
-    )
 }
