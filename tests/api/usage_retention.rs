@@ -17,7 +17,7 @@ async fn spawn() -> (TestApp, RetentionSettings) {
         config.workers.ledger_slot_secs = 1;
     })
     .await;
-    let settings = app.config.relay_settings().retention;
+    let settings = app.config.retention_settings();
     (app, settings)
 }
 

@@ -9,6 +9,7 @@
 mod db;
 mod error;
 mod export;
+pub mod leader;
 
 pub use db::{Db, DbTx, MIGRATOR, is_lock_timeout};
 pub use error::StoreError;

@@ -40,6 +40,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub winback: WinbackConfig,
     pub workers: WorkersConfig,
+    pub roles: RolesConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -129,6 +130,24 @@ pub struct WorkersConfig {
     pub ledger_slot_secs: u64,
     pub job_concurrency: usize,
     pub job_poll_ms: u64,
+}
+
+/// What this process runs. All on by default, so one process is a whole deployment;
+/// replicas behind a load balancer may split them. `workers.enabled = false` turns every
+/// background role off at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct RolesConfig {
+    /// The HTTP API and dashboard. Off: only `/livez`, `/readyz` and `/metrics`.
+    pub api: bool,
+    /// Copies the usage ledger to ClickHouse (one process at a time holds the cursor).
+    pub relay: bool,
+    /// Periodic work, done by one elected process at a time: invoice runs, requeueing
+    /// stalled collections, the ledger's retention, sealing the audit chain.
+    pub scheduler: bool,
+    /// Runs queued jobs (onboarding, plan changes, collections, erasure, win-back).
+    pub jobs: bool,
+    /// Sends the notification outbox by SMTP.
+    pub outbox: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,11 +373,14 @@ impl Config {
             batch_size: self.workers.relay_batch_size,
             idle_wait: Duration::from_millis(self.workers.relay_idle_ms),
             timeout: Duration::from_millis(self.workers.relay_timeout_ms),
-            retention: RetentionSettings {
-                dedup_window: Duration::from_secs(self.workers.dedup_window_secs),
-                slot_width: Duration::from_secs(self.workers.ledger_slot_secs),
-            },
             ..RelaySettings::default()
+        }
+    }
+
+    pub fn retention_settings(&self) -> RetentionSettings {
+        RetentionSettings {
+            dedup_window: Duration::from_secs(self.workers.dedup_window_secs),
+            slot_width: Duration::from_secs(self.workers.ledger_slot_secs),
         }
     }
 

@@ -87,9 +87,13 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
+        let state = self.state.clone();
         let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            state
+                .stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = stopping_tx.send(true);
         });
         let grace = self.shutdown_grace;
@@ -140,6 +144,7 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         exports: crate::limits::TenantSlots::exports(),
         ingest_slots: crate::limits::TenantSlots::ingest(config.http.ingest_batches_per_tenant),
         readiness: Default::default(),
+        stopping: Default::default(),
         config,
     }))
 }
@@ -166,25 +171,31 @@ pub fn router(state: AppState) -> Router {
         .expect("the OpenAPI document serializes");
     let body_limit = config.http.body_limit_bytes;
     let timeout = config.request_timeout();
-    api.route(
-        "/openapi.json",
-        get(move || async move { ([("content-type", "application/json")], openapi_json) }),
-    )
-    .merge(crate::dashboard::router())
-    .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
-    .with_state(state)
-    // Layers run bottom to top on the way in: the request context is outermost so that
-    // even timeouts, panics and oversized bodies get an id, a log line and the JSON shape.
-    .layer(DefaultBodyLimit::max(body_limit))
-    .layer(RequestBodyLimitLayer::new(body_limit))
-    .layer(TimeoutLayer::with_status_code(
-        StatusCode::SERVICE_UNAVAILABLE,
-        timeout,
-    ))
-    .layer(CatchPanicLayer::custom(|_panic| {
-        ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
-    }))
-    .layer(axum::middleware::from_fn(request_context))
+    let routes = if config.roles.api {
+        api.route(
+            "/openapi.json",
+            get(move || async move { ([("content-type", "application/json")], openapi_json) }),
+        )
+        .merge(crate::dashboard::router())
+    } else {
+        // A worker-only process: what a load balancer and Prometheus ask, nothing else.
+        routes::health::probes_router()
+    };
+    routes
+        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .with_state(state)
+        // Layers run bottom to top on the way in: the request context is outermost so that
+        // even timeouts, panics and oversized bodies get an id, a log line and the JSON shape.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(axum::middleware::from_fn(request_context))
 }
 
 /// The OpenAPI document as served at /openapi.json.

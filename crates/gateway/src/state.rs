@@ -34,6 +34,9 @@ pub struct Services {
     /// Usage batches being metered, per tenant.
     pub ingest_slots: crate::limits::TenantSlots,
     pub readiness: crate::readiness::ReadinessCache,
+    /// Set when shutdown begins: `/readyz` then answers 503, so a load balancer stops
+    /// sending requests while the ones in flight drain.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Signups per client address, against card testing.

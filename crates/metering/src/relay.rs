@@ -21,7 +21,6 @@ use tokio::sync::watch;
 
 use crate::clickhouse_sink::{ClickHouseSink, SinkError};
 use crate::counters::parse_u64;
-use crate::retention::{self, RetentionSettings};
 use crate::usage_rows::{LedgerPosition, UsageRow, to_clickhouse_time};
 
 #[derive(Debug, Clone)]
@@ -34,8 +33,6 @@ pub struct RelaySettings {
     /// Longest a step's statement or ClickHouse insert may take; a holder idle in its
     /// transaction for twice this loses its session, and the cursor with it.
     pub timeout: Duration,
-    /// How long dedup keys and relayed events are kept.
-    pub retention: RetentionSettings,
 }
 
 impl Default for RelaySettings {
@@ -45,7 +42,6 @@ impl Default for RelaySettings {
             idle_wait: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
-            retention: RetentionSettings::default(),
         }
     }
 }
@@ -202,12 +198,9 @@ impl Relay {
     }
 
     /// Relays until `stop` turns true, backing off while a dependency fails. Between
-    /// batches it also keeps the ledger bounded (see [`crate::retention`]) and measures
-    /// its lag, at most once a second.
+    /// batches it measures its lag, at most once a second.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
-        let mut last_pass: Option<std::time::Instant> = None;
-        let pass_interval = self.settings.retention.pass_interval();
         let mut last_lag: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
@@ -218,15 +211,6 @@ impl Relay {
                 match self.lag().await {
                     Ok(lag) => metrics::gauge!("usage_relay_lag_seconds").set(lag.as_secs_f64()),
                     Err(error) => tracing::debug!(%error, "usage relay lag not measured"),
-                }
-            }
-            if last_pass.is_none_or(|at| at.elapsed() > pass_interval) {
-                last_pass = Some(std::time::Instant::now());
-                if let Err(error) = retention::run_pass(&self.db, &self.settings.retention).await {
-                    tracing::warn!(%error, "usage ledger retention pass failed");
-                }
-                if let Err(error) = retention::measure_ledger(&self.db).await {
-                    tracing::debug!(%error, "usage ledger size not measured");
                 }
             }
             let pause = match self.step().await {

@@ -13,13 +13,68 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
         .routes(routes!(prometheus_metrics))
         .routes(routes!(readiness))
+}
+
+/// What a process without the API role serves: the probes a load balancer and an
+/// orchestrator ask, and the metrics.
+pub fn probes_router() -> axum::Router<AppState> {
+    let (router, _) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+        .routes(routes!(prometheus_metrics))
+        .split_for_parts();
+    router
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
+}
+
+/// How long `/readyz` waits for Postgres before calling this process unready.
+const READYZ_DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Liveness for an orchestrator: the process is up and its HTTP server answers. Checks
+/// no dependency, so an outage elsewhere never gets the process restarted.
+#[utoipa::path(get, path = "/livez", tag = "operations",
+    responses((status = 200, body = Health)))]
+async fn livez() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness for a load balancer: this process can serve requests now. 200 while
+/// Postgres answers and the process is not shutting down; 503 otherwise (`status`
+/// `stopping` or `database_unreachable`). It checks nothing else: ingest and the API
+/// need neither ClickHouse nor Stripe to answer, so their outages take no replica out of
+/// rotation (see `/readiness` for the deep checks).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health),
+              (status = 503, body = Health, description = "stopping, or Postgres unreachable")))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    if state.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: "stopping" }),
+        );
+    }
+    let ping = async {
+        let mut conn = state.db.pool().acquire().await?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await
+    };
+    match tokio::time::timeout(READYZ_DATABASE_WAIT, ping).await {
+        Ok(Ok(_)) => (StatusCode::OK, Json(Health { status: "ok" })),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "database_unreachable",
+            }),
+        ),
+    }
 }
 
 /// Liveness: the process is up and serving HTTP. Checks no dependency (see /readiness).

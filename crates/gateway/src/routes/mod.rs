@@ -7,7 +7,7 @@ mod admin_tenants;
 mod api_keys;
 mod email_verifications;
 mod erasure;
-mod health;
+pub(crate) mod health;
 mod invoices;
 mod plans;
 mod reactivation;

@@ -1,0 +1,131 @@
+//! Periodic work, done by one process at a time: the process that wins the election
+//! (`db::leader`) runs invoice runs, requeues stalled collections, keeps the usage
+//! ledger bounded and seals the audit chain; the others stand by and take over within
+//! seconds when it goes. Everything here is also correct when done twice (unique keys,
+//! the chain head's lock, the retention's own locks), so the short overlap an election
+//! can have costs only duplicated work.
+
+use std::future::Future;
+use std::time::Duration;
+
+use db::leader::Election;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+
+/// How often waiting audit entries are sealed into the chain.
+const AUDIT_SEAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A collection still not done this long after its invoice was made has lost its job
+/// (attempts used up in an outage): the invoice run queues it again.
+const STALLED_COLLECTION: Duration = Duration::from_secs(3600);
+
+pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let (leading, election) = Election::new("scheduler").run(state.db.pool(), stop.clone());
+    let invoices = {
+        let state = state.clone();
+        move || invoice_run(state.clone())
+    };
+    let retention = {
+        let state = state.clone();
+        move || retention_pass(state.clone())
+    };
+    let audit = {
+        let state = state.clone();
+        move || seal_audit(state.clone())
+    };
+    vec![
+        election,
+        tokio::spawn(while_leading(leading.clone(), stop.clone(), invoices)),
+        tokio::spawn(while_leading(leading.clone(), stop.clone(), retention)),
+        tokio::spawn(while_leading(leading, stop, audit)),
+    ]
+}
+
+/// Runs `task` again and again while this process leads, waiting between runs as long
+/// as each run asks; idle while another process leads.
+async fn while_leading<F, Fut>(
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    mut task: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let wait = if *leading.borrow_and_update() {
+            Some(task().await)
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    return; // the election ended: the process is stopping
+                }
+            }
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Invoices ended periods, then queues again collections whose jobs gave up.
+async fn invoice_run(state: AppState) -> Duration {
+    let grace = Duration::from_millis(state.config.billing.close_grace_ms);
+    if let Err(error) = billing::invoices::run(
+        &state.db,
+        &state.clickhouse,
+        state.clock.now(),
+        grace,
+        state.collection(),
+    )
+    .await
+    {
+        metrics::counter!("invoice_run_errors_total").increment(1);
+        tracing::warn!(%error, "invoice run failed; retrying at the next interval");
+    }
+    if state.payments.is_some()
+        && let Err(error) =
+            billing::collection::requeue_stalled(&state.db, state.clock.now(), STALLED_COLLECTION)
+                .await
+    {
+        tracing::warn!(%error, "could not look for stalled collections");
+    }
+    Duration::from_millis(state.config.billing.run_interval_ms)
+}
+
+/// Keeps the usage ledger bounded (see `metering::retention`) and measures it.
+async fn retention_pass(state: AppState) -> Duration {
+    let settings = state.config.retention_settings();
+    if let Err(error) = metering::retention::run_pass(&state.db, &settings).await {
+        tracing::warn!(%error, "usage ledger retention pass failed");
+    }
+    if let Err(error) = metering::retention::measure_ledger(&state.db).await {
+        tracing::debug!(%error, "usage ledger size not measured");
+    }
+    settings.pass_interval()
+}
+
+/// Seals appended audit entries into the hash chain, a batch per short transaction; a
+/// full batch means more are waiting, so the next one goes at once.
+async fn seal_audit(state: AppState) -> Duration {
+    match tenancy::audit::seal_pending(&state.db).await {
+        Ok(sealed) => {
+            metrics::counter!("audit_entries_sealed_total").increment(sealed);
+            if sealed >= u64::try_from(tenancy::audit::SEAL_BATCH).unwrap_or(u64::MAX) {
+                Duration::ZERO
+            } else {
+                AUDIT_SEAL_INTERVAL
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "audit sealing failed; retrying");
+            AUDIT_SEAL_INTERVAL
+        }
+    }
+}

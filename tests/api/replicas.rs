@@ -1,0 +1,141 @@
+//! What lets several replicas share one database: roles, one elected scheduler, and
+//! probes a load balancer can trust.
+
+use std::time::Duration;
+
+use db::leader::Election;
+use integration_tests::{Stack, TestApp};
+use secrecy::SecretString;
+use sqlx::Connection;
+use tokio::sync::watch;
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn quick(office: &'static str) -> Election {
+    Election {
+        office,
+        heartbeat: Duration::from_millis(100),
+        idle_limit: Duration::from_secs(1),
+    }
+}
+
+async fn wait_for(leading: &mut watch::Receiver<bool>, wanted: bool, within: Duration) -> bool {
+    tokio::time::timeout(within, leading.wait_for(|leads| *leads == wanted))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn one_candidate_leads_and_another_takes_over_when_it_stops() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let (stop_first, first_stopped) = watch::channel(false);
+    let (mut first, first_task) = quick("test office").run(app.db.pool(), first_stopped);
+    assert!(wait_for(&mut first, true, Duration::from_secs(5)).await);
+
+    let (stop_second, second_stopped) = watch::channel(false);
+    let (mut second, second_task) = quick("test office").run(app.db.pool(), second_stopped);
+    // Several of its rounds go by without it taking the office.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!*second.borrow(), "two leaders at once");
+    assert!(*first.borrow());
+
+    // Another office is another election.
+    let (stop_other, other_stopped) = watch::channel(false);
+    let (mut other, other_task) = quick("another office").run(app.db.pool(), other_stopped);
+    assert!(wait_for(&mut other, true, Duration::from_secs(5)).await);
+
+    stop_first.send(true).unwrap();
+    first_task.await.unwrap();
+    assert!(!*first.borrow(), "a stopped candidate leads nothing");
+    assert!(
+        wait_for(&mut second, true, Duration::from_secs(2)).await,
+        "the office passes on within a few heartbeats"
+    );
+    stop_second.send(true).unwrap();
+    stop_other.send(true).unwrap();
+    second_task.await.unwrap();
+    other_task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_frozen_leader_loses_the_office_once_its_session_idles_out() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    // A leader frozen in place (SIGSTOP, say): its session holds the lock, with the
+    // idle limit every candidate sets, and never says another word.
+    let mut frozen =
+        sqlx::postgres::PgConnection::connect(&Stack::from_env().app_url(&app.database_name))
+            .await
+            .unwrap();
+    sqlx::query("SELECT set_config('idle_session_timeout', '1000', false)")
+        .execute(&mut frozen)
+        .await
+        .unwrap();
+    let took: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('leader:' || 'frozen office', 0))",
+    )
+    .fetch_one(&mut frozen)
+    .await
+    .unwrap();
+    assert!(took);
+
+    let (stop, stopped) = watch::channel(false);
+    let (mut candidate, task) = quick("frozen office").run(app.db.pool(), stopped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!*candidate.borrow(), "the office is held");
+    assert!(
+        wait_for(&mut candidate, true, Duration::from_secs(5)).await,
+        "Postgres ends the silent session, and the lock with it"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_process_without_the_api_role_serves_only_its_probes() {
+    let app = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.roles.api = false;
+    })
+    .await;
+    for path in ["/livez", "/readyz", "/healthz", "/metrics"] {
+        let status = app.get(path).send().await.unwrap().status();
+        assert_eq!(status, 200, "{path}");
+    }
+    for path in ["/v1/plans", "/openapi.json", "/readiness", "/dashboard"] {
+        let status = app.get(path).send().await.unwrap().status();
+        assert_eq!(status, 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_needs_postgres_but_neither_clickhouse_nor_stripe() {
+    let dependencies_down = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.clickhouse.url = format!("http://127.0.0.1:{}", closed_port());
+        config.stripe.api_base = format!("http://127.0.0.1:{}", closed_port());
+    })
+    .await;
+    let answer = dependencies_down.get("/readyz").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+
+    let database_down = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.database.url = SecretString::from(format!(
+            "postgres://saas_app@127.0.0.1:{}/nothing",
+            closed_port()
+        ));
+    })
+    .await;
+    let answer = database_down.get("/readyz").send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "database_unreachable");
+    let alive = database_down.get("/livez").send().await.unwrap().status();
+    assert_eq!(alive, 200, "liveness asks nothing of Postgres");
+}
