@@ -139,3 +139,88 @@ async fn readyz_needs_postgres_but_neither_clickhouse_nor_stripe() {
     let alive = database_down.get("/livez").send().await.unwrap().status();
     assert_eq!(alive, 200, "liveness asks nothing of Postgres");
 }
+
+fn signup(n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "email": format!("client{n}@example.com"),
+        "company": format!("Client {n} Ltd"),
+        "plan": "free",
+    })
+}
+
+/// Posts signups `numbers` at once, spread over `apps` in turn, each with the
+/// `X-Forwarded-For` that `forwarded_for` gives it; the statuses in order.
+async fn sign_up_many(
+    apps: &[&TestApp],
+    numbers: std::ops::Range<usize>,
+    forwarded_for: impl Fn(usize) -> Option<String>,
+) -> Vec<u16> {
+    let requests = numbers.map(|n| {
+        let app = apps[n % apps.len()];
+        let mut request = app.post("/v1/signups").json(&signup(n));
+        if let Some(client) = forwarded_for(n) {
+            request = request.header("x-forwarded-for", client);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test]
+async fn signups_from_one_address_share_one_limit_across_three_replicas() {
+    let first = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.signups.rate_per_minute = 10.try_into().unwrap();
+    })
+    .await;
+    let second = first.spawn_replica(|_| {}).await;
+    let third = first.spawn_replica(|_| {}).await;
+    let statuses = sign_up_many(&[&first, &second, &third], 0..30, |_| None).await;
+    assert_eq!(count(&statuses, 202), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 20, "{statuses:?}");
+    let refused = first
+        .post("/v1/signups")
+        .json(&signup(99))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=6).contains(&retry_after),
+        "one more each 6 s: {retry_after}"
+    );
+    assert_eq!(integration_tests::error_code(refused).await, "rate_limited");
+}
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_limited_apart_and_a_stranger_forges_nothing() {
+    let behind_proxy = TestApp::spawn_with(|config| {
+        config.workers.enabled = false;
+        config.signups.rate_per_minute = 2.try_into().unwrap();
+        config.http.trusted_proxies = "127.0.0.1/32".parse().unwrap();
+    })
+    .await;
+    let also_behind = behind_proxy.spawn_replica(|_| {}).await;
+    // Two clients, three signups each, over both replicas.
+    let statuses = sign_up_many(&[&behind_proxy, &also_behind], 0..6, |n| {
+        Some(format!("198.51.100.{}", n % 2 + 1))
+    })
+    .await;
+    assert_eq!(count(&statuses, 202), 4, "two each: {statuses:?}");
+
+    // A replica that trusts no proxy: whatever the peer forwards, it is the client.
+    let exposed = behind_proxy
+        .spawn_replica(|config| config.http.trusted_proxies = Default::default())
+        .await;
+    let statuses = sign_up_many(&[&exposed], 10..14, |n| Some(format!("203.0.113.{n}"))).await;
+    assert_eq!(count(&statuses, 202), 2, "all one client: {statuses:?}");
+}

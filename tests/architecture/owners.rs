@@ -16,6 +16,7 @@ pub const OWNERS: &[(&str, &[&str])] = &[
             "audit_log",
             "audit_chain_head",
             "payment_leases",
+            "rate_limits",
         ],
     ),
     ("jobs", &["jobs"]),

@@ -91,6 +91,19 @@ impl TestApp {
         config.workers.job_poll_ms = 50;
         customize(&mut config);
 
+        Self::start(&stack, database_name, config).await
+    }
+
+    /// Another replica of the service on this test's database, its configuration
+    /// changed by `customize`.
+    pub async fn spawn_replica(&self, customize: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        customize(&mut config);
+        Self::start(&Stack::from_env(), self.database_name.clone(), config).await
+    }
+
+    async fn start(stack: &Stack, database_name: String, config: Config) -> TestApp {
         let application = Application::build(config.clone())
             .await
             .expect("app builds");

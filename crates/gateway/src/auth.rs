@@ -12,7 +12,6 @@ use tenancy::api_keys;
 
 use crate::error::ApiError;
 use crate::key_cache::Cached;
-use crate::limits::peer_address;
 use crate::state::AppState;
 
 /// An authenticated tenant request.
@@ -228,12 +227,14 @@ impl FromRequestParts<AppState> for Operator {
         let presented = bearer_token(parts)?;
         // An address that keeps guessing is refused before its guess is compared, so
         // that even a right guess answers 429 until its minute is over.
-        let address = peer_address(parts);
-        if let Some(wait) = address.and_then(|ip| state.operator_failures.blocked_for(ip)) {
-            return Err(ApiError::too_many_requests(
-                "rate_limited",
+        let address = crate::client_address::client_address(parts, state);
+        let failures = crate::client_limits::ClientLimit::OperatorTokenFailures;
+        if let Some(client) = address
+            && let Some(wait) = crate::client_limits::refused_for(state, failures, client).await?
+        {
+            return Err(crate::client_limits::rate_limited(
+                wait,
                 "too many invalid operator tokens from this address; retry later",
-                wait.as_secs(),
             ));
         }
         if is_operator_token(state, presented) {
@@ -246,8 +247,9 @@ impl FromRequestParts<AppState> for Operator {
                 "this endpoint is for operators; tenant API keys cannot use it",
             ));
         }
-        if let Some(ip) = address {
-            state.operator_failures.record_failure(ip);
+        if let Some(client) = address {
+            // Only failures count; the answer is 401 whether or not this one fits.
+            crate::client_limits::admit(state, failures, client).await?;
         }
         tracing::info!("operator token refused");
         Err(ApiError::unauthorized(

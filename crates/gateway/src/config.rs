@@ -159,6 +159,10 @@ pub struct HttpConfig {
     pub ingest_batches_per_tenant: NonZeroU32,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` and
+    /// `Forwarded` headers name the client; from anyone else those headers are ignored.
+    #[serde(deserialize_with = "parsed")]
+    pub trusted_proxies: crate::client_address::TrustedProxies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -181,13 +181,18 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
-/// False once this address has used up its sign-in attempts for the minute.
-fn sign_in_allowed(state: &AppState, parts: &Parts) -> bool {
-    let address = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    address.is_none_or(|ip| state.sign_in_limiter.check_key(&ip).is_ok())
+/// False once this client has used up its sign-in attempts for the minute (on every
+/// replica), or when the limit cannot be asked: a sign-in is refused rather than let
+/// through unlimited.
+async fn sign_in_allowed(state: &AppState, parts: &Parts) -> bool {
+    let Some(client) = crate::client_address::client_address(parts, state) else {
+        return true;
+    };
+    matches!(
+        crate::client_limits::admit(state, crate::client_limits::ClientLimit::SignIns, client)
+            .await,
+        Ok(None)
+    )
 }
 
 /// Whether a sign-in post came from our own form: same site, and its double-submit
@@ -204,7 +209,7 @@ async fn login(
     parts: Parts,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !sign_in_allowed(&state, &parts) {
+    if !sign_in_allowed(&state, &parts).await {
         return login_page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many sign-in attempts from here. Wait a minute and try again.",
@@ -332,7 +337,7 @@ async fn operator_login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let refuse = |status, message| sign_in_page(SignIn::Operator, status, message);
-    if !sign_in_allowed(&state, &parts) {
+    if !sign_in_allowed(&state, &parts).await {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many sign-in attempts from here. Wait a minute and try again.",

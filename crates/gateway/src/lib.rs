@@ -3,6 +3,8 @@
 //! crates.
 
 pub mod auth;
+pub mod client_address;
+pub mod client_limits;
 pub mod config;
 pub mod dashboard;
 pub mod error;

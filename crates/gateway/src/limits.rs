@@ -1,16 +1,11 @@
-//! Rate limits that protect the service from one caller: writes that change access or
-//! money, per tenant, and failed operator tokens, per client address.
-//!
-//! Both live in this process. With several replicas each counts on its own (the replicas
-//! work moves them into Postgres).
+//! Limits that protect this process from one tenant: writes that change access or money,
+//! and requests of one kind running at once. They count in this process; limits per
+//! client address, which every replica shares, are in [`crate::client_limits`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::http::request::Parts;
 use saas_core::TenantId;
 
 use crate::error::ApiError;
@@ -47,57 +42,6 @@ pub fn rate_limited(
         &governor::clock::DefaultClock::default(),
     ));
     ApiError::too_many_requests("rate_limited", message, wait.as_secs())
-}
-
-/// Beyond this many client addresses the failure table starts over rather than grow.
-const MAX_ADDRESSES: usize = 100_000;
-const WINDOW: Duration = Duration::from_secs(60);
-
-/// Failed attempts per client address in a fixed window. Once an address has used its
-/// allowance it is refused before its guess is even compared, so that a correct guess
-/// and a wrong one answer alike until the window ends. Successes cost nothing: an
-/// operator's scripts are never slowed down by this.
-pub struct FailureLimiter {
-    limit: u32,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-impl FailureLimiter {
-    pub fn per_minute(limit: NonZeroU32) -> Self {
-        Self {
-            limit: limit.get(),
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// How long `address` must wait, if it has no attempts left.
-    pub fn blocked_for(&self, address: IpAddr) -> Option<Duration> {
-        let failures = self.lock();
-        let (count, started) = failures.get(&address)?;
-        let elapsed = started.elapsed();
-        (*count >= self.limit && elapsed < WINDOW).then(|| WINDOW - elapsed)
-    }
-
-    pub fn record_failure(&self, address: IpAddr) {
-        let mut failures = self.lock();
-        if failures.len() >= MAX_ADDRESSES {
-            failures.retain(|_, (_, started)| started.elapsed() < WINDOW);
-            if failures.len() >= MAX_ADDRESSES {
-                failures.clear();
-            }
-        }
-        let entry = failures.entry(address).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 = entry.0.saturating_add(1);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Requests of one kind running per tenant in this process, at most `cap` at once. A
@@ -179,34 +123,11 @@ impl Drop for TenantSlot {
     }
 }
 
-/// The address of the connection's peer, when the server recorded it.
-pub fn peer_address(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
 
     use super::*;
-
-    #[test]
-    fn an_address_is_blocked_after_its_failures_and_others_are_not() {
-        let limiter = FailureLimiter::per_minute(NonZeroU32::new(3).unwrap());
-        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
-        for _ in 0..3 {
-            assert_eq!(limiter.blocked_for(a), None);
-            limiter.record_failure(a);
-        }
-        let wait = limiter
-            .blocked_for(a)
-            .expect("blocked after three failures");
-        assert!(wait <= WINDOW && wait > Duration::from_secs(50), "{wait:?}");
-        assert_eq!(limiter.blocked_for(b), None);
-    }
 
     #[test]
     fn one_export_per_tenant_at_a_time() {

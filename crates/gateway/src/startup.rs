@@ -129,15 +129,6 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         clock: Arc::new(saas_core::SystemClock),
         key_cache: KeyCache::new(Duration::from_millis(config.http.key_cache_ttl_ms)),
         payments: payment_provider(&config)?,
-        signup_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-            config.signups.rate_per_minute,
-        )),
-        sign_in_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-            config.dashboard.sign_ins_per_minute,
-        )),
-        operator_failures: crate::limits::FailureLimiter::per_minute(
-            config.dashboard.sign_ins_per_minute,
-        ),
         tenant_writes: crate::limits::TenantWriteLimiter::per_minute(
             config.http.sensitive_writes_per_minute,
         ),

@@ -23,11 +23,6 @@ pub struct Services {
     pub key_cache: KeyCache,
     /// `None` when no Stripe key is configured: billing is then not available.
     pub payments: Option<Arc<dyn PaymentProvider>>,
-    pub signup_limiter: SignupLimiter,
-    /// Dashboard and operator sign-ins per client address, against guessing.
-    pub sign_in_limiter: SignupLimiter,
-    /// Failed operator tokens on the admin API per client address, against guessing.
-    pub operator_failures: crate::limits::FailureLimiter,
     /// Writes that change access or money, per tenant.
     pub tenant_writes: crate::limits::TenantWriteLimiter,
     pub exports: crate::limits::TenantSlots,
@@ -38,9 +33,6 @@ pub struct Services {
     /// sending requests while the ones in flight drain.
     pub stopping: std::sync::atomic::AtomicBool,
 }
-
-/// Signups per client address, against card testing.
-pub type SignupLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 impl AppState {
     pub fn new(services: Services) -> Self {

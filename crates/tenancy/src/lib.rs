@@ -10,6 +10,7 @@ pub mod email_verification;
 pub mod payment_lock;
 pub mod plans;
 pub mod probes;
+pub mod rate_limits;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;

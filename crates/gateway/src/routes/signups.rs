@@ -1,7 +1,5 @@
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode};
 use chrono::{DateTime, Utc};
@@ -15,6 +13,8 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::client_address::ClientAddress;
+use crate::client_limits::{self, ClientLimit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::idempotency::IdempotencyKey;
 use crate::json::ApiJson;
@@ -44,19 +44,16 @@ struct SignupCreated {
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn create_signup(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(request): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    state
-        .signup_limiter
-        .check_key(&client.ip())
-        .map_err(|not_until| {
-            crate::limits::rate_limited(
-                &not_until,
-                "too many signups from this address; retry later",
-            )
-        })?;
+    if let Some(wait) = client_limits::admit(&state, ClientLimit::Signups, client).await? {
+        return Err(client_limits::rate_limited(
+            wait,
+            "too many signups from this address; retry later",
+        ));
+    }
     let plans = {
         let mut conn = state.db.pool().acquire().await?;
         tenancy::plans::list(&mut conn).await?
@@ -69,7 +66,7 @@ async fn create_signup(
         signup,
         scope: idempotency_key
             .as_deref()
-            .map(|key| IdempotencyScope::new(client.ip(), key)),
+            .map(|key| IdempotencyScope::new(client, key)),
         synthetic: false,
     };
     let accepted = onboarding::accept::accept(&state.db, application)

@@ -1,6 +1,6 @@
 //! Periodic work, done by one process at a time: the process that wins the election
 //! (`db::leader`) runs invoice runs, requeues stalled collections, keeps the usage
-//! ledger bounded and seals the audit chain; the others stand by and take over within
+//! ledger bounded, seals the audit chain and forgets idle rate-limit buckets; the others stand by and take over within
 //! seconds when it goes. Everything here is also correct when done twice (unique keys,
 //! the chain head's lock, the retention's own locks), so the short overlap an election
 //! can have costs only duplicated work.
@@ -35,11 +35,16 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
         let state = state.clone();
         move || seal_audit(state.clone())
     };
+    let rate_limits = {
+        let state = state.clone();
+        move || forget_idle_rate_limits(state.clone())
+    };
     vec![
         election,
         tokio::spawn(while_leading(leading.clone(), stop.clone(), invoices)),
         tokio::spawn(while_leading(leading.clone(), stop.clone(), retention)),
-        tokio::spawn(while_leading(leading, stop, audit)),
+        tokio::spawn(while_leading(leading.clone(), stop.clone(), audit)),
+        tokio::spawn(while_leading(leading, stop, rate_limits)),
     ]
 }
 
@@ -128,4 +133,16 @@ async fn seal_audit(state: AppState) -> Duration {
             AUDIT_SEAL_INTERVAL
         }
     }
+}
+
+/// Deletes the rate-limit buckets whose whole allowance is back, once a minute.
+async fn forget_idle_rate_limits(state: AppState) -> Duration {
+    let forgotten = async {
+        let mut conn = state.db.pool().acquire().await?;
+        tenancy::rate_limits::forget_idle(&mut conn).await
+    };
+    if let Err(error) = forgotten.await {
+        tracing::debug!(%error, "idle rate-limit buckets not deleted");
+    }
+    Duration::from_secs(60)
 }
