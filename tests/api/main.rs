@@ -24,6 +24,7 @@ mod plan_change_billing;
 mod readiness;
 mod reconciliation;
 mod relay_takeover;
+mod replica_faults;
 mod replicas;
 mod row_level_security;
 mod usage_fairness;
