@@ -138,6 +138,31 @@ async fn concurrent_callers_share_one_run() {
 }
 
 #[tokio::test]
+async fn replicas_asked_at_once_share_one_run_and_none_fails_falsely() {
+    let first = TestApp::spawn_with(|config| config.readiness.cache_ms = 0).await;
+    let second = first.spawn_replica(|_| {}).await;
+    let third = first.spawn_replica(|_| {}).await;
+    let replicas = [&first, &second, &third, &first, &second, &third];
+    let reports = futures_util::future::join_all(replicas.map(readiness)).await;
+    for (status, report) in &reports {
+        assert_eq!(*status, 200, "{report:#}");
+    }
+    let first_run = &reports[0].1["checked_at"];
+    assert!(
+        reports.iter().all(|(_, r)| &r["checked_at"] == first_run),
+        "one run, on one replica, for all: {reports:?}"
+    );
+    // The replicas share one metrics recorder here: one run in all.
+    let metrics = first.metrics().await;
+    assert!(metrics.contains("readiness_runs_total 1"), "{metrics}");
+    // Anyone asking any replica gets the stored result, with its age.
+    let (status, public) = public_readiness(&third).await;
+    assert_eq!(status, 200);
+    assert_eq!(&public["checked_at"], first_run);
+    assert!(public["age_ms"].as_u64().is_some(), "{public}");
+}
+
+#[tokio::test]
 async fn the_cli_prints_the_summary_of_a_running_instance() {
     let app = TestApp::spawn().await;
     let output = tokio::process::Command::new(integration_tests::saas_binary())

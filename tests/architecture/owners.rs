@@ -17,6 +17,7 @@ pub const OWNERS: &[(&str, &[&str])] = &[
             "audit_chain_head",
             "payment_leases",
             "rate_limits",
+            "readiness_reports",
         ],
     ),
     ("jobs", &["jobs"]),

@@ -134,3 +134,34 @@ impl Election {
         Ok(conn)
     }
 }
+
+/// Holds `name` exclusively, across every process on the database, for as long as the
+/// returned session lives: waits up to `wait` for another holder (then `None`). The
+/// session ends Postgres-side once idle for `idle_limit`, so a holder that freezes
+/// mid-work lets go; keep the work shorter than that.
+pub async fn exclusive(
+    pool: &PgPool,
+    name: &str,
+    wait: Duration,
+    idle_limit: Duration,
+) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    sqlx::query(
+        "SELECT set_config('idle_session_timeout', $1, false), \
+                set_config('lock_timeout', $2, false)",
+    )
+    .bind(idle_limit.as_millis().max(1).to_string())
+    .bind(wait.as_millis().max(1).to_string())
+    .execute(&mut conn)
+    .await?;
+    let locked = sqlx::query("SELECT pg_advisory_lock(hashtextextended('exclusive:' || $1, 0))")
+        .bind(name)
+        .execute(&mut conn)
+        .await;
+    match locked {
+        Ok(_) => Ok(Some(conn)),
+        // 55P03: lock_not_available, the wait ran out.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => Ok(None),
+        Err(error) => Err(error),
+    }
+}

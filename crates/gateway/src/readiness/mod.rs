@@ -63,7 +63,7 @@ async fn timed(name: &'static str, limit: Duration, check: impl Future<Output = 
     metrics::histogram!("readiness_check_seconds", "check" => name)
         .record(started.elapsed().as_secs_f64());
     Check {
-        name,
+        name: name.to_owned(),
         status,
         duration_ms,
         detail: Some(detail),
@@ -106,6 +106,7 @@ pub(super) async fn run(state: &AppState) -> Report {
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         checked_at: Utc::now(),
+        age_ms: 0,
     }
 }
 

@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::run;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {
     Pass,
@@ -19,9 +19,9 @@ pub enum CheckStatus {
     Skip,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub status: CheckStatus,
     pub duration_ms: u64,
     /// What the check saw, errors included: shown to operators only.
@@ -29,7 +29,7 @@ pub struct Check {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub ready: bool,
     pub passed: usize,
@@ -37,6 +37,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub duration_ms: u64,
     pub checked_at: chrono::DateTime<Utc>,
+    /// How old this result is: it may come from an earlier run, on any replica.
+    #[serde(default)]
+    pub age_ms: u64,
 }
 
 impl Report {
@@ -83,7 +86,13 @@ impl Report {
     }
 }
 
-/// One run at a time; the last result, reused while fresh.
+/// How long a caller waits for another replica's run before running its own.
+const RUN_WAIT: Duration = Duration::from_secs(120);
+/// A run's lock outlives a frozen holder by this long at most (longer than any run).
+const RUN_IDLE_LIMIT: Duration = Duration::from_secs(150);
+
+/// One run at a time, in this process and across replicas; the latest result, from any
+/// replica, reused while fresh.
 #[derive(Default)]
 pub struct ReadinessCache {
     last: Mutex<Option<(Instant, Report)>>,
@@ -91,7 +100,8 @@ pub struct ReadinessCache {
 
 impl ReadinessCache {
     /// The latest result, or a new run when it is older than `max_age`. Callers that
-    /// arrive during a run wait for it and share its result.
+    /// arrive during a run, here or on another replica, wait for it and share its
+    /// result.
     pub async fn report(&self, state: &AppState, max_age: Duration) -> Report {
         // The run goes on in its own task even if this request is given up (the request
         // timeout, a client hanging up): its clean-up still happens and its result is kept
@@ -118,12 +128,41 @@ impl ReadinessCache {
     ) -> Report {
         let mut last = self.last.lock().await;
         // Fresh enough, or finished while this caller waited for the run in progress.
+        let usable = |age: Duration| age <= max_age || age <= arrived.elapsed();
         if let Some((at, report)) = last.as_ref()
-            && (at.elapsed() <= max_age || *at >= arrived)
+            && usable(at.elapsed())
         {
-            return report.clone();
+            return aged(report, at.elapsed());
+        }
+        if let Some((report, age)) = stored(state).await
+            && usable(age)
+        {
+            *last = Some((since(age), report.clone()));
+            return aged(&report, age);
+        }
+        // One run at a time across replicas, so that their probes never collide; a caller
+        // that waited for another replica's run takes its result.
+        let exclusive =
+            db::leader::exclusive(state.db.pool(), "readiness", RUN_WAIT, RUN_IDLE_LIMIT).await;
+        if let Err(error) = &exclusive {
+            tracing::warn!(%error, "readiness runs not serialised across replicas");
+        }
+        if let Some((report, age)) = stored(state).await
+            && usable(age)
+        {
+            *last = Some((since(age), report.clone()));
+            return aged(&report, age);
         }
         let report = run(state).await;
+        match serde_json::to_value(&report) {
+            Ok(json) => {
+                if let Err(error) = tenancy::probes::store_report(&state.db, &json).await {
+                    tracing::warn!(%error, "readiness report not stored");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "readiness report not stored"),
+        }
+        drop(exclusive);
         *last = Some((Instant::now(), report.clone()));
         report
     }
@@ -134,6 +173,33 @@ impl ReadinessCache {
             .lock()
             .await
             .as_ref()
-            .map(|(_, report)| report.clone())
+            .map(|(at, report)| aged(report, at.elapsed()))
+    }
+}
+
+/// The latest stored result, from whichever replica ran it, and its age.
+async fn stored(state: &AppState) -> Option<(Report, Duration)> {
+    match tenancy::probes::latest_report(&state.db).await {
+        Ok(Some((json, age_secs))) => {
+            let report = serde_json::from_value(json).ok()?;
+            Some((report, Duration::from_secs_f64(age_secs.max(0.0))))
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(%error, "stored readiness report not read");
+            None
+        }
+    }
+}
+
+/// The instant `age` ago (now, if this process is younger than that).
+fn since(age: Duration) -> Instant {
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+}
+
+fn aged(report: &Report, age: Duration) -> Report {
+    Report {
+        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+        ..report.clone()
     }
 }
