@@ -332,3 +332,108 @@ async fn a_later_period_waits_while_an_earlier_one_waits_for_the_relay() {
         "the first period bills the 1,000,000 tokens past pro's included 20,000,000"
     );
 }
+
+/// How many queries of per-minute usage finished since `since` name each of `tenants`.
+async fn usage_reads_per_tenant(
+    app: &TestApp,
+    tenants: &[TestTenant],
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<usize> {
+    let client = app.clickhouse.client();
+    client.query("SYSTEM FLUSH LOGS").execute().await.unwrap();
+    let queries: Vec<String> = client
+        .query(
+            "SELECT query FROM system.query_log \
+             WHERE type = 2 AND event_time >= toDateTime(?) \
+               AND query LIKE '%FROM usage_minutes%'",
+        )
+        .bind(u32::try_from(since.timestamp() - 1).unwrap())
+        .fetch_all()
+        .await
+        .unwrap();
+    tenants
+        .iter()
+        .map(|t| {
+            let id = t.id.as_uuid().to_string();
+            queries.iter().filter(|query| query.contains(&id)).count()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_thousand_tenants_due_at_once_on_three_replicas_get_one_invoice_and_one_read_each() {
+    // The test's app meters; the replicas started later invoice.
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let mut tenants = Vec::new();
+    for _ in 0..1_000 {
+        tenants.push(
+            app.create_tenant_on_cycle(
+                "starter",
+                TenantState::Active,
+                false,
+                BillingCycle::Months(1),
+            )
+            .await,
+        );
+    }
+    // Every tenant's first month ended yesterday; the next ends in a month.
+    let anchor = chrono::Utc::now() - chrono::TimeDelta::days(32);
+    let mut tx = app.db.system_tx("test setup").await.unwrap();
+    let moved = sqlx::query("UPDATE tenants SET billing_anchor = $1")
+        .bind(anchor)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    tx.commit().await.unwrap();
+    assert_eq!(moved, 1_000);
+    let used_at = (anchor + chrono::TimeDelta::days(1)).to_rfc3339();
+    for chunk in tenants.chunks(32) {
+        let sent = futures_util::future::join_all(chunk.iter().map(|tenant| {
+            let events =
+                json!([{"id": "e1", "metric": "queries", "value": 7, "timestamp": used_at}]);
+            app.ingest(&tenant.api_key, events)
+        }))
+        .await;
+        assert!(sent.iter().all(|r| r.status() == 202));
+    }
+    app.drain_relay().await;
+
+    let before = chrono::Utc::now();
+    let replica = |_: ()| {
+        app.spawn_replica(|config| {
+            config.workers.enabled = true;
+            config.billing.run_interval_ms = 100;
+            // Invoices are collected elsewhere: no Stripe, no collection jobs.
+            config.stripe.secret_key = None;
+        })
+    };
+    let replicas = futures_util::future::join_all([(), (), ()].map(replica)).await;
+    let invoiced = || async {
+        let mut tx = app.db.system_tx("test count").await.unwrap();
+        let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM invoices")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        count
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while invoiced().await < 1_000 {
+        let count = invoiced().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} of 1,000 invoiced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Many more runs' worth of time: still one invoice each, each tenant's usage read
+    // by one replica once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(invoiced().await, 1_000);
+    let reads = usage_reads_per_tenant(&app, &tenants, before).await;
+    let read_twice = reads.iter().filter(|reads| **reads > 1).count();
+    let never_read = reads.iter().filter(|reads| **reads == 0).count();
+    assert_eq!((read_twice, never_read), (0, 0), "{reads:?}");
+    drop(replicas);
+}
