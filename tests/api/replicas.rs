@@ -224,3 +224,27 @@ async fn clients_behind_a_trusted_proxy_are_limited_apart_and_a_stranger_forges_
     let statuses = sign_up_many(&[&exposed], 10..14, |n| Some(format!("203.0.113.{n}"))).await;
     assert_eq!(count(&statuses, 202), 2, "all one client: {statuses:?}");
 }
+
+#[tokio::test]
+async fn a_shared_limit_admits_exactly_its_burst_however_many_ask_at_once() {
+    let app = TestApp::spawn_with(|config| config.workers.enabled = false).await;
+    let limit = std::num::NonZeroU32::new(5).unwrap();
+    for round in 0..5 {
+        let bucket = format!("test:{round}");
+        let asks = (0..40).map(|_| {
+            let (db, bucket) = (app.db.clone(), bucket.clone());
+            tokio::spawn(async move {
+                let mut conn = db.pool().acquire().await.unwrap();
+                tenancy::rate_limits::admit(&mut conn, &bucket, limit)
+                    .await
+                    .unwrap()
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let admitted = answers
+            .into_iter()
+            .filter(|answer| *answer.as_ref().unwrap() == tenancy::rate_limits::Admission::Admitted)
+            .count();
+        assert_eq!(admitted, 5, "round {round}");
+    }
+}

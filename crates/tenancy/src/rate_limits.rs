@@ -26,32 +26,44 @@ fn emission_us(per_minute: NonZeroU32) -> i64 {
     60_000_000 / i64::from(per_minute.get())
 }
 
+/// Tries to take one request from `bucket`'s allowance at most this often before
+/// calling it refused (each try that is refused but finds room is a race lost to time).
+const TRIES: usize = 3;
+
 /// Takes one request from `bucket`'s allowance of `per_minute`, if there is one left.
 pub async fn admit(
     conn: &mut PgConnection,
     bucket: &str,
     per_minute: NonZeroU32,
 ) -> Result<Admission, StoreError> {
-    let admitted: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO rate_limits (bucket, tat) \
-         VALUES ($1, now() + $2 * interval '1 microsecond') \
-         ON CONFLICT (bucket) DO UPDATE \
-            SET tat = greatest(rate_limits.tat, now()) + $2 * interval '1 microsecond' \
-            WHERE greatest(rate_limits.tat, now()) + $2 * interval '1 microsecond' \
-                  <= now() + interval '1 minute' \
-         RETURNING true",
-    )
-    .bind(bucket)
-    .bind(emission_us(per_minute))
-    .fetch_optional(&mut *conn)
-    .await?;
-    if admitted.is_some() {
-        return Ok(Admission::Admitted);
+    for _ in 0..TRIES {
+        // clock_timestamp(), not now(): a statement that waited for another request's
+        // row lock must judge by the time it got it, not the time it started.
+        let admitted: Option<bool> = sqlx::query_scalar(
+            "INSERT INTO rate_limits (bucket, tat) \
+             VALUES ($1, clock_timestamp() + $2 * interval '1 microsecond') \
+             ON CONFLICT (bucket) DO UPDATE \
+                SET tat = greatest(rate_limits.tat, clock_timestamp()) \
+                          + $2 * interval '1 microsecond' \
+                WHERE greatest(rate_limits.tat, clock_timestamp()) \
+                      + $2 * interval '1 microsecond' \
+                      <= clock_timestamp() + interval '1 minute' \
+             RETURNING true",
+        )
+        .bind(bucket)
+        .bind(emission_us(per_minute))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if admitted.is_some() {
+            return Ok(Admission::Admitted);
+        }
+        if let Some(retry_after) = wait(conn, bucket, per_minute).await? {
+            return Ok(Admission::Refused { retry_after });
+        }
+        // Room came between the two statements: try to take it.
     }
-    Ok(match wait(conn, bucket, per_minute).await? {
-        Some(retry_after) => Admission::Refused { retry_after },
-        // Room came between the two statements.
-        None => Admission::Admitted,
+    Ok(Admission::Refused {
+        retry_after: Duration::from_secs(1),
     })
 }
 
@@ -64,7 +76,7 @@ pub async fn wait(
 ) -> Result<Option<Duration>, StoreError> {
     let seconds: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM tat + $2 * interval '1 microsecond' \
-                                   - interval '1 minute' - now())::float8 \
+                                   - interval '1 minute' - clock_timestamp())::float8 \
          FROM rate_limits WHERE bucket = $1",
     )
     .bind(bucket)
