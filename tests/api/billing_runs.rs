@@ -54,16 +54,12 @@ async fn counters(app: &TestApp, tenant: &TestTenant, period_start: &str) -> BTr
         .collect()
 }
 
-/// How many queries of per-minute usage that finished since `since` (as ClickHouse's
-/// `system.query_log` holds them) name one of `tenants`.
-async fn usage_reads_naming(
-    app: &TestApp,
-    tenants: &[TestTenant],
-    since: chrono::DateTime<chrono::Utc>,
-) -> usize {
+/// The queries of per-minute usage that finished since `since`, as ClickHouse's
+/// `system.query_log` holds them.
+async fn usage_queries_since(app: &TestApp, since: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     let client = app.clickhouse.client();
     client.query("SYSTEM FLUSH LOGS").execute().await.unwrap();
-    let queries: Vec<String> = client
+    client
         .query(
             "SELECT query FROM system.query_log \
              WHERE type = 2 AND event_time >= toDateTime(?) \
@@ -72,7 +68,16 @@ async fn usage_reads_naming(
         .bind(u32::try_from(since.timestamp() - 1).unwrap())
         .fetch_all()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// How many of those queries name one of `tenants`.
+async fn usage_reads_naming(
+    app: &TestApp,
+    tenants: &[TestTenant],
+    since: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    let queries = usage_queries_since(app, since).await;
     queries
         .iter()
         .filter(|query| {
@@ -339,18 +344,7 @@ async fn usage_reads_per_tenant(
     tenants: &[TestTenant],
     since: chrono::DateTime<chrono::Utc>,
 ) -> Vec<usize> {
-    let client = app.clickhouse.client();
-    client.query("SYSTEM FLUSH LOGS").execute().await.unwrap();
-    let queries: Vec<String> = client
-        .query(
-            "SELECT query FROM system.query_log \
-             WHERE type = 2 AND event_time >= toDateTime(?) \
-               AND query LIKE '%FROM usage_minutes%'",
-        )
-        .bind(u32::try_from(since.timestamp() - 1).unwrap())
-        .fetch_all()
-        .await
-        .unwrap();
+    let queries = usage_queries_since(app, since).await;
     tenants
         .iter()
         .map(|t| {

@@ -125,14 +125,22 @@ impl Election {
         &self,
         options: &sqlx::postgres::PgConnectOptions,
     ) -> Result<PgConnection, sqlx::Error> {
-        let mut conn = PgConnection::connect_with(options).await?;
-        let idle_ms = self.idle_limit.as_millis().max(1).to_string();
-        sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
-            .bind(idle_ms)
-            .execute(&mut conn)
-            .await?;
-        Ok(conn)
+        session(options, self.idle_limit).await
     }
+}
+
+/// A connection of its own that Postgres ends once it is idle for `idle_limit`, and the
+/// session locks it holds with it.
+async fn session(
+    options: &sqlx::postgres::PgConnectOptions,
+    idle_limit: Duration,
+) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+        .bind(idle_limit.as_millis().max(1).to_string())
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
 /// Holds `name` exclusively, across every process on the database, for as long as the
@@ -145,15 +153,11 @@ pub async fn exclusive(
     wait: Duration,
     idle_limit: Duration,
 ) -> Result<Option<PgConnection>, sqlx::Error> {
-    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    sqlx::query(
-        "SELECT set_config('idle_session_timeout', $1, false), \
-                set_config('lock_timeout', $2, false)",
-    )
-    .bind(idle_limit.as_millis().max(1).to_string())
-    .bind(wait.as_millis().max(1).to_string())
-    .execute(&mut conn)
-    .await?;
+    let mut conn = session(&pool.connect_options(), idle_limit).await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(wait.as_millis().max(1).to_string())
+        .execute(&mut conn)
+        .await?;
     let locked = sqlx::query("SELECT pg_advisory_lock(hashtextextended('exclusive:' || $1, 0))")
         .bind(name)
         .execute(&mut conn)

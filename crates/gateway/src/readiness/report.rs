@@ -167,13 +167,13 @@ impl ReadinessCache {
         report
     }
 
-    /// The latest result without running anything (for the operator view).
-    pub async fn latest(&self) -> Option<Report> {
-        self.last
-            .lock()
-            .await
-            .as_ref()
-            .map(|(at, report)| aged(report, at.elapsed()))
+    /// The latest result without running anything (for the operator view): this
+    /// process's, or else the latest any replica stored.
+    pub async fn latest(&self, state: &AppState) -> Option<Report> {
+        if let Some((at, report)) = self.last.lock().await.as_ref() {
+            return Some(aged(report, at.elapsed()));
+        }
+        stored(state).await.map(|(report, age)| aged(&report, age))
     }
 }
 

@@ -50,6 +50,6 @@ async fn overview(State(state): State<AppState>, _operator: Operator) -> ApiResu
         unpaid_invoices,
         recent_transitions,
         winback_campaigns,
-        readiness: state.readiness.latest().await,
+        readiness: state.readiness.latest(&state).await,
     }))
 }

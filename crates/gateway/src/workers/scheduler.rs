@@ -23,29 +23,30 @@ const STALLED_COLLECTION: Duration = Duration::from_secs(3600);
 
 pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let (leading, election) = Election::new("scheduler").run(state.db.pool(), stop.clone());
-    let invoices = {
-        let state = state.clone();
-        move || invoice_run(state.clone())
-    };
-    let retention = {
-        let state = state.clone();
-        move || retention_pass(state.clone())
-    };
-    let audit = {
-        let state = state.clone();
-        move || seal_audit(state.clone())
-    };
-    let rate_limits = {
-        let state = state.clone();
-        move || forget_idle_rate_limits(state.clone())
-    };
+    let every = |task| while_leading_task(state, &leading, &stop, task);
     vec![
         election,
-        tokio::spawn(while_leading(leading.clone(), stop.clone(), invoices)),
-        tokio::spawn(while_leading(leading.clone(), stop.clone(), retention)),
-        tokio::spawn(while_leading(leading.clone(), stop.clone(), audit)),
-        tokio::spawn(while_leading(leading, stop, rate_limits)),
+        every(|state| Box::pin(invoice_run(state))),
+        every(|state| Box::pin(retention_pass(state))),
+        every(|state| Box::pin(seal_audit(state))),
+        every(|state| Box::pin(forget_idle_rate_limits(state))),
     ]
+}
+
+/// One periodic task of the scheduler: runs `task` again and again while this process
+/// leads.
+type Task = fn(AppState) -> std::pin::Pin<Box<dyn Future<Output = Duration> + Send>>;
+
+fn while_leading_task(
+    state: &AppState,
+    leading: &watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
+    task: Task,
+) -> JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(while_leading(leading.clone(), stop.clone(), move || {
+        task(state.clone())
+    }))
 }
 
 /// Runs `task` again and again while this process leads, waiting between runs as long
