@@ -9,6 +9,11 @@ ClickHouse migrations to a database of its own. The same SQL must run on both (t
 native stack ships 18.16, docker-compose current ClickHouse); a statement that 18.16 took
 and current ClickHouse refuses fails this check.
 
+The tests of the sharded layout use their own database on a two-server cluster; their
+statements run here in a database of their own too, laid out as one shard (the
+migrations on the `_local` tables) of a cluster of the same name that this engine is
+configured with, its one shard being itself, so the `Distributed` DDL runs for real.
+
 Inserts send their rows in the request body (`INSERT INTO t(columns) FORMAT RowBinary`,
 or `... VALUES` with bound values), which the log does not keep; for those, the columns
 are checked to exist. The log's times are whole seconds, so statements of one second
@@ -29,6 +34,22 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
 NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
 TEST_DATABASE = re.compile(r"\bsaas_test_\w+")
+# The sharded layout's test database (tests/src/stack.rs), and the cluster it names.
+CLUSTER_DATABASE = re.compile(r"\bsaas_test_cluster\b")
+CLUSTER = "saas_usage"
+# The tables a shard holds under the names a single server gives them
+# (crates/metering/src/shards.rs).
+SHARDED_TABLES = re.compile(r"\b(usage_events|usage_minutes)\b")
+LOCAL_TABLE = re.compile(r"\b(usage_events|usage_minutes)_local\b")
+# This engine as the only shard of the cluster: a shard at its own native port counts
+# as local, so reads through the Distributed tables never leave the process.
+ENGINE_CONFIG = f"""<clickhouse>
+  <tcp_port>19000</tcp_port>
+  <remote_servers><{CLUSTER}><shard><replica>
+    <host>127.0.0.1</host><port>19000</port>
+  </replica></shard></{CLUSTER}></remote_servers>
+</clickhouse>
+"""
 # An insert whose rows travel in the request body, which the log does not keep.
 BODY_INSERT = re.compile(
     r"^\s*INSERT\s+INTO\s+([\w.`\"]+)\s*\(([^)]*)\)\s*(?:FORMAT\s+\w+|VALUES)\s*$",
@@ -66,6 +87,7 @@ def shape(sql: str) -> str:
 
 def on_current(sql: str) -> str:
     """The statement as current ClickHouse is to run it here."""
+    sql = CLUSTER_DATABASE.sub("saas_cluster", sql)
     sql = TEST_DATABASE.sub("saas", sql)
     insert = BODY_INSERT.match(sql)
     if insert:
@@ -82,8 +104,9 @@ def main() -> int:
     parser.add_argument("--min-statements", type=int, default=0)
     args = parser.parse_args()
 
+    import tempfile
+
     import chdb
-    from chdb import session
 
     statements = logged_statements(args.port, args.since)
     examples: dict[str, str] = {}
@@ -91,17 +114,27 @@ def main() -> int:
         if not SKIP.search(sql):
             examples.setdefault(shape(sql), sql)
 
-    db = session.Session()
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="clickhouse-on-current-"))
+    (scratch / "config.xml").write_text(ENGINE_CONFIG)
+    db = chdb.connect(f"file:{scratch}/data?config-file={scratch}/config.xml")
     version = db.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')
+    migrations = sorted((ROOT / "migrations" / "clickhouse").glob("*.sql"))
+    db.query("CREATE DATABASE IF NOT EXISTS saas_cluster")
+    db.query("USE saas_cluster")
+    for migration in migrations:
+        db.query(SHARDED_TABLES.sub(r"\1_local", migration.read_text()))
     db.query("CREATE DATABASE IF NOT EXISTS saas")
     db.query("USE saas")
-    for migration in sorted((ROOT / "migrations" / "clickhouse").glob("*.sql")):
+    for migration in migrations:
         db.query(migration.read_text())
 
     failures = []
     ordered = sorted(examples.values(), key=lambda sql: not CREATE.match(sql))
     for sql in ordered:
+        # A shard's statements name its local tables, or the cluster's database.
+        sharded = CLUSTER_DATABASE.search(sql) or LOCAL_TABLE.search(sql)
         try:
+            db.query("USE saas_cluster" if sharded else "USE saas")
             db.query(on_current(sql))
         except Exception as error:  # chdb raises its own error type per failure
             failures.append((sql, str(error).splitlines()[0]))

@@ -17,6 +17,14 @@ PG_HOST=127.0.0.1
 PG_PORT="${SAAS_STACK_PG_PORT:-5432}"
 CH_HTTP_PORT="${SAAS_STACK_CH_HTTP_PORT:-8123}"
 CH_TCP_PORT="${SAAS_STACK_CH_TCP_PORT:-9000}"
+# A second ClickHouse server: the other shard of the two-shard cluster `saas_usage` that
+# both servers declare (the tests of the sharded schema use it).
+CH2_HTTP_PORT="${SAAS_STACK_CH2_HTTP_PORT:-8124}"
+CH2_TCP_PORT="${SAAS_STACK_CH2_TCP_PORT:-9001}"
+# Both ClickHouse servers also serve HTTPS, with a certificate for localhost that the
+# stack's own CA signed ($STATE/tls/ca.crt): the tests of encrypted connections use it.
+CH_HTTPS_PORT="${SAAS_STACK_CH_HTTPS_PORT:-8443}"
+CH2_HTTPS_PORT="${SAAS_STACK_CH2_HTTPS_PORT:-8444}"
 STRIPE_PORT="${SAAS_STACK_STRIPE_PORT:-8420}"
 LOCALSTRIPE_VERSION=1.15.10
 # Stripe's Python library for the API version async-stripe pins (2026-09-30.endive): the
@@ -83,28 +91,88 @@ postgres_up() {
         wait_for postgres_ready 30 || die "Postgres did not become ready"
     fi
     psql_superuser -f "$ROOT/deploy/postgres-bootstrap.sql" >/dev/null
+    postgres_tls
     log "postgres   ready on $PG_HOST:$PG_PORT (roles saas_owner, saas_app; database saas)"
+}
+
+# Postgres must offer TLS for the tests of encrypted connections; they trust the CA in
+# $STATE/tls/postgres-ca.crt. A server with TLS on keeps its own certificate (Debian's
+# snakeoil one names localhost); one without gets the stack's, undone by `down`.
+postgres_tls() {
+    if [ "$(psql_superuser -tAc 'SHOW ssl')" != "on" ]; then
+        local key=/var/lib/postgresql/saas-stack-server.key
+        install -o postgres -m 0600 "$STATE/tls/server.key" "$key"
+        psql_superuser -c "ALTER SYSTEM SET ssl_cert_file = '$STATE/tls/server.crt'" \
+            -c "ALTER SYSTEM SET ssl_key_file = '$key'" -c "ALTER SYSTEM SET ssl = on" \
+            -c "SELECT pg_reload_conf()" >/dev/null
+        touch "$STATE/postgres.tls"
+        wait_for "[ \"\$(psql_superuser -tAc 'SHOW ssl')\" = on ]" 10 || die "Postgres did not turn TLS on"
+        cp "$STATE/tls/ca.crt" "$STATE/tls/postgres-ca.crt"
+        return
+    fi
+    local cert
+    cert="$(psql_superuser -tAc 'SHOW ssl_cert_file')"
+    case "$cert" in
+        /*) ;;
+        *) cert="$(psql_superuser -tAc 'SHOW data_directory')/$cert" ;;
+    esac
+    cp "$cert" "$STATE/tls/postgres-ca.crt"
+}
+
+# --- TLS ------------------------------------------------------------------------------
+
+# A CA of this checkout, a certificate it signs for localhost and 127.0.0.1, and a second
+# CA that signs nothing here (a client trusting only that one must refuse the servers).
+tls_up() {
+    local dir="$STATE/tls"
+    [ -f "$dir/server.crt" ] && [ -f "$dir/other-ca.crt" ] && return
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$dir"
+    log "making the stack's TLS certificates in $dir"
+    local quiet=(-batch)
+    openssl req "${quiet[@]}" -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=saas stack CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req "${quiet[@]}" -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=saas other CA" \
+        -keyout "$dir/other-ca.key" -out "$dir/other-ca.crt" 2>/dev/null
+    openssl req "${quiet[@]}" -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+    chmod 0644 "$dir/server.key"
 }
 
 # --- ClickHouse -----------------------------------------------------------------------
 
-clickhouse_ready() { [ "$(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" 2>/dev/null)" = "1" ]; }
+clickhouse_ready() { clickhouse_answers "$CH_HTTP_PORT"; }
+clickhouse_shard2_ready() { clickhouse_answers "$CH2_HTTP_PORT"; }
+clickhouse_answers() { [ "$(curl -fsS "http://127.0.0.1:$1/?query=SELECT%201" 2>/dev/null)" = "1" ]; }
 
-clickhouse_up() {
-    if clickhouse_ready; then
-        log "clickhouse already running on 127.0.0.1:$CH_HTTP_PORT"
+# Starts ClickHouse server $1 (its state under $STATE/$1) on HTTP port $2, native port
+# $3 and HTTPS port $4, unless one answers there already.
+clickhouse_server_up() {
+    local name="$1" http="$2" tcp="$3" https="$4"
+    if clickhouse_answers "$http"; then
+        log "$name already running on 127.0.0.1:$http"
         return
     fi
     command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
-    local dir="$STATE/clickhouse"
+    local dir="$STATE/$name"
     mkdir -p "$dir/log" "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
-    sed -e "s#@DIR@#$dir#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" -e "s#@TCP_PORT@#$CH_TCP_PORT#g" \
+    sed -e "s#@DIR@#$dir#g" -e "s#@HTTP_PORT@#$http#g" -e "s#@TCP_PORT@#$tcp#g" \
+        -e "s#@HTTPS_PORT@#$https#g" -e "s#@TLS_DIR@#$STATE/tls#g" \
+        -e "s#@SHARD1_TCP_PORT@#$CH_TCP_PORT#g" -e "s#@SHARD2_TCP_PORT@#$CH2_TCP_PORT#g" \
         "$ROOT/scripts/clickhouse/config.xml.template" >"$dir/config.xml"
     cp "$ROOT/scripts/clickhouse/users.xml" "$dir/users.xml"
-    log "starting ClickHouse ($(clickhouse-server --version 2>/dev/null | head -n 1 || echo unknown))"
-    start_detached clickhouse clickhouse-server --config-file="$dir/config.xml"
-    wait_for clickhouse_ready 60 || { tail -n 20 "$dir/log/error.log" >&2 || true; die "ClickHouse did not start"; }
-    log "clickhouse ready on 127.0.0.1:$CH_HTTP_PORT"
+    log "starting $name ($(clickhouse-server --version 2>/dev/null | head -n 1 || echo unknown))"
+    start_detached "$name" clickhouse-server --config-file="$dir/config.xml"
+    wait_for "clickhouse_answers $http" 60 || { tail -n 20 "$dir/log/error.log" >&2 || true; die "$name did not start"; }
+    log "$name ready on 127.0.0.1:$http"
+}
+
+clickhouse_up() {
+    clickhouse_server_up clickhouse "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CH_HTTPS_PORT"
+    clickhouse_server_up clickhouse-shard2 "$CH2_HTTP_PORT" "$CH2_TCP_PORT" "$CH2_HTTPS_PORT"
 }
 
 # --- localstripe ----------------------------------------------------------------------
@@ -135,6 +203,7 @@ stripe_up() {
 up() {
     mkdir -p "$STATE"
     command -v curl >/dev/null || apt_install curl
+    tls_up
     postgres_up
     clickhouse_up
     stripe_up
@@ -155,6 +224,13 @@ stop_pid() {
 down() {
     stop_pid localstripe
     stop_pid clickhouse
+    stop_pid clickhouse-shard2
+    if [ -f "$STATE/postgres.tls" ] && postgres_ready; then
+        log "turning Postgres TLS back off"
+        psql_superuser -c "ALTER SYSTEM RESET ssl" -c "ALTER SYSTEM RESET ssl_cert_file" \
+            -c "ALTER SYSTEM RESET ssl_key_file" -c "SELECT pg_reload_conf()" >/dev/null || true
+        rm -f "$STATE/postgres.tls"
+    fi
     if [ -f "$STATE/postgres.started" ]; then
         log "stopping Postgres"
         pg_ctlcluster --skip-systemctl-redirect "$(cat "$STATE/postgres.started")" main stop || true
@@ -164,11 +240,12 @@ down() {
 
 status() {
     local started
-    for service in postgres clickhouse stripe; do
+    for service in postgres clickhouse clickhouse_shard2 stripe; do
         started="already running"
         case $service in
             postgres) [ -f "$STATE/postgres.started" ] && started="started here" ;;
             clickhouse) [ -f "$STATE/clickhouse.pid" ] && started="started here (pid $(cat "$STATE/clickhouse.pid"))" ;;
+            clickhouse_shard2) [ -f "$STATE/clickhouse-shard2.pid" ] && started="started here (pid $(cat "$STATE/clickhouse-shard2.pid"))" ;;
             stripe) [ -f "$STATE/localstripe.pid" ] && started="started here (pid $(cat "$STATE/localstripe.pid"))" ;;
         esac
         if "${service}_ready"; then echo "$service: up, $started"; else echo "$service: down"; fi
@@ -178,6 +255,9 @@ status() {
 # The environment that points the service at this stack.
 export_stack_env() {
     export SAAS_CLICKHOUSE__URL="http://127.0.0.1:$CH_HTTP_PORT"
+    # The service's own user (scripts/clickhouse/users.xml); `default` owns the schema.
+    export SAAS_CLICKHOUSE__USER="${SAAS_CLICKHOUSE__USER:-saas_app}"
+    export SAAS_CLICKHOUSE__PASSWORD="${SAAS_CLICKHOUSE__PASSWORD:-saas_app}"
     export SAAS_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT"
     export SAAS_STRIPE__SECRET_KEY="${SAAS_STRIPE__SECRET_KEY:-$STRIPE_TEST_KEY}"
 }

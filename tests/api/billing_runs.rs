@@ -373,7 +373,7 @@ async fn a_thousand_tenants_due_at_once_on_three_replicas_get_one_invoice_and_on
     // Every tenant's first month ended yesterday; the next ends in a month.
     let anchor = chrono::Utc::now() - chrono::TimeDelta::days(32);
     let mut tx = app.db.system_tx("test setup").await.unwrap();
-    let moved = sqlx::query("UPDATE tenants SET billing_anchor = $1")
+    let moved = sqlx::query("UPDATE tenants SET billing_anchor = $1, invoice_due_at = $1")
         .bind(anchor)
         .execute(&mut *tx)
         .await
@@ -429,5 +429,73 @@ async fn a_thousand_tenants_due_at_once_on_three_replicas_get_one_invoice_and_on
     let read_twice = reads.iter().filter(|reads| **reads > 1).count();
     let never_read = reads.iter().filter(|reads| **reads == 0).count();
     assert_eq!((read_twice, never_read), (0, 0), "{reads:?}");
+    // The scheduler queued them as jobs of a hundred tenants, and the job workers of
+    // more than one replica ran them.
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    let (jobs, done, workers): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'done'), count(DISTINCT locked_by) \
+         FROM jobs WHERE kind = 'billing.invoice_tenants'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((jobs, done), (10, 10));
+    assert!(workers >= 2, "invoice jobs ran on {workers} replica");
     drop(replicas);
+}
+
+#[tokio::test]
+async fn a_run_reads_only_the_tenants_that_are_due() {
+    let app = TestApp::spawn_with(|config| {
+        app_config(config);
+        config.workers.enabled = false;
+    })
+    .await;
+    // Tenants whose first month has not ended: never looked at.
+    for _ in 0..200 {
+        app.create_tenant_on_cycle(
+            "starter",
+            TenantState::Active,
+            false,
+            BillingCycle::Months(1),
+        )
+        .await;
+    }
+    let mut due = Vec::new();
+    for _ in 0..5 {
+        let tenant = app
+            .create_tenant_on_cycle("pro", TenantState::Active, false, BillingCycle::Seconds(1))
+            .await;
+        let events = json!([{"id": "a", "metric": "tokens", "value": 21_000_000}]);
+        assert_eq!(app.ingest(&tenant.api_key, events).await.status(), 202);
+        due.push(tenant);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    app.drain_relay().await;
+    let now = chrono::Utc::now();
+    let grace = Duration::from_millis(300);
+    let report = billing::invoices::run(&app.db, &app.clickhouse, now, grace, STRIPE)
+        .await
+        .unwrap();
+    assert_eq!(report.tenants_checked, 5, "{report:?}");
+    assert!(report.invoices_created >= 5, "{report:?}");
+    // Invoiced up to `now`: none is due again as of then.
+    let again = billing::invoices::run(&app.db, &app.clickhouse, now, grace, STRIPE)
+        .await
+        .unwrap();
+    assert_eq!((again.tenants_checked, again.invoices_created), (0, 0));
+    // Each moved on to the end of its current period.
+    let mut tx = app.db.system_tx("test read").await.unwrap();
+    for tenant in &due {
+        let (anchor, due_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as("SELECT billing_anchor, invoice_due_at FROM tenants WHERE id = $1")
+                .bind(tenant.id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        let closed_before = now - chrono::TimeDelta::milliseconds(300);
+        assert!(due_at > closed_before && due_at <= closed_before + chrono::TimeDelta::seconds(1));
+        assert_eq!((due_at - anchor).num_milliseconds() % 1_000, 0);
+    }
 }

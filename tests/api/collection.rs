@@ -179,9 +179,9 @@ async fn every_invoice_of_110_tenants_reaches_stripe_once_with_the_same_total_an
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.invoices_created, 110, "{report:?}");
 
-    // A second run finds every first period invoiced; then everything is paid.
+    // A second run finds no tenant due any more; then everything is paid.
     let again = run().await.unwrap();
-    assert_eq!(again.already_invoiced, 110, "{again:?}");
+    assert_eq!(again.tenants_checked, 0, "{again:?}");
     assert_eq!(again.invoices_created, 0, "{again:?}");
     for tenant in &tenants {
         let (app, id) = (&app, tenant.id);

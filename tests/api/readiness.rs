@@ -321,3 +321,54 @@ async fn repeated_runs_leave_nothing_that_grows() {
         .count();
     assert_eq!(probes, 0, "{customers}");
 }
+
+#[tokio::test]
+async fn the_scheduler_keeps_a_fresh_result_without_anyone_asking() {
+    let app = TestApp::spawn_with(|config| {
+        config.readiness.run_interval_ms = 3_000;
+        config.readiness.public_max_age_ms = 600_000;
+    })
+    .await;
+    let stored = || async {
+        let mut tx = app.db.system_tx("test read").await.unwrap();
+        let (runs, newest): (i64, Option<Value>) = sqlx::query_as(
+            "SELECT count(*), (SELECT report FROM readiness_reports ORDER BY id DESC LIMIT 1) \
+             FROM readiness_reports",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        (runs, newest)
+    };
+    // Nobody has asked: the scheduler runs the checks, again once the result is an
+    // interval old.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let newest = loop {
+        let (runs, newest) = stored().await;
+        if runs >= 2 {
+            break newest.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{runs} scheduled runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(newest["ready"], true, "{newest:#}");
+    // A caller reads the stored result rather than starting a run.
+    let runs_before = stored().await.0;
+    let (status, report) = public_readiness(&app).await;
+    assert_eq!(status, 200, "{report:#}");
+    let (runs_after, latest) = stored().await;
+    assert!(
+        runs_after - runs_before <= 1,
+        "{runs_before} -> {runs_after}"
+    );
+    let latest = latest.unwrap();
+    assert!(
+        report["checked_at"] == newest["checked_at"]
+            || report["checked_at"] == latest["checked_at"],
+        "{report:#}"
+    );
+}

@@ -62,8 +62,18 @@ impl ServiceProcess {
                 "SAAS_CLICKHOUSE__DATABASE".into(),
                 crate::stack::CLICKHOUSE_TEST_DATABASE.into(),
             ),
+            (
+                "SAAS_CLICKHOUSE__USER".into(),
+                crate::stack::CLICKHOUSE_SERVICE_USER.into(),
+            ),
+            (
+                "SAAS_CLICKHOUSE__PASSWORD".into(),
+                crate::stack::CLICKHOUSE_SERVICE_PASSWORD.into(),
+            ),
             ("SAAS_LOG__FILTER".into(), "error".into()),
             ("SAAS_WORKERS__RELAY_IDLE_MS".into(), "20".into()),
+            // Tests run the readiness checks when they ask for them.
+            ("SAAS_READINESS__RUN_INTERVAL_MS".into(), "0".into()),
         ]
         .into_iter()
         .chain(

@@ -28,7 +28,10 @@ pub use browser::Browser;
 pub use child_process::{ServiceProcess, saas_binary};
 pub use fault_proxy::{DyingCaller, FaultProxy, Mode as FaultMode};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
-pub use stack::{STRIPE_TEST_KEY, Stack};
+pub use stack::{
+    CLICKHOUSE_CLUSTER, CLICKHOUSE_CLUSTER_TEST_DATABASE, CLICKHOUSE_SERVICE_PASSWORD,
+    CLICKHOUSE_SERVICE_USER, CLICKHOUSE_TEST_DATABASE, STRIPE_TEST_KEY, Stack,
+};
 pub use stripe_api::{declining_card, stripe_get, stripe_post};
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
@@ -83,12 +86,16 @@ impl TestApp {
         config.http.ingest_batches_per_tenant = 10.try_into().unwrap();
         config.clickhouse.url = stack.clickhouse_url.clone();
         config.clickhouse.database = stack::CLICKHOUSE_TEST_DATABASE.to_owned();
+        config.clickhouse.user = stack::CLICKHOUSE_SERVICE_USER.to_owned();
+        config.clickhouse.password = SecretString::from(stack::CLICKHOUSE_SERVICE_PASSWORD);
         config.stripe.api_base = stack.stripe_url.clone();
         config.stripe.secret_key = Some(SecretString::from(stack::STRIPE_TEST_KEY));
         config.operator_token = Some(SecretString::from(OPERATOR_TOKEN));
         config.signups.rate_per_minute = 10_000.try_into().unwrap();
         config.http.sensitive_writes_per_minute = 10_000.try_into().unwrap();
         config.workers.job_poll_ms = 50;
+        // Tests run the readiness checks when they ask for them.
+        config.readiness.run_interval_ms = 0;
         customize(&mut config);
 
         Self::start(&stack, database_name, config).await
@@ -108,7 +115,7 @@ impl TestApp {
             .await
             .expect("app builds");
         let port = application.port();
-        let clickhouse = ClickHouseSink::new(&stack.clickhouse_settings());
+        let clickhouse = ClickHouseSink::new(&stack_clickhouse(stack, &config));
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(application.run_until(async move {
             let _ = stopped.await;
@@ -280,7 +287,7 @@ impl TestApp {
             .await
             .unwrap()
         };
-        let sink = ClickHouseSink::new(&Stack::from_env().clickhouse_settings());
+        let sink = ClickHouseSink::new(&stack_clickhouse(&Stack::from_env(), &self.config));
         let relay = Relay::new(self.db.clone(), sink, self.config.relay_settings());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut copied = 0;
@@ -463,4 +470,15 @@ pub fn metric_value(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// The stack's ClickHouse, whatever URL the app was given (a test may point the app at a
+/// dead address or a fault proxy), laid out as the app's configuration says.
+fn stack_clickhouse(stack: &Stack, config: &Config) -> metering::ClickHouseSettings {
+    let app = config.clickhouse_settings();
+    metering::ClickHouseSettings {
+        database: app.database,
+        cluster: app.cluster,
+        ..stack.clickhouse_settings()
+    }
 }

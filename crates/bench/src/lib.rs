@@ -14,7 +14,8 @@ pub const APP: &str = "saas_app:saas_app";
 
 pub fn pg_url(role: &str, database: &str) -> String {
     let port = std::env::var("SAAS_STACK_PG_PORT").unwrap_or_else(|_| "5432".into());
-    format!("postgres://{role}@127.0.0.1:{port}/{database}")
+    // Plain, as the service connects unless told otherwise: the driver would try TLS.
+    format!("postgres://{role}@127.0.0.1:{port}/{database}?sslmode=disable")
 }
 
 pub fn clickhouse_url() -> String {
@@ -62,7 +63,31 @@ pub fn clickhouse_settings(database: &str) -> metering::ClickHouseSettings {
         database: database.to_owned(),
         user: "default".into(),
         password: String::new(),
+        owner_user: "default".into(),
+        owner_password: String::new(),
+        cluster: None,
+        ca_pem: None,
     }
+}
+
+/// A batch of `size` events of one token each, ids `<prefix>-<n>`, as the request body:
+/// built as text, since the load generator shares the cores with the service and should
+/// spend as little of them as it can.
+pub fn batch_body(prefix: &str, size: usize) -> String {
+    use std::fmt::Write;
+    let mut body = String::with_capacity(16 + size * 64);
+    body.push_str(r#"{"events":["#);
+    for i in 0..size {
+        if i > 0 {
+            body.push(',');
+        }
+        let _ = write!(
+            body,
+            r#"{{"id":"{prefix}-{i}","metric":"tokens","value":1}}"#
+        );
+    }
+    body.push_str("]}");
+    body
 }
 
 /// Creates active enterprise tenants (quotas far above what a benchmark sends) with a
@@ -155,7 +180,14 @@ impl Service {
             .env("SAAS_MIGRATE_ON_START", "false")
             .env("SAAS_CLICKHOUSE__URL", clickhouse_url())
             .env("SAAS_CLICKHOUSE__DATABASE", database)
+            // Benchmarks make databases of their own, which the stack's service user
+            // (limited to the service's databases) cannot reach.
+            .env("SAAS_CLICKHOUSE__USER", "default")
+            .env("SAAS_CLICKHOUSE__PASSWORD", "")
             .env("SAAS_LOG__FILTER", "warn")
+            // A benchmark measures what it drives: no readiness runs of the scheduler's
+            // own beside it.
+            .env("SAAS_READINESS__RUN_INTERVAL_MS", "0")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .kill_on_drop(true)

@@ -118,12 +118,23 @@ impl Db {
     /// lock others wait for (the relay cursor) uses it, so that a holder that hangs
     /// rather than dies (frozen, cut off) lets go.
     pub async fn bound(tx: &mut DbTx, limit: Duration) -> Result<(), StoreError> {
+        Self::bound_idle(tx, limit, limit * 2).await
+    }
+
+    /// Like [`Self::bound`], with an idle limit of its own: for work whose statements
+    /// follow each other with nothing slow in between, so that a holder frozen between
+    /// two of them lets go within `idle`, however long one statement may run.
+    pub async fn bound_idle(
+        tx: &mut DbTx,
+        statement: Duration,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "SELECT set_config('statement_timeout', $1, true), \
                     set_config('idle_in_transaction_session_timeout', $2, true)",
         )
-        .bind(limit.as_millis().to_string())
-        .bind((limit * 2).as_millis().to_string())
+        .bind(statement.as_millis().to_string())
+        .bind(idle.as_millis().to_string())
         .execute(&mut **tx)
         .await?;
         Ok(())

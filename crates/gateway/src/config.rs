@@ -17,7 +17,7 @@ use saas_core::BillingCycle;
 use saas_core::schedule::Offsets;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 const DEFAULTS: &str = include_str!("../default.toml");
 const MIN_OPERATOR_TOKEN_LEN: usize = 16;
@@ -54,10 +54,43 @@ pub struct DatabaseConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClickHouseConfig {
+    /// Where usage is read; with a cluster, one of the shards.
     pub url: String,
     pub database: String,
+    /// The service's user: reads and inserts in `database`, nothing more.
     pub user: String,
     pub password: SecretString,
+    /// The schema's owner: migrations and erasure's deletes.
+    pub owner_user: String,
+    pub owner_password: SecretString,
+    /// The cluster of shards, as the servers' `remote_servers` name it; empty: one
+    /// server, at `url`.
+    pub cluster: String,
+    /// The HTTP URL of each shard of `cluster`, comma-separated, in the order of the
+    /// servers' `remote_servers`.
+    #[serde(deserialize_with = "parsed")]
+    pub shards: UrlList,
+    /// A CA certificate file (PEM) to trust for `https` URLs besides the system's roots;
+    /// empty: the system's roots only.
+    pub ca_file: String,
+}
+
+/// URLs, comma-separated in configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlList(pub Vec<String>);
+
+impl FromStr for UrlList {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(UrlList(
+            text.split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +134,8 @@ pub struct ReadinessConfig {
     pub cache_ms: u64,
     pub public_max_age_ms: u64,
     pub check_timeout_ms: u64,
+    /// How often the scheduler runs the checks (0: only when asked).
+    pub run_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,14 +288,47 @@ impl Config {
             let url = url.expose_secret();
             let postgres_scheme =
                 url.starts_with("postgres://") || url.starts_with("postgresql://");
-            if !postgres_scheme || PgConnectOptions::from_str(url).is_err() {
+            if !postgres_scheme {
                 return invalid(format!("{name} is not a valid Postgres URL"));
             }
+            if let Err(error) = postgres_options(url) {
+                return invalid(format!("{name}: {error}"));
+            }
         }
-        if !self.clickhouse.url.starts_with("http://")
-            && !self.clickhouse.url.starts_with("https://")
-        {
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !http(&self.clickhouse.url) {
             return invalid("clickhouse.url must be an http(s) URL".into());
+        }
+        if !self.clickhouse.ca_file.is_empty() {
+            match std::fs::read(&self.clickhouse.ca_file) {
+                Err(error) => {
+                    return invalid(format!("clickhouse.ca_file cannot be read: {error}"));
+                }
+                Ok(pem) => {
+                    if let Err(error) = metering::tls::check_ca(&pem) {
+                        return invalid(format!(
+                            "clickhouse.ca_file holds no certificate: {error}"
+                        ));
+                    }
+                }
+            }
+        }
+        let shards = &self.clickhouse.shards.0;
+        match (self.clickhouse.cluster.is_empty(), shards.is_empty()) {
+            (true, true) => {}
+            (true, false) | (false, true) => {
+                return invalid("clickhouse.cluster and clickhouse.shards go together".into());
+            }
+            (false, false) => {
+                if !shards.iter().all(|url| http(url)) {
+                    return invalid("clickhouse.shards must be http(s) URLs".into());
+                }
+                // Reads go through the Distributed tables, which the migrations make on
+                // the shards.
+                if !shards.contains(&self.clickhouse.url) {
+                    return invalid("clickhouse.url must be one of clickhouse.shards".into());
+                }
+            }
         }
         if let Some(key) = &self.stripe.secret_key {
             let key = key.expose_secret();
@@ -342,13 +410,13 @@ impl Config {
 
     pub fn database_options(&self) -> PgConnectOptions {
         // Validated above, so parsing cannot fail here.
-        PgConnectOptions::from_str(self.database.url.expose_secret())
+        postgres_options(self.database.url.expose_secret())
             .expect("validated at load")
             .application_name("saas-gateway")
     }
 
     pub fn migration_options(&self) -> PgConnectOptions {
-        PgConnectOptions::from_str(self.database.migration_url.expose_secret())
+        postgres_options(self.database.migration_url.expose_secret())
             .expect("validated at load")
             .application_name("saas-migrate")
     }
@@ -359,6 +427,16 @@ impl Config {
             database: self.clickhouse.database.clone(),
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.expose_secret().to_owned(),
+            owner_user: self.clickhouse.owner_user.clone(),
+            owner_password: self.clickhouse.owner_password.expose_secret().to_owned(),
+            cluster: (!self.clickhouse.cluster.is_empty()).then(|| metering::ClusterSettings {
+                name: self.clickhouse.cluster.clone(),
+                shard_urls: self.clickhouse.shards.0.clone(),
+            }),
+            // Checked at load.
+            ca_pem: (!self.clickhouse.ca_file.is_empty())
+                .then(|| std::fs::read(&self.clickhouse.ca_file).ok())
+                .flatten(),
         }
     }
 
@@ -399,6 +477,27 @@ impl Config {
 
 /// A setting written as text and read into its type once, at load (an unreadable one
 /// refuses the whole configuration, naming the key).
+/// The connection options of a Postgres URL. TLS only when the URL asks for it with
+/// `sslmode`, and then only with the server's certificate verified: `verify-full` (or
+/// `verify-ca`), with `sslrootcert=<file>` for a private CA. The modes that encrypt
+/// without checking who answers (`allow`, `prefer`, `require`) are refused.
+fn postgres_options(url: &str) -> Result<PgConnectOptions, String> {
+    let options = PgConnectOptions::from_str(url).map_err(|_| "not a valid Postgres URL")?;
+    let asks = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("sslmode=")));
+    match options.get_ssl_mode() {
+        // Not asked: plain, as before TLS was possible (the driver would otherwise try
+        // TLS unverified).
+        _ if !asks => Ok(options.ssl_mode(PgSslMode::Disable)),
+        PgSslMode::Disable | PgSslMode::VerifyCa | PgSslMode::VerifyFull => Ok(options),
+        mode => Err(format!(
+            "sslmode {mode:?} encrypts without checking the server's certificate; use \
+             sslmode=verify-full (with sslrootcert=<CA file> for a private CA)"
+        )),
+    }
+}
+
 fn parsed<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -439,6 +538,7 @@ mod tests {
             ),
             ("stripe.secret_key", "sk_test_stripe_secret_abc"),
             ("clickhouse.password", "ch-password-789"),
+            ("clickhouse.owner_password", "ch-owner-password-456"),
         ])
         .unwrap();
         let printed = format!("{config:?} {config:#?}");
@@ -447,6 +547,7 @@ mod tests {
             "db-password-xyz",
             "sk_test_stripe_secret_abc",
             "ch-password-789",
+            "ch-owner-password-456",
         ] {
             assert!(!printed.contains(secret), "{secret} printed");
         }
@@ -466,7 +567,18 @@ mod tests {
             // Past the pool, the cap would not keep a tenant from taking all of it.
             ("http.ingest_batches_per_tenant", "33"),
             ("database.url", "mysql://nope"),
+            // TLS without checking the server's certificate.
+            ("database.url", "postgres://u:p@db/saas?sslmode=require"),
+            (
+                "database.migration_url",
+                "postgres://u:p@db/saas?sslmode=prefer",
+            ),
             ("clickhouse.url", "tcp://127.0.0.1:9000"),
+            // A cluster needs its shards, and shards their cluster.
+            ("clickhouse.cluster", "saas_usage"),
+            ("clickhouse.shards", "http://127.0.0.1:8123"),
+            ("clickhouse.ca_file", "/nonexistent/ca.crt"),
+            ("clickhouse.ca_file", "Cargo.toml"),
             ("stripe.secret_key", "pk_test_publishable"),
             ("stripe.secret_key", "sk_live_real_money"),
             ("listen", "not an address"),
@@ -481,6 +593,41 @@ mod tests {
         ] {
             assert!(with(&[(key, value)]).is_err(), "{key} = {value} accepted");
         }
+    }
+
+    #[test]
+    fn postgres_tls_is_verified_when_asked_for_and_off_otherwise() {
+        let mode = |url: &str| postgres_options(url).map(|o| o.get_ssl_mode());
+        assert!(matches!(mode("postgres://u@db/s"), Ok(PgSslMode::Disable)));
+        assert!(matches!(
+            mode("postgres://u@db/s?sslmode=verify-full&sslrootcert=/ca.crt"),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        assert!(matches!(
+            mode("postgres://u@db/s?application_name=x&sslmode=verify-ca"),
+            Ok(PgSslMode::VerifyCa)
+        ));
+        for unverified in ["allow", "prefer", "require"] {
+            assert!(mode(&format!("postgres://u@db/s?sslmode={unverified}")).is_err());
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_read_through_one_of_its_shards() {
+        let cluster = |url: &str, shards: &str| {
+            with(&[
+                ("clickhouse.url", url),
+                ("clickhouse.cluster", "saas_usage"),
+                ("clickhouse.shards", shards),
+            ])
+        };
+        let config = cluster("http://a:8123", " http://a:8123, http://b:8123 ").unwrap();
+        let settings = config.clickhouse_settings().cluster.unwrap();
+        assert_eq!(settings.name, "saas_usage");
+        assert_eq!(settings.shard_urls, ["http://a:8123", "http://b:8123"]);
+        assert!(cluster("http://c:8123", "http://a:8123,http://b:8123").is_err());
+        assert!(cluster("http://a:8123", "http://a:8123,tcp://b:9000").is_err());
+        assert!(with(&[]).unwrap().clickhouse_settings().cluster.is_none());
     }
 
     #[test]

@@ -19,5 +19,5 @@ mod queue;
 mod worker;
 
 pub use kind::{JobContext, JobKind, JobOptions, tenant_key};
-pub use queue::{JobId, JobState, JobStatus, job_status, pending_with};
+pub use queue::{JobId, JobState, JobStatus, is_queued, job_status, pending_with};
 pub use worker::{JobError, JobHandler, Worker, WorkerSettings};

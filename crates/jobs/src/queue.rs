@@ -93,3 +93,14 @@ pub async fn job_status(conn: &mut PgConnection, id: JobId) -> Result<JobStatus,
             .await?,
     )
 }
+
+/// Whether a job of kind `J` is waiting to run or running: for a scheduler that queues
+/// the next round of a kind only once the last one has drained.
+pub async fn is_queued<J: JobKind>(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND kind = $1)",
+    )
+    .bind(J::KIND)
+    .fetch_one(conn)
+    .await?)
+}

@@ -17,12 +17,15 @@ use crate::clickhouse_sink::{ClickHouseSink, SinkError};
 /// Longest the ledger part of an erasure may take per statement; past it the erasure job
 /// fails and is tried again.
 const ERASURE_LEDGER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest it may sit between statements: nothing slow happens there, and it holds the
+/// relay cursor, so a process frozen there must let go of it soon.
+const ERASURE_LEDGER_IDLE: Duration = Duration::from_secs(5);
 
 /// Deletes the tenant's ledger rows, dedup keys, counters and alerts; returns how many rows went.
 pub async fn erase_ledger(db: &Db, tenant: TenantId) -> Result<u64, StoreError> {
     let mut tx = db.system_tx("erasure ledger").await?;
     // It holds the relay cursor: bounded, so that a hung erasure cannot stop relaying.
-    Db::bound(&mut tx, ERASURE_LEDGER_TIMEOUT).await?;
+    Db::bound_idle(&mut tx, ERASURE_LEDGER_TIMEOUT, ERASURE_LEDGER_IDLE).await?;
     // Waits for a relay batch in flight to finish; none starts until this commits.
     sqlx::query("SELECT 1 FROM usage_relay_cursor FOR UPDATE")
         .execute(&mut *tx)
@@ -61,9 +64,10 @@ struct Pending {
 }
 
 impl ClickHouseSink {
-    /// Deletes every event of `tenant`, and its minutes, and waits until the mutations
-    /// are done and no row is left; returns how many events there were. Running it
-    /// again is harmless.
+    /// Deletes every event of `tenant`, and its minutes, on every shard (its rows live on
+    /// one, but the delete does not rely on it), and waits until the mutations are done
+    /// and no row is left; returns how many events there were. Running it again is
+    /// harmless.
     pub async fn erase_tenant(
         &self,
         tenant: TenantId,
@@ -71,42 +75,46 @@ impl ClickHouseSink {
     ) -> Result<u64, ErasureError> {
         let tenant_text = tenant.as_uuid().to_string();
         let before = self.event_count(tenant).await?;
+        let (shards, tables) = self.owner_shards();
         if before > 0 || self.minute_rows(tenant).await? > 0 {
-            // `mutations_sync` is not known to every version; the wait below is.
-            for sql in [
-                "ALTER TABLE usage_events DELETE WHERE tenant_id = toUUID(?)",
-                "ALTER TABLE usage_minutes DELETE WHERE tenant_id = toUUID(?)",
-            ] {
-                self.client()
-                    .query(sql)
-                    .bind(&tenant_text)
-                    .execute()
-                    .await
-                    .map_err(SinkError::from)?;
+            for shard in shards {
+                // `mutations_sync` is not known to every version; the wait below is.
+                for table in [tables.events, tables.minutes] {
+                    shard
+                        .query(&format!(
+                            "ALTER TABLE {table} DELETE WHERE tenant_id = toUUID(?)"
+                        ))
+                        .bind(&tenant_text)
+                        .execute()
+                        .await
+                        .map_err(SinkError::from)?;
+                }
             }
         }
         let deadline = Instant::now() + wait;
-        loop {
-            let pending = self
-                .client()
-                .query(
-                    "SELECT count() AS pending FROM system.mutations \
-                     WHERE database = currentDatabase() \
-                       AND table IN ('usage_events', 'usage_minutes') \
-                       AND is_done = 0 AND position(command, ?) > 0",
-                )
-                .bind(&tenant_text)
-                .fetch_one::<Pending>()
-                .await
-                .map_err(SinkError::from)?
-                .pending;
-            if pending == 0 {
-                break;
+        for shard in shards {
+            loop {
+                let pending = shard
+                    .query(
+                        "SELECT count() AS pending FROM system.mutations \
+                         WHERE database = currentDatabase() AND table IN (?, ?) \
+                           AND is_done = 0 AND position(command, ?) > 0",
+                    )
+                    .bind(tables.events)
+                    .bind(tables.minutes)
+                    .bind(&tenant_text)
+                    .fetch_one::<Pending>()
+                    .await
+                    .map_err(SinkError::from)?
+                    .pending;
+                if pending == 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ErasureError::Timeout(wait));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Instant::now() > deadline {
-                return Err(ErasureError::Timeout(wait));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         match self.event_count(tenant).await? + self.minute_rows(tenant).await? {
             0 => Ok(before),

@@ -21,7 +21,10 @@ pub mod periods;
 pub mod quota;
 pub mod relay;
 pub mod retention;
+pub mod shards;
+pub mod tls;
 pub mod usage_query;
 pub mod usage_rows;
 
 pub use clickhouse_sink::{ClickHouseSettings, ClickHouseSink, SinkError};
+pub use shards::ClusterSettings;

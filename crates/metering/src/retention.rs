@@ -31,6 +31,10 @@ pub const QUEUE_SLOTS: i16 = 8;
 const LOCK_WAIT: Duration = Duration::from_millis(500);
 /// Longest a statement of a pass may run.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a retention transaction may sit between statements: nothing slow happens
+/// there, and some hold every tenant's ingest off (a generation change), so a process
+/// frozen there must let go soon.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionSettings {
@@ -95,7 +99,7 @@ pub async fn run_pass(db: &Db, settings: &RetentionSettings) -> Result<Pass, Sto
 
 async fn bounded_tx(db: &Db, purpose: &'static str) -> Result<DbTx, StoreError> {
     let mut tx = db.system_tx(purpose).await?;
-    Db::bound(&mut tx, STATEMENT_TIMEOUT).await?;
+    Db::bound_idle(&mut tx, STATEMENT_TIMEOUT, IDLE_TIMEOUT).await?;
     Ok(tx)
 }
 

@@ -51,7 +51,7 @@ pub struct MinuteRow {
 /// The minute rows of some events: one per (tenant, metric, period, minute, ledger
 /// position), in a fixed order. The same events always give the same rows, so a replay
 /// writes what is already there.
-pub fn minute_rows(events: &[UsageRow]) -> Vec<MinuteRow> {
+pub fn minute_rows<'a>(events: impl IntoIterator<Item = &'a UsageRow>) -> Vec<MinuteRow> {
     type Key = (uuid::Uuid, String, u32, u32, u64, u64);
     let mut sums: std::collections::BTreeMap<Key, (u64, u64, u64)> = Default::default();
     for event in events {
@@ -140,19 +140,35 @@ pub fn to_clickhouse_time(time: DateTime<Utc>) -> u32 {
 const UP_TO_CURSOR: &str = "(ledger_xid < ? OR (ledger_xid = ? AND ledger_seq <= ?))";
 
 impl ClickHouseSink {
-    /// Writes events, then their minutes, one insert each. Replaying the same events is
-    /// harmless (see the schemas): both inserts write what is already there.
+    /// Writes events, then their minutes, one insert each, on the shard of each row's
+    /// tenant; returns when every shard has acknowledged. Replaying the same events is
+    /// harmless (see the schemas): both inserts write what is already there, on the
+    /// same shard.
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), SinkError> {
-        let mut insert = self.client().insert::<UsageRow>("usage_events").await?;
+        let (shards, tables) = self.shards();
+        let mut by_shard: Vec<Vec<&UsageRow>> = vec![Vec::new(); shards.len()];
         for row in rows {
-            insert.write(row).await?;
+            let tenant = TenantId::from_uuid(row.tenant_id);
+            by_shard[crate::shards::shard_of(tenant, shards.len())].push(row);
         }
-        insert.end().await?;
-        let mut insert = self.client().insert::<MinuteRow>("usage_minutes").await?;
-        for row in minute_rows(rows) {
-            insert.write(&row).await?;
-        }
-        insert.end().await?;
+        let writes = shards
+            .iter()
+            .zip(by_shard)
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(client, rows)| async move {
+                let mut insert = client.insert::<UsageRow>(tables.events).await?;
+                for row in &rows {
+                    insert.write(*row).await?;
+                }
+                insert.end().await?;
+                let mut insert = client.insert::<MinuteRow>(tables.minutes).await?;
+                for row in minute_rows(rows) {
+                    insert.write(&row).await?;
+                }
+                insert.end().await?;
+                Ok::<(), SinkError>(())
+            });
+        futures_util::future::try_join_all(writes).await?;
         Ok(())
     }
 

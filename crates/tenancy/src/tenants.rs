@@ -105,11 +105,24 @@ macro_rules! columns {
     };
 }
 
+// After the macro, which it uses.
+mod invoice_due;
+
+pub use invoice_due::{InvoiceDue, due_among, due_for_invoice, set_invoice_due};
+
 pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, StoreError> {
+    // Whole seconds, like every usage timestamp, so that an event in the anchor's first
+    // second is not before the period's start.
+    let anchor = new
+        .billing_anchor
+        .duration_trunc(chrono::TimeDelta::seconds(1))
+        .unwrap_or(new.billing_anchor);
+    // Nothing to invoice before the first period ends.
+    let first_due = new.billing_cycle.period_containing(anchor, anchor).end;
     let row: TenantRow = sqlx::query_as(concat!(
         "INSERT INTO tenants (id, name, email, state, plan_code, billing_anchor, billing_cycle, \
-                              synthetic, stripe_customer_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+                              synthetic, stripe_customer_id, invoice_due_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
         columns!()
     ))
     .bind(new.id.as_uuid())
@@ -117,16 +130,11 @@ pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, 
     .bind(&new.email)
     .bind(new.state.as_str())
     .bind(&new.plan_code)
-    // Whole seconds, like every usage timestamp, so that an event in the anchor's first
-    // second is not before the period's start.
-    .bind(
-        new.billing_anchor
-            .duration_trunc(chrono::TimeDelta::seconds(1))
-            .unwrap_or(new.billing_anchor),
-    )
+    .bind(anchor)
     .bind(new.billing_cycle.to_string())
     .bind(new.synthetic)
     .bind(&new.stripe_customer_id)
+    .bind(first_due)
     .fetch_one(conn)
     .await?;
     row.try_into()

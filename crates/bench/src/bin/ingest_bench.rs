@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bench::{APP, OWNER, Service, fresh_database, ms, percentile, pg_url};
+use bench::{APP, OWNER, Service, batch_body, fresh_database, ms, percentile, pg_url};
 use chrono::Utc;
 use clap::Parser;
 use saas_core::TenantId;
@@ -83,8 +83,6 @@ async fn main() -> anyhow::Result<()> {
             // Tenant 0 is the visibility probe's own; workers use the others.
             while !stop.load(Ordering::Relaxed) {
                 let key = &keys[1 + (worker + sequence * 7) % (keys.len() - 1)];
-                // Built as text: the load generator shares the cores with the service, so
-                // it should spend as little of them as it can.
                 let body = batch_body(&format!("w{worker}-{sequence}"), batch_size);
                 sequence += 1;
                 let sent = Instant::now();
@@ -226,23 +224,6 @@ async fn main() -> anyhow::Result<()> {
         100.0 * rate / copy_rate
     ));
     Ok(())
-}
-
-fn batch_body(prefix: &str, size: usize) -> String {
-    use std::fmt::Write;
-    let mut body = String::with_capacity(16 + size * 64);
-    body.push_str(r#"{"events":["#);
-    for i in 0..size {
-        if i > 0 {
-            body.push(',');
-        }
-        let _ = write!(
-            body,
-            r#"{{"id":"{prefix}-{i}","metric":"tokens","value":1}}"#
-        );
-    }
-    body.push_str("]}");
-    body
 }
 
 /// Sends a batch for its own tenant, and on the 202 polls /v1/usage until the total

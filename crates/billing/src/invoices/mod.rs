@@ -1,10 +1,11 @@
 //! Invoices, the one owner of the `invoices` and `invoice_lines` tables: the runs that
-//! make them ([`run`]), their creation ([`store`]), where collecting each stands
+//! make them ([`run`], spread over job workers by [`fan_out`]), their creation ([`store`]), where collecting each stands
 //! ([`payment`]), how the API reads them ([`view`]) and their reconciliation with usage
 //! ([`reconciliation`]), and what a tenant's data export and erasure do to them
 //! ([`personal_data`]), and what the operator overview shows of them ([`overview`]). No other module of the crate names these tables in SQL (a test
 //! checks it).
 
+mod fan_out;
 mod overview;
 pub(crate) mod payment;
 pub mod personal_data;
@@ -13,6 +14,7 @@ mod run;
 mod store;
 mod view;
 
+pub use fan_out::{FanOut, InvoiceRunner, InvoiceTenantsJob, fan_out};
 pub use overview::{Revenue, UnpaidInvoice, revenue_by_month, unpaid};
 pub use payment::{close, mark_paid};
 pub use reconciliation::{MAX_PAGE, Mismatch, Page, Reconciliation, reconcile};

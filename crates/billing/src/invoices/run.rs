@@ -10,14 +10,14 @@
 //! is simply run again, and two runs at once cannot make two invoices. Synthetic tenants
 //! (readiness probes) are never billed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use metering::{ClickHouseSink, SinkError};
 use saas_core::{BillingPeriod, Metric, TenantId, TenantState};
 use serde::Serialize;
-use tenancy::tenants::{Tenant, TenantQuery};
+use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
 use uuid::Uuid;
 
@@ -46,6 +46,7 @@ impl From<sqlx::Error> for RunError {
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub run_id: Uuid,
+    /// Tenants due for an invoice that the run looked at (the others are not read).
     pub tenants_checked: usize,
     pub invoices_created: usize,
     /// Periods invoiced already (by an earlier or a concurrent run).
@@ -71,7 +72,8 @@ pub enum Collection {
     Elsewhere,
 }
 
-/// Invoices every period that ended at least `grace` before `now`.
+/// Invoices every period that ended at least `grace` before `now`, reading only the
+/// tenants due for it (`tenancy::tenants::due_for_invoice`), a page at a time.
 #[tracing::instrument(name = "invoice_run", skip_all, fields(run = tracing::field::Empty))]
 pub async fn run(
     db: &Db,
@@ -80,65 +82,108 @@ pub async fn run(
     grace: Duration,
     collection: Collection,
 ) -> Result<RunReport, RunError> {
-    let started = Instant::now();
-    let mut report = RunReport {
-        run_id: Uuid::now_v7(),
-        ..RunReport::default()
-    };
-    tracing::Span::current().record("run", tracing::field::display(report.run_id));
+    let mut progress = Progress::start();
+    tracing::Span::current().record("run", tracing::field::display(progress.report.run_id));
     let closed_before = now - chrono::TimeDelta::from_std(grace).unwrap_or_default();
-    let mut timings = Timings::default();
-    let mut after: Option<TenantId> = None;
+    let mut after = None;
     loop {
         let page = {
             let mut tx = db.system_tx("invoice run tenants").await?;
-            let query = TenantQuery {
-                state: None,
-                after,
-                limit: PAGE,
-                // Readiness probes are never billed.
-                include_synthetic: false,
-            };
-            let page = tenancy::tenants::list(&mut tx, &query).await?;
+            let page =
+                tenancy::tenants::due_for_invoice(&mut tx, closed_before, after, PAGE).await?;
             tx.commit().await?;
             page
         };
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        // Erased tenants have no usage left to bill; provisioning ones no period yet.
-        let billable: Vec<Tenant> = page
-            .into_iter()
-            .filter(|t| {
-                !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
-            })
-            .collect();
-        report.tenants_checked += billable.len();
-        invoice_page(
-            db,
-            sink,
-            &billable,
-            closed_before,
-            collection,
-            &mut report,
-            &mut timings,
-        )
-        .await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        let tenants: Vec<Tenant> = page.into_iter().map(|(_, tenant)| tenant).collect();
+        invoice_tenants(db, sink, &tenants, closed_before, collection, &mut progress).await?;
     }
-    report.clickhouse_ms = millis(timings.clickhouse);
-    report.rating_ms = millis(timings.rating);
-    report.postgres_ms = millis(timings.postgres);
-    report.total_ms = millis(started.elapsed());
-    metrics::counter!("invoices_created_total").increment(report.invoices_created as u64);
-    tracing::info!(run = %report.run_id, created = report.invoices_created,
-        waiting_for_relay = report.waiting_for_relay,
-        waiting_for_ingest = report.waiting_for_ingest, total_ms = report.total_ms,
-        "invoice run done");
-    Ok(report)
+    Ok(progress.finish())
+}
+
+/// A run under way: what it did so far, and where its time went.
+pub(super) struct Progress {
+    started: Instant,
+    report: RunReport,
+    timings: Timings,
+}
+
+/// Time spent per part, summed over tenants before rounding.
+#[derive(Default)]
+struct Timings {
+    clickhouse: Duration,
+    rating: Duration,
+    postgres: Duration,
+}
+
+impl Progress {
+    pub(super) fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            report: RunReport {
+                run_id: Uuid::now_v7(),
+                ..RunReport::default()
+            },
+            timings: Timings::default(),
+        }
+    }
+
+    /// The report, with the time per part summed over tenants before rounding.
+    pub(super) fn finish(mut self) -> RunReport {
+        let report = &mut self.report;
+        report.clickhouse_ms = millis(self.timings.clickhouse);
+        report.rating_ms = millis(self.timings.rating);
+        report.postgres_ms = millis(self.timings.postgres);
+        report.total_ms = millis(self.started.elapsed());
+        metrics::counter!("invoices_created_total").increment(report.invoices_created as u64);
+        tracing::info!(run = %report.run_id, checked = report.tenants_checked,
+            created = report.invoices_created, waiting_for_relay = report.waiting_for_relay,
+            waiting_for_ingest = report.waiting_for_ingest, total_ms = report.total_ms,
+            "invoice run done");
+        self.report
+    }
 }
 
 /// Tenants per page: one Postgres read of their invoices and one ClickHouse read of
 /// their usage each.
-const PAGE: u32 = 500;
+pub(super) const PAGE: u32 = 500;
+
+/// Invoices the ended periods of `tenants` (see [`invoice_page`]), then moves each
+/// tenant's due time on to the end of its oldest period still without an invoice.
+pub(super) async fn invoice_tenants(
+    db: &Db,
+    sink: &ClickHouseSink,
+    tenants: &[Tenant],
+    closed_before: DateTime<Utc>,
+    collection: Collection,
+    progress: &mut Progress,
+) -> Result<(), RunError> {
+    // Billed tenants only: the due index leaves the others out, and a job may name a
+    // tenant whose state changed since it was queued.
+    let billable: Vec<&Tenant> = tenants
+        .iter()
+        .filter(|t| {
+            !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
+        })
+        .collect();
+    progress.report.tenants_checked += billable.len();
+    let waiting = invoice_page(db, sink, &billable, closed_before, collection, progress).await?;
+    let due: Vec<(TenantId, DateTime<Utc>)> = billable
+        .iter()
+        .map(|tenant| {
+            let next = waiting
+                .get(&tenant.id)
+                .copied()
+                .unwrap_or_else(|| tenant.period_at(closed_before));
+            (tenant.id, next.end)
+        })
+        .collect();
+    let mut tx = db.system_tx("invoice run due times").await?;
+    tenancy::tenants::set_invoice_due(&mut tx, &due).await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// Invoices the ended periods without an invoice of a page of tenants, each tenant's
 /// oldest first. Each period's invoice bills the next one in advance, and a run may die
@@ -149,22 +194,27 @@ const PAGE: u32 = 500;
 /// In three steps, so that ClickHouse is asked once for the whole page rather than once
 /// per tenant: find each tenant's periods that are ready (closed to ingest and wholly
 /// relayed), read all their totals in one query, then rate and store them.
+///
+/// Returns, for each tenant left with an ended period not invoiced, the oldest such.
 async fn invoice_page(
     db: &Db,
     sink: &ClickHouseSink,
-    tenants: &[Tenant],
+    tenants: &[&Tenant],
     closed_before: DateTime<Utc>,
     collection: Collection,
-    report: &mut RunReport,
-    timings: &mut Timings,
-) -> Result<(), RunError> {
+    progress: &mut Progress,
+) -> Result<HashMap<TenantId, BillingPeriod>, RunError> {
+    let Progress {
+        report, timings, ..
+    } = progress;
+    let mut waiting = HashMap::new();
     let ended: Vec<(&Tenant, Vec<BillingPeriod>)> = tenants
         .iter()
-        .map(|tenant| (tenant, ended_periods(tenant, closed_before)))
+        .map(|tenant| (*tenant, ended_periods(tenant, closed_before)))
         .filter(|(_, periods)| !periods.is_empty())
         .collect();
     if ended.is_empty() {
-        return Ok(());
+        return Ok(waiting);
     }
     let clock = Instant::now();
     let invoiced = invoiced_periods(db, &ended).await?;
@@ -180,10 +230,12 @@ async fn invoice_page(
                 Readiness::Ready => ready_periods.push(*period),
                 Readiness::WaitingForIngest => {
                     report.waiting_for_ingest += 1;
+                    waiting.insert(tenant.id, *period);
                     break;
                 }
                 Readiness::WaitingForRelay => {
                     report.waiting_for_relay += 1;
+                    waiting.insert(tenant.id, *period);
                     break;
                 }
             }
@@ -212,13 +264,14 @@ async fn invoice_page(
                 Err(InvoiceError::Rating(error)) => {
                     report.failed += 1;
                     tracing::error!(tenant = %tenant.id, %error, "tenant could not be rated");
+                    waiting.insert(tenant.id, period);
                     break;
                 }
                 Err(InvoiceError::Run(error)) => return Err(error),
             }
         }
     }
-    Ok(())
+    Ok(waiting)
 }
 
 /// Which of the candidate (tenant, period start) pairs have a period invoice already,
@@ -264,14 +317,6 @@ fn ended_periods(tenant: &Tenant, closed_before: DateTime<Utc>) -> Vec<BillingPe
     }
     periods.reverse();
     periods
-}
-
-/// Time spent per part, summed over tenants before rounding.
-#[derive(Default)]
-struct Timings {
-    clickhouse: Duration,
-    rating: Duration,
-    postgres: Duration,
 }
 
 enum Readiness {

@@ -70,6 +70,13 @@ fn job_worker(state: &AppState) -> Worker {
         state.db.clone(),
         config.winback_schedule(),
     ));
+    jobs = jobs.register(billing::invoices::InvoiceRunner::new(
+        state.db.clone(),
+        state.clickhouse.clone(),
+        state.clock.clone(),
+        Duration::from_millis(config.billing.close_grace_ms),
+        state.collection(),
+    ));
     if let Some(collector) = state.collector() {
         jobs = collector.register_with(jobs);
     }

@@ -1,9 +1,10 @@
 //! Periodic work, done by one process at a time: the process that wins the election
-//! (`db::leader`) runs invoice runs, requeues stalled collections, keeps the usage
-//! ledger bounded, seals the audit chain and forgets idle rate-limit buckets; the others stand by and take over within
-//! seconds when it goes. Everything here is also correct when done twice (unique keys,
-//! the chain head's lock, the retention's own locks), so the short overlap an election
-//! can have costs only duplicated work.
+//! (`db::leader`) queues invoice runs as jobs, requeues stalled collections, keeps the
+//! usage ledger bounded, seals the audit chain, forgets idle rate-limit buckets and runs
+//! the deep readiness checks; the others stand by and take over within seconds when it
+//! goes. Everything here is also correct when done twice (unique keys, the chain head's
+//! lock, the retention's own locks, the readiness run's lock), so the short overlap an
+//! election can have costs only duplicated work.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,13 +25,17 @@ const STALLED_COLLECTION: Duration = Duration::from_secs(3600);
 pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let (leading, election) = Election::new("scheduler").run(state.db.pool(), stop.clone());
     let every = |task| while_leading_task(state, &leading, &stop, task);
-    vec![
+    let mut tasks = vec![
         election,
         every(|state| Box::pin(invoice_run(state))),
         every(|state| Box::pin(retention_pass(state))),
         every(|state| Box::pin(seal_audit(state))),
         every(|state| Box::pin(forget_idle_rate_limits(state))),
-    ]
+    ];
+    if state.config.readiness.run_interval_ms > 0 {
+        tasks.push(every(|state| Box::pin(deep_readiness(state))));
+    }
+    tasks
 }
 
 /// One periodic task of the scheduler: runs `task` again and again while this process
@@ -80,20 +85,19 @@ async fn while_leading<F, Fut>(
     }
 }
 
-/// Invoices ended periods, then queues again collections whose jobs gave up.
+/// Queues invoice jobs for the tenants due (any replica's job worker runs them), then
+/// queues again collections whose jobs gave up.
 async fn invoice_run(state: AppState) -> Duration {
     let grace = Duration::from_millis(state.config.billing.close_grace_ms);
-    if let Err(error) = billing::invoices::run(
-        &state.db,
-        &state.clickhouse,
-        state.clock.now(),
-        grace,
-        state.collection(),
-    )
-    .await
-    {
-        metrics::counter!("invoice_run_errors_total").increment(1);
-        tracing::warn!(%error, "invoice run failed; retrying at the next interval");
+    match billing::invoices::fan_out(&state.db, state.clock.now(), grace).await {
+        Ok(billing::invoices::FanOut::Queued { tenants, jobs }) if jobs > 0 => {
+            tracing::info!(tenants, jobs, "invoice jobs queued");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            metrics::counter!("invoice_run_errors_total").increment(1);
+            tracing::warn!(%error, "invoice jobs not queued; retrying at the next interval");
+        }
     }
     if state.payments.is_some()
         && let Err(error) =
@@ -134,6 +138,19 @@ async fn seal_audit(state: AppState) -> Duration {
             AUDIT_SEAL_INTERVAL
         }
     }
+}
+
+/// Runs the deep readiness checks when the latest result, from any replica, is older
+/// than the interval: `/readiness` callers then read a fresh stored result, and none
+/// waits for a run (or can make the checks run more often).
+async fn deep_readiness(state: AppState) -> Duration {
+    let interval = Duration::from_millis(state.config.readiness.run_interval_ms);
+    let report = state.readiness.report(&state, interval).await;
+    if !report.ready {
+        tracing::warn!(passed = report.passed, total = report.total, "not ready");
+    }
+    // Due again when this result is an interval old.
+    interval.saturating_sub(Duration::from_millis(report.age_ms))
 }
 
 /// Deletes the rate-limit buckets whose whole allowance is back, once a minute.
