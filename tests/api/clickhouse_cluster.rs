@@ -169,13 +169,7 @@ async fn two_shards_keep_each_tenant_whole_and_every_read_invoice_and_erasure_ex
     }
 
     // The relay starts again from the beginning: every batch reaches its shard twice.
-    let mut tx = app.db.system_tx("test cursor reset").await.unwrap();
-    sqlx::query("UPDATE usage_relay_cursor SET ledger_xid = 0, ledger_seq = 0")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(app.drain_relay().await, 16 * 12);
+    assert_eq!(app.replay_relay_from_start().await, 16 * 12);
     for (tenant, totals) in tenants.iter().zip(&expected) {
         assert_eq!(
             &used(&app, tenant).await,

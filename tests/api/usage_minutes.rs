@@ -56,13 +56,7 @@ async fn minute_rows_agree_with_the_events_and_survive_a_full_replay() {
 
     // The relay starts again from the beginning, as after losing its cursor: every
     // batch is written to ClickHouse a second time.
-    let mut tx = app.db.system_tx("test cursor reset").await.unwrap();
-    sqlx::query("UPDATE usage_relay_cursor SET ledger_xid = 0, ledger_seq = 0")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(app.drain_relay().await, events.len());
+    assert_eq!(app.replay_relay_from_start().await, events.len());
     check(&app, &tenant, start, &events, "replayed").await;
 }
 

@@ -307,6 +307,19 @@ impl TestApp {
         }
     }
 
+    /// Starts the relay again from the beginning, as after losing its cursor, and drains
+    /// it: every batch still in the ledger is written to ClickHouse a second time.
+    /// Returns how many events it copied.
+    pub async fn replay_relay_from_start(&self) -> usize {
+        let mut tx = self.db.system_tx("test cursor reset").await.unwrap();
+        sqlx::query("UPDATE usage_relay_cursor SET ledger_xid = 0, ledger_seq = 0")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        self.drain_relay().await
+    }
+
     /// Whole events held in the Postgres ledger, every tenant's.
     pub async fn ledger_rows(&self) -> i64 {
         let mut tx = self.db.system_tx("test ledger rows").await.unwrap();

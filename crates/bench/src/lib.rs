@@ -215,6 +215,12 @@ impl Service {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Kills the process and waits until it is gone, its Postgres connections with it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_memory_mib(&self) -> Option<f64> {
         process_memory_mib(self.child.id()?, "VmHWM:")
