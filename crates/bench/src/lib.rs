@@ -314,15 +314,22 @@ impl OwnClickHouse {
                 .local_addr()?
                 .port())
         };
-        let (http, tcp) = (free()?, free()?);
+        let (http, tcp, https) = (free()?, free()?, free()?);
         let dir = std::env::temp_dir().join(format!("bench-clickhouse-{http}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("log"))?;
-        let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/clickhouse");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let scripts = root.join("scripts/clickhouse");
+        // The stack's template: its HTTPS with the stack's certificate (made by
+        // `scripts/stack.sh up`), and a cluster whose shards are both this server.
         let config = std::fs::read_to_string(scripts.join("config.xml.template"))?
             .replace("@DIR@", &dir.to_string_lossy())
             .replace("@HTTP_PORT@", &http.to_string())
-            .replace("@TCP_PORT@", &tcp.to_string());
+            .replace("@TCP_PORT@", &tcp.to_string())
+            .replace("@HTTPS_PORT@", &https.to_string())
+            .replace("@TLS_DIR@", &root.join(".stack/tls").to_string_lossy())
+            .replace("@SHARD1_TCP_PORT@", &tcp.to_string())
+            .replace("@SHARD2_TCP_PORT@", &tcp.to_string());
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::copy(scripts.join("users.xml"), dir.join("users.xml"))?;
         let mut server = OwnClickHouse {
