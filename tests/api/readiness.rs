@@ -365,6 +365,8 @@ async fn the_scheduler_keeps_a_fresh_result_without_anyone_asking() {
         runs_after - runs_before <= 1,
         "{runs_before} -> {runs_after}"
     );
+    // A stored result has an age; a run of the caller's own would be brand new.
+    assert!(report["age_ms"].as_u64().unwrap() > 0, "{report:#}");
     let latest = latest.unwrap();
     assert!(
         report["checked_at"] == newest["checked_at"]

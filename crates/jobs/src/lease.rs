@@ -41,7 +41,8 @@ pub(crate) struct Leases<'a> {
     pub pool: &'a PgPool,
     pub holder: &'a str,
     pub lease: Duration,
-    pub kinds: &'a [&'static str],
+    /// The kinds it has handlers for.
+    pub kinds: Vec<&'static str>,
 }
 
 impl Leases<'_> {
@@ -61,7 +62,7 @@ impl Leases<'_> {
                           AND r.status = 'pending' AND r.locked_until >= now())) \
                  ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED",
             )
-            .bind(self.kinds)
+            .bind(&self.kinds)
             .bind(&passed)
             .fetch_optional(&mut *tx)
             .await?;
@@ -114,7 +115,7 @@ impl Leases<'_> {
              WHERE status = 'pending' AND attempts >= max_attempts \
                AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($1)",
         )
-        .bind(self.kinds)
+        .bind(&self.kinds)
         .execute(self.pool)
         .await?
         .rows_affected())

@@ -111,7 +111,6 @@ impl Default for WorkerSettings {
 pub struct Worker {
     pool: PgPool,
     handlers: Arc<HashMap<&'static str, Arc<dyn Runner>>>,
-    kinds: Arc<Vec<&'static str>>,
     settings: Arc<WorkerSettings>,
 }
 
@@ -120,7 +119,6 @@ impl Worker {
         Self {
             pool: db.pool().clone(),
             handlers: Arc::default(),
-            kinds: Arc::default(),
             settings: Arc::new(settings),
         }
     }
@@ -132,7 +130,6 @@ impl Worker {
             kind: PhantomData::<fn() -> J>,
         };
         Arc::make_mut(&mut self.handlers).insert(J::KIND, Arc::new(typed));
-        Arc::make_mut(&mut self.kinds).push(J::KIND);
         self
     }
 
@@ -141,7 +138,7 @@ impl Worker {
             pool: &self.pool,
             holder: &self.settings.name,
             lease: self.settings.lease,
-            kinds: &self.kinds,
+            kinds: self.handlers.keys().copied().collect(),
         }
     }
 

@@ -204,9 +204,7 @@ impl ClickHouseSink {
         let Some(cluster) = &settings.cluster else {
             let server = server_client(settings, &settings.url, As::Owner);
             check_layout(&server, &settings.database, false).await?;
-            let applied = migrate_server(&server, &settings.database, |sql| sql.to_owned()).await?;
-            check_layout(&server, &settings.database, false).await?;
-            return Ok(applied);
+            return migrate_server(&server, &settings.database, |sql| sql.to_owned()).await;
         };
         if !is_identifier(&cluster.name) {
             return Err(SinkError::Layout(format!(
@@ -242,7 +240,6 @@ impl ClickHouseSink {
                     .execute()
                     .await?;
             }
-            check_layout(&server, database, true).await?;
         }
         applied.sort_unstable();
         applied.dedup();

@@ -206,14 +206,6 @@ async fn cursor_locked(db: &Db) -> anyhow::Result<bool> {
     Ok(free.is_none())
 }
 
-/// Events of `tenant` in ClickHouse.
-async fn relayed(
-    sink: &metering::ClickHouseSink,
-    tenant: saas_core::TenantId,
-) -> anyhow::Result<u64> {
-    Ok(sink.event_count(tenant).await?)
-}
-
 /// The time from `signal` to the holder of the relay cursor, caught in the middle of a
 /// step (its ClickHouse insert stalled), until every event acknowledged by then is in
 /// ClickHouse, relayed by another replica.
@@ -251,7 +243,7 @@ async fn takeover(args: &Args, signal: &str) -> anyhow::Result<Duration> {
     };
     anyhow::ensure!(send(0, &holder).await?.status() == 202, "batch refused");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while relayed(&sink, tenant).await? < 100 {
+    while sink.event_count(tenant).await? < 100 {
         anyhow::ensure!(Instant::now() < deadline, "the holder never relayed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -280,7 +272,7 @@ async fn takeover(args: &Args, signal: &str) -> anyhow::Result<Duration> {
         "batch refused"
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while relayed(&sink, tenant).await? < 300 {
+    while sink.event_count(tenant).await? < 300 {
         anyhow::ensure!(Instant::now() < deadline, "no replica took over the relay");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
