@@ -164,8 +164,8 @@ pub async fn exclusive(
         .await;
     match locked {
         Ok(_) => Ok(Some(conn)),
-        // 55P03: lock_not_available, the wait ran out.
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => Ok(None),
+        // The wait ran out.
+        Err(error) if crate::is_lock_timeout(&error) => Ok(None),
         Err(error) => Err(error),
     }
 }

@@ -232,7 +232,7 @@ impl FromRequestParts<AppState> for Operator {
         if let Some(client) = address
             && let Some(wait) = crate::client_limits::refused_for(state, failures, client).await?
         {
-            return Err(crate::client_limits::rate_limited(
+            return Err(crate::limits::rate_limited_for(
                 wait,
                 "too many invalid operator tokens from this address; retry later",
             ));

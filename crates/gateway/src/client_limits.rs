@@ -74,8 +74,3 @@ pub async fn refused_for(
     let mut conn = state.db.pool().acquire().await?;
     Ok(rate_limits::wait(&mut conn, &limit.bucket(client), limit.per_minute(state)).await?)
 }
-
-/// 429 `rate_limited` with `Retry-After` (whole seconds, at least one).
-pub fn rate_limited(wait: Duration, message: &'static str) -> ApiError {
-    ApiError::too_many_requests("rate_limited", message, wait.as_secs().max(1))
-}

@@ -475,8 +475,6 @@ impl Config {
     }
 }
 
-/// A setting written as text and read into its type once, at load (an unreadable one
-/// refuses the whole configuration, naming the key).
 /// The connection options of a Postgres URL. TLS only when the URL asks for it with
 /// `sslmode`, and then only with the server's certificate verified: `verify-full` (or
 /// `verify-ca`), with `sslrootcert=<file>` for a private CA. The modes that encrypt
@@ -498,6 +496,8 @@ fn postgres_options(url: &str) -> Result<PgConnectOptions, String> {
     }
 }
 
+/// A setting written as text and read into its type once, at load (an unreadable one
+/// refuses the whole configuration, naming the key).
 fn parsed<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,

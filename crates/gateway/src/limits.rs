@@ -41,7 +41,12 @@ pub fn rate_limited(
     let wait = not_until.wait_time_from(governor::clock::Clock::now(
         &governor::clock::DefaultClock::default(),
     ));
-    ApiError::too_many_requests("rate_limited", message, wait.as_secs())
+    rate_limited_for(wait, message)
+}
+
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least one).
+pub fn rate_limited_for(wait: std::time::Duration, message: &'static str) -> ApiError {
+    ApiError::too_many_requests("rate_limited", message, wait.as_secs().max(1))
 }
 
 /// Requests of one kind running per tenant in this process, at most `cap` at once. A

@@ -41,14 +41,12 @@ pub(crate) struct Leases<'a> {
     pub pool: &'a PgPool,
     pub holder: &'a str,
     pub lease: Duration,
-    /// The kinds it has handlers for.
-    pub kinds: Vec<&'static str>,
 }
 
 impl Leases<'_> {
     /// Takes the lease on the next due job of `kinds`, never one whose attempts are used
     /// up nor one whose concurrency key another running job holds.
-    pub async fn claim(&self) -> Result<Option<Claimed>, StoreError> {
+    pub async fn claim(&self, kinds: &[&str]) -> Result<Option<Claimed>, StoreError> {
         let mut passed: Vec<JobId> = Vec::new();
         for _ in 0..CLAIM_TRIES {
             let mut tx = self.pool.begin().await?;
@@ -62,7 +60,7 @@ impl Leases<'_> {
                           AND r.status = 'pending' AND r.locked_until >= now())) \
                  ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED",
             )
-            .bind(&self.kinds)
+            .bind(kinds)
             .bind(&passed)
             .fetch_optional(&mut *tx)
             .await?;
@@ -108,14 +106,14 @@ impl Leases<'_> {
 
     /// Dead-letters the jobs whose last attempt never ended (their process died with
     /// it, say) instead of letting them run past their attempts.
-    pub async fn bury_abandoned(&self) -> Result<u64, StoreError> {
+    pub async fn bury_abandoned(&self, kinds: &[&str]) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE jobs SET status = 'dead', finished_at = now(), locked_until = NULL, \
                     last_error = 'its last attempt never ended (the worker stopped during it)' \
              WHERE status = 'pending' AND attempts >= max_attempts \
                AND (locked_until IS NULL OR locked_until < now()) AND kind = ANY($1)",
         )
-        .bind(&self.kinds)
+        .bind(kinds)
         .execute(self.pool)
         .await?
         .rows_affected())

@@ -138,14 +138,18 @@ impl Worker {
             pool: &self.pool,
             holder: &self.settings.name,
             lease: self.settings.lease,
-            kinds: self.handlers.keys().copied().collect(),
         }
+    }
+
+    /// The kinds this worker has handlers for: the only ones it claims.
+    fn kinds(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
     }
 
     /// Dead-letters the jobs whose last attempt never ended. At most once per poll
     /// interval, not per claim.
     async fn bury_abandoned(&self) -> Result<(), StoreError> {
-        let abandoned = self.leases().bury_abandoned().await?;
+        let abandoned = self.leases().bury_abandoned(&self.kinds()).await?;
         if abandoned > 0 {
             tracing::error!(
                 count = abandoned,
@@ -227,7 +231,7 @@ impl Worker {
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
         self.bury_abandoned().await?;
         let mut ran = 0;
-        while let Some(job) = self.leases().claim().await? {
+        while let Some(job) = self.leases().claim(&self.kinds()).await? {
             self.execute(job).await;
             ran += 1;
         }
@@ -259,7 +263,7 @@ impl Worker {
                 }
             }
             while in_flight.len() < self.settings.concurrency {
-                match self.leases().claim().await {
+                match self.leases().claim(&self.kinds()).await {
                     Ok(Some(job)) => {
                         let worker = self.clone();
                         in_flight.spawn(async move { worker.execute(job).await });

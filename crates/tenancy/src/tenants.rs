@@ -108,7 +108,7 @@ macro_rules! columns {
 // After the macro, which it uses.
 mod invoice_due;
 
-pub use invoice_due::{InvoiceDue, due_among, due_for_invoice, set_invoice_due};
+pub use invoice_due::{InvoiceDue, due_among, due_for_invoice, due_ids, set_invoice_due};
 
 pub async fn insert(conn: &mut PgConnection, new: &NewTenant) -> Result<Tenant, StoreError> {
     // Whole seconds, like every usage timestamp, so that an event in the anchor's first

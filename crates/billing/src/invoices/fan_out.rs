@@ -21,7 +21,7 @@ use super::run::{Collection, Progress, invoice_tenants};
 
 /// Tenants per job: enough that ClickHouse is read a page at a time, few enough that
 /// thousands of due tenants spread over every worker.
-const TENANTS_PER_JOB: u32 = 100;
+const TENANTS_PER_JOB: usize = 100;
 
 /// Invoice the ended periods of these tenants (those still due when the job runs).
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,18 +57,10 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>, grace: Duration) -> Result<Fan
     if ::jobs::is_queued::<InvoiceTenantsJob>(&mut tx).await? {
         return Ok(FanOut::Busy);
     }
-    let (mut tenants, mut jobs) = (0, 0);
-    let mut after = None;
-    loop {
-        let page =
-            tenancy::tenants::due_for_invoice(&mut tx, closed_before, after, TENANTS_PER_JOB)
-                .await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(*last);
-        tenants += page.len();
-        jobs += 1;
+    let due = tenancy::tenants::due_ids(&mut tx, closed_before).await?;
+    for page in due.chunks(TENANTS_PER_JOB) {
         let job = InvoiceTenantsJob {
-            tenants: page.into_iter().map(|(_, tenant)| tenant.id).collect(),
+            tenants: page.to_vec(),
         };
         // Another round follows at the next interval: a job that keeps failing gives up
         // soon rather than hold the rounds back.
@@ -76,7 +68,10 @@ pub async fn fan_out(db: &Db, now: DateTime<Utc>, grace: Duration) -> Result<Fan
             .await?;
     }
     tx.commit().await?;
-    Ok(FanOut::Queued { tenants, jobs })
+    Ok(FanOut::Queued {
+        tenants: due.len(),
+        jobs: due.len().div_ceil(TENANTS_PER_JOB),
+    })
 }
 
 /// Runs invoice jobs.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use metering::{ClickHouseSink, SinkError};
-use saas_core::{BillingPeriod, Metric, TenantId, TenantState};
+use saas_core::{BillingPeriod, Metric, TenantId};
 use serde::Serialize;
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
@@ -150,7 +150,9 @@ impl Progress {
 pub(super) const PAGE: u32 = 500;
 
 /// Invoices the ended periods of `tenants` (see [`invoice_page`]), then moves each
-/// tenant's due time on to the end of its oldest period still without an invoice.
+/// tenant's due time on to the end of its oldest period still without an invoice. The
+/// tenants are billed ones: the due reads (`tenancy::tenants::due_for_invoice`,
+/// `due_among`) return no others.
 pub(super) async fn invoice_tenants(
     db: &Db,
     sink: &ClickHouseSink,
@@ -159,17 +161,9 @@ pub(super) async fn invoice_tenants(
     collection: Collection,
     progress: &mut Progress,
 ) -> Result<(), RunError> {
-    // Billed tenants only: the due index leaves the others out, and a job may name a
-    // tenant whose state changed since it was queued.
-    let billable: Vec<&Tenant> = tenants
-        .iter()
-        .filter(|t| {
-            !t.synthetic && !matches!(t.state, TenantState::Provisioning | TenantState::Deleted)
-        })
-        .collect();
-    progress.report.tenants_checked += billable.len();
-    let waiting = invoice_page(db, sink, &billable, closed_before, collection, progress).await?;
-    let due: Vec<(TenantId, DateTime<Utc>)> = billable
+    progress.report.tenants_checked += tenants.len();
+    let waiting = invoice_page(db, sink, tenants, closed_before, collection, progress).await?;
+    let due: Vec<(TenantId, DateTime<Utc>)> = tenants
         .iter()
         .map(|tenant| {
             let next = waiting
@@ -199,7 +193,7 @@ pub(super) async fn invoice_tenants(
 async fn invoice_page(
     db: &Db,
     sink: &ClickHouseSink,
-    tenants: &[&Tenant],
+    tenants: &[Tenant],
     closed_before: DateTime<Utc>,
     collection: Collection,
     progress: &mut Progress,
@@ -210,7 +204,7 @@ async fn invoice_page(
     let mut waiting = HashMap::new();
     let ended: Vec<(&Tenant, Vec<BillingPeriod>)> = tenants
         .iter()
-        .map(|tenant| (*tenant, ended_periods(tenant, closed_before)))
+        .map(|tenant| (tenant, ended_periods(tenant, closed_before)))
         .filter(|(_, periods)| !periods.is_empty())
         .collect();
     if ended.is_empty() {

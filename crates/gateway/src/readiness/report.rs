@@ -167,13 +167,15 @@ impl ReadinessCache {
         report
     }
 
-    /// The latest result without running anything (for the operator view): this
-    /// process's, or else the latest any replica stored.
+    /// The latest result without running anything (for the operator view): the latest
+    /// any replica stored (every run is stored, this process's too), or, when none can
+    /// be read, this process's own unless a run holds it now.
     pub async fn latest(&self, state: &AppState) -> Option<Report> {
-        if let Some((at, report)) = self.last.lock().await.as_ref() {
-            return Some(aged(report, at.elapsed()));
+        if let Some((report, age)) = stored(state).await {
+            return Some(aged(&report, age));
         }
-        stored(state).await.map(|(report, age)| aged(&report, age))
+        let last = self.last.try_lock().ok()?;
+        last.as_ref().map(|(at, report)| aged(report, at.elapsed()))
     }
 }
 

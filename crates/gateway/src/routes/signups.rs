@@ -49,7 +49,7 @@ async fn create_signup(
     ApiJson(request): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if let Some(wait) = client_limits::admit(&state, ClientLimit::Signups, client).await? {
-        return Err(client_limits::rate_limited(
+        return Err(crate::limits::rate_limited_for(
             wait,
             "too many signups from this address; retry later",
         ));

@@ -10,6 +10,15 @@ use uuid::Uuid;
 use super::{Tenant, TenantRow};
 use crate::StoreError;
 
+/// The tenants that are billed, as the due index (`tenants_invoice_due_idx`) names them:
+/// every read repeats its predicate, so that the index serves it. Readiness probes are
+/// never billed, provisioning tenants have no period yet, erased ones no usage left.
+macro_rules! billed {
+    () => {
+        "NOT synthetic AND state NOT IN ('provisioning', 'deleted')"
+    };
+}
+
 /// Where a page of due tenants ends, to start the next page after it.
 pub type InvoiceDue = (DateTime<Utc>, TenantId);
 
@@ -27,13 +36,12 @@ pub async fn due_for_invoice(
         #[sqlx(flatten)]
         tenant: TenantRow,
     }
-    // The predicate repeats the index's, so that the index serves the read.
     let rows: Vec<Row> = sqlx::query_as(concat!(
         "SELECT invoice_due_at, ",
         columns!(),
-        " FROM tenants \
-         WHERE invoice_due_at <= $1 AND NOT synthetic AND state NOT IN ('provisioning', 'deleted') \
-           AND ($2::timestamptz IS NULL OR (invoice_due_at, id) > ($2, $3)) \
+        " FROM tenants WHERE invoice_due_at <= $1 AND ",
+        billed!(),
+        " AND ($2::timestamptz IS NULL OR (invoice_due_at, id) > ($2, $3)) \
          ORDER BY invoice_due_at, id LIMIT $4"
     ))
     .bind(at)
@@ -48,6 +56,23 @@ pub async fn due_for_invoice(
             Ok(((row.invoice_due_at, tenant.id), tenant))
         })
         .collect()
+}
+
+/// The ids of every billed tenant due for an invoice at `at`, in due order (for
+/// handing out, not for reading the tenants). Needs a system transaction.
+pub async fn due_ids(
+    conn: &mut PgConnection,
+    at: DateTime<Utc>,
+) -> Result<Vec<TenantId>, StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+        "SELECT id FROM tenants WHERE invoice_due_at <= $1 AND ",
+        billed!(),
+        " ORDER BY invoice_due_at, id"
+    ))
+    .bind(at)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().map(TenantId::from_uuid).collect())
 }
 
 /// Moves each tenant's due time to the given one: the end of its oldest period still to
@@ -81,10 +106,9 @@ pub async fn due_among(
     let rows: Vec<TenantRow> = sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
-        " FROM tenants \
-         WHERE id = ANY($2) AND invoice_due_at <= $1 \
-           AND NOT synthetic AND state NOT IN ('provisioning', 'deleted') \
-         ORDER BY id"
+        " FROM tenants WHERE id = ANY($2) AND invoice_due_at <= $1 AND ",
+        billed!(),
+        " ORDER BY id"
     ))
     .bind(at)
     .bind(&ids)
