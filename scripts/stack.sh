@@ -31,6 +31,8 @@ LOCALSTRIPE_VERSION=1.15.10
 # reference the request conformance check reads its operations and parameters from.
 STRIPE_PYTHON_VERSION=16.0.1
 CHDB_VERSION=4.4.0
+# The official Standard Webhooks library: the tests' webhook receiver verifies with it.
+STANDARDWEBHOOKS_VERSION=1.1.0
 STRIPE_TEST_KEY=sk_test_local_stack
 STRIPE_WEBHOOK_SECRET=whsec_local_stack
 
@@ -310,11 +312,21 @@ stripe_reference_up() {
     fi
 }
 
+# The tests' webhook receiver (scripts/webhook_receiver.py) verifies every delivery with
+# the Standard Webhooks library, as a tenant's receiver would.
+standardwebhooks_up() {
+    if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))' 2>/dev/null)" != "$STANDARDWEBHOOKS_VERSION" ]; then
+        log "pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+        python3 -m pip install -q --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+    fi
+}
+
 test_all() {
     up
     browser_up
     stripe_reference_up
     chdb_up
+    standardwebhooks_up
     export_stack_env
     # Databases left behind by earlier runs (a killed test cannot drop its own).
     psql_superuser -tAc "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)

@@ -20,6 +20,7 @@ mod invoices;
 mod job_queue;
 mod lifecycle;
 mod onboarding;
+mod outbound_webhooks;
 mod outbox;
 mod payments;
 mod period_close;

@@ -23,6 +23,10 @@ pub const OWNERS: &[(&str, &[&str])] = &[
     ("jobs", &["jobs"]),
     ("outbox", &["notifications"]),
     (
+        "webhooks",
+        &["webhook_endpoints", "webhook_events", "webhook_deliveries"],
+    ),
+    (
         "metering",
         &[
             "usage_batches",

@@ -74,6 +74,8 @@ impl ServiceProcess {
             ("SAAS_WORKERS__RELAY_IDLE_MS".into(), "20".into()),
             // Tests run the readiness checks when they ask for them.
             ("SAAS_READINESS__RUN_INTERVAL_MS".into(), "0".into()),
+            // No DNS query leaves the machine.
+            ("SAAS_WEBHOOKS__SYSTEM_DNS".into(), "false".into()),
         ]
         .into_iter()
         .chain(

@@ -10,6 +10,7 @@ mod child_process;
 mod database;
 mod stack;
 mod stripe_api;
+mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub use stack::{
     CLICKHOUSE_SERVICE_USER, CLICKHOUSE_TEST_DATABASE, STRIPE_TEST_KEY, Stack,
 };
 pub use stripe_api::{declining_card, stripe_get, stripe_post};
+pub use webhook_receiver::WebhookReceiver;
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -77,6 +79,8 @@ impl TestApp {
 
         let mut config = Config::defaults().expect("defaults are valid");
         config.listen = "127.0.0.1:0".parse().unwrap();
+        // Webhook URLs resolve only through names a test gives: no DNS query leaves.
+        config.webhooks.system_dns = false;
         config.migrate_on_start = false; // the template is migrated already
         config.database.url = SecretString::from(stack.app_url(&database_name));
         config.database.migration_url = SecretString::from(stack.owner_url(&database_name));

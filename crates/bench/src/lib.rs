@@ -178,6 +178,8 @@ impl Service {
             .env("SAAS_DATABASE__URL", pg_url(APP, database))
             .env("SAAS_DATABASE__MIGRATION_URL", pg_url(OWNER, database))
             .env("SAAS_MIGRATE_ON_START", "false")
+            // Webhook URLs resolve only through names given here: nothing leaves loopback.
+            .env("SAAS_WEBHOOKS__SYSTEM_DNS", "false")
             .env("SAAS_CLICKHOUSE__URL", clickhouse_url())
             .env("SAAS_CLICKHOUSE__DATABASE", database)
             // Benchmarks make databases of their own, which the stack's service user

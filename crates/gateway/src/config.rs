@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -24,6 +25,8 @@ const MIN_OPERATOR_TOKEN_LEN: usize = 16;
 const MAX_BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 /// The longest dashboard session: thirty days.
 const MAX_SESSION_TTL_MS: u64 = 30 * 86_400_000;
+/// Longest a rotated-out webhook secret keeps signing.
+pub const MAX_SECRET_OVERLAP_SECS: u64 = 7 * 86_400;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -40,6 +43,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub winback: WinbackConfig,
     pub workers: WorkersConfig,
+    pub webhooks: WebhooksConfig,
     pub roles: RolesConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -153,6 +157,34 @@ pub struct SmtpConfig {
     pub url: Option<SecretString>,
     pub from: String,
     pub poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhooksConfig {
+    pub allow_http: bool,
+    pub allow_private_addresses: bool,
+    /// `name=address` entries asked before DNS.
+    #[serde(deserialize_with = "parsed")]
+    pub resolve: UrlList,
+    pub system_dns: bool,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+    #[serde(deserialize_with = "parsed")]
+    pub retry_pauses: Pauses,
+    pub secret_overlap_secs: u64,
+    pub concurrency: usize,
+}
+
+/// Pauses, comma-separated with units (`5s,1m,100ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pauses(pub Vec<Duration>);
+
+impl FromStr for Pauses {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        saas_core::schedule::parse_pauses(text).map(Pauses)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -381,6 +413,19 @@ impl Config {
         if self.readiness.check_timeout_ms == 0 {
             return invalid("readiness.check_timeout_ms must be positive".into());
         }
+        if self.webhooks.retry_pauses.0.len() > webhooks::delivery::MAX_RETRIES {
+            return invalid(format!(
+                "webhooks.retry_pauses may hold at most {} pauses",
+                webhooks::delivery::MAX_RETRIES
+            ));
+        }
+        if self.webhooks.secret_overlap_secs > MAX_SECRET_OVERLAP_SECS {
+            return invalid("webhooks.secret_overlap_secs must be at most 604800 (7 days)".into());
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.timeout_ms == 0 {
+            return invalid("webhooks.concurrency and webhooks.timeout_ms must be positive".into());
+        }
+        self.webhook_sender().map_err(ConfigError::Invalid)?;
         if self.smtp.poll_ms == 0 {
             return invalid("smtp.poll_ms must be positive".into());
         }
@@ -397,6 +442,28 @@ impl Config {
             offer_from_step: self.winback.offer_from_step,
             offer_percent_off: self.winback.offer_percent_off,
         }
+    }
+
+    /// The sender of webhook deliveries, with the address policy and resolver configured.
+    pub fn webhook_sender(&self) -> Result<webhooks::Sender, String> {
+        let config = &self.webhooks;
+        let system: Option<Arc<dyn webhooks::Lookup>> = match config.system_dns {
+            true => Some(Arc::new(webhooks::SystemLookup)),
+            false => None,
+        };
+        let lookup = webhooks::StaticLookup::parse(&config.resolve.0, system)
+            .map_err(|error| format!("webhooks.resolve: {error}"))?;
+        webhooks::Sender::new(
+            webhooks::AddressPolicy {
+                allow_http: config.allow_http,
+                allow_private: config.allow_private_addresses,
+            },
+            Arc::new(lookup),
+            webhooks::Timeouts {
+                connect: Duration::from_millis(config.connect_timeout_ms),
+                total: Duration::from_millis(config.timeout_ms),
+            },
+        )
     }
 
     /// The SMTP sender, when SMTP is configured.

@@ -135,6 +135,7 @@ async fn build_state(config: Config) -> anyhow::Result<AppState> {
         exports: crate::limits::TenantSlots::exports(),
         ingest_slots: crate::limits::TenantSlots::ingest(config.http.ingest_batches_per_tenant),
         readiness: Default::default(),
+        webhooks: config.webhook_sender().map_err(anyhow::Error::msg)?,
         stopping: Default::default(),
         config,
     }))

@@ -29,6 +29,8 @@ pub struct Services {
     /// Usage batches being metered, per tenant.
     pub ingest_slots: crate::limits::TenantSlots,
     pub readiness: crate::readiness::ReadinessCache,
+    /// Sends webhook deliveries, and checks the URLs of new endpoints.
+    pub webhooks: webhooks::Sender,
     /// Set when shutdown begins: `/readyz` then answers 503, so a load balancer stops
     /// sending requests while the ones in flight drain.
     pub stopping: std::sync::atomic::AtomicBool,

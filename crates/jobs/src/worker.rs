@@ -26,6 +26,10 @@ pub enum JobError {
     /// job is dead at once.
     #[error("{0}")]
     Permanent(String),
+    /// Try again after the given pause rather than the worker's backoff (a handler with
+    /// a retry schedule of its own), unless attempts are exhausted.
+    #[error("{0}")]
+    RetryIn(String, Duration),
 }
 
 /// A store failure inside a job is worth retrying: the database may be back next time.
@@ -217,7 +221,10 @@ impl Worker {
     async fn fail(&self, job: &Claimed, error: &JobError) -> Result<(), StoreError> {
         let permanent = matches!(error, JobError::Permanent(_));
         let dead = permanent || job.attempts >= job.max_attempts;
-        let delay = backoff(&self.settings, job.attempts);
+        let delay = match error {
+            JobError::RetryIn(_, pause) => *pause,
+            _ => backoff(&self.settings, job.attempts),
+        };
         if dead {
             tracing::error!(%error, "job is dead");
         } else {

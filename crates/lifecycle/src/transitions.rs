@@ -13,6 +13,8 @@ use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::tenants::Tenant;
 use tenancy::{Db, StoreError};
+use webhooks::EventData;
+use webhooks::events::StateChanged;
 
 use crate::state_machine::{InvalidTransition, check_transition};
 use crate::transition_jobs::{ErasureJob, PlanChangeJob};
@@ -280,6 +282,31 @@ pub async fn begin(db: &Db, request: &TransitionRequest) -> Result<Transition, T
         "effective": transition.effective,
     });
     audit::record(&mut tx, &entry).await?;
+    let state_changed = || StateChanged {
+        transition_id: transition.id,
+        from_state: tenant.state,
+        to_state: plan.to_state,
+        reason: request.reason.clone(),
+    };
+    match request.change {
+        Change::Suspend { .. } => {
+            webhooks::emit(
+                &mut tx,
+                tenant.id,
+                EventData::TenantSuspended(state_changed()),
+            )
+            .await?;
+        }
+        Change::Reactivate => {
+            webhooks::emit(
+                &mut tx,
+                tenant.id,
+                EventData::TenantReactivated(state_changed()),
+            )
+            .await?;
+        }
+        Change::Plan { .. } | Change::Erase => {}
+    }
 
     // Win-back: a suspension starts a campaign; coming back or erasure ends it.
     match request.change {

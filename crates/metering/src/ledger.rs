@@ -12,6 +12,8 @@ use sqlx::PgConnection;
 use tenancy::plans::MetricTerms;
 use tenancy::{Db, StoreError};
 
+use webhooks::events::UsageThresholdReached;
+
 use crate::event::UsageEvent;
 use crate::quota::{self, QuotaError};
 
@@ -192,7 +194,7 @@ async fn ingest_once(
             },
         );
     }
-    record_alerts(&mut tx, tenant, period.start, &alerts).await?;
+    record_alerts(&mut tx, tenant, period, &alerts).await?;
     tx.commit().await?;
 
     let accepted = written.inserted;
@@ -353,26 +355,45 @@ pub fn dedup_key(event_id: &str) -> uuid::Uuid {
     uuid::Uuid::from_bytes(key)
 }
 
+/// Records each crossing once per tenant, period, metric and threshold, and tells the
+/// tenant's webhook endpoints about the ones that are new.
 async fn record_alerts(
     conn: &mut PgConnection,
     tenant: TenantId,
-    period_start: DateTime<Utc>,
+    period: BillingPeriod,
     alerts: &[(Metric, u8, u64, u64)],
 ) -> Result<(), StoreError> {
     for (metric, threshold, used, quota) in alerts {
-        sqlx::query(
+        let recorded = sqlx::query(
             "INSERT INTO quota_alerts (tenant_id, period_start, metric, threshold_percent, used, quota) \
              VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric) ON CONFLICT DO NOTHING",
         )
         .bind(tenant.as_uuid())
-        .bind(period_start)
+        .bind(period.start)
         .bind(metric.as_str())
         .bind(i32::from(*threshold))
         .bind(used.to_string())
         .bind(quota.to_string())
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if recorded == 0 {
+            continue; // a concurrent batch recorded this crossing first
+        }
         tracing::info!(%tenant, %metric, threshold, used, quota, "quota alert");
+        webhooks::emit(
+            conn,
+            tenant,
+            webhooks::EventData::UsageThresholdReached(UsageThresholdReached {
+                metric: *metric,
+                threshold_percent: *threshold,
+                used: *used,
+                quota: *quota,
+                period_start: period.start,
+                period_end: period.end,
+            }),
+        )
+        .await?;
     }
     Ok(())
 }

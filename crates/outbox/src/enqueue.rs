@@ -16,6 +16,8 @@ pub enum Kind {
     /// confirmed yet.
     EmailVerification,
     Winback,
+    /// One of the tenant's webhook endpoints kept failing and was turned off.
+    WebhookEndpointDisabled,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
         match self {
             Kind::EmailVerification => "email_verification",
             Kind::Winback => "winback",
+            Kind::WebhookEndpointDisabled => "webhook_endpoint_disabled",
         }
     }
 }

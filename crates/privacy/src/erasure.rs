@@ -107,6 +107,9 @@ impl ErasureWorkflow {
             + tenancy::api_keys::erase_labels(&mut tx, tenant_id)
                 .await?
             + outbox::erase(&mut tx, tenant_id).await?
+            // Its endpoints hear of the erasure, then go too.
+            + webhooks::erasure::erase_after_notice(&mut tx, tenant_id, chrono::Utc::now())
+                .await?
             + billing::invoices::personal_data::erase(&mut tx, tenant_id)
                 .await?
             // The signup that became this tenant shares its id.

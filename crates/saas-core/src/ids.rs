@@ -127,6 +127,20 @@ prefixed_id!(
     "transition"
 );
 
+prefixed_id!(
+    /// A tenant's webhook endpoint: a URL that receives signed events.
+    WebhookEndpointId,
+    "we",
+    "webhook endpoint"
+);
+prefixed_id!(
+    /// An event sent to webhook endpoints; the `webhook-id` of every delivery of it, so
+    /// receivers drop repeats by it.
+    WebhookEventId,
+    "evt",
+    "event"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

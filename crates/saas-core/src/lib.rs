@@ -11,7 +11,9 @@ pub mod state_machine;
 pub mod tenant_state;
 
 pub use clock::{Clock, SystemClock};
-pub use ids::{ApiKeyId, IdParseError, SignupId, TenantId, TransitionId};
+pub use ids::{
+    ApiKeyId, IdParseError, SignupId, TenantId, TransitionId, WebhookEndpointId, WebhookEventId,
+};
 pub use metric::{Metric, UnknownMetric};
 pub use money::{Currency, Money};
 pub use period::{BillingCycle, BillingPeriod, InvalidBillingCycle};

@@ -30,25 +30,7 @@ impl std::str::FromStr for Offsets {
 pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
     let mut steps = Vec::new();
     for part in text.split(',').map(str::trim) {
-        let split = part
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{part:?} has no unit (d, h, m or s)"))?;
-        let (number, unit) = part.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("{part:?} does not start with a number"))?;
-        let seconds = match unit {
-            "d" => number.checked_mul(86_400),
-            "h" => number.checked_mul(3_600),
-            "m" => number.checked_mul(60),
-            "s" => Some(number),
-            other => return Err(format!("unknown unit {other:?} in {part:?}")),
-        }
-        .ok_or_else(|| format!("{part:?} is too long"))?;
-        let step = Duration::from_secs(seconds);
-        if step > MAX_OFFSET {
-            return Err(format!("{part:?} is longer than ten years"));
-        }
+        let step = parse_duration(part)?;
         if steps.last().is_some_and(|last| *last >= step) {
             return Err("offsets must be strictly increasing".into());
         }
@@ -58,6 +40,36 @@ pub fn parse_offsets(text: &str) -> Result<Vec<Duration>, String> {
         return Err("at least one offset is needed".into());
     }
     Ok(steps)
+}
+
+/// Pauses, comma-separated (`5s,1m,5m,2h`), in any order; `ms` is a unit too.
+pub fn parse_pauses(text: &str) -> Result<Vec<Duration>, String> {
+    text.split(',').map(str::trim).map(parse_duration).collect()
+}
+
+/// One duration: a number and a unit (`d`, `h`, `m`, `s` or `ms`), at most ten years.
+fn parse_duration(part: &str) -> Result<Duration, String> {
+    let split = part
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{part:?} has no unit (d, h, m, s or ms)"))?;
+    let (number, unit) = part.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{part:?} does not start with a number"))?;
+    let millis = match unit {
+        "d" => number.checked_mul(86_400_000),
+        "h" => number.checked_mul(3_600_000),
+        "m" => number.checked_mul(60_000),
+        "s" => number.checked_mul(1_000),
+        "ms" => Some(number),
+        other => return Err(format!("unknown unit {other:?} in {part:?}")),
+    }
+    .ok_or_else(|| format!("{part:?} is too long"))?;
+    let duration = Duration::from_millis(millis);
+    if duration > MAX_OFFSET {
+        return Err(format!("{part:?} is longer than ten years"));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -79,6 +91,18 @@ mod tests {
             parse_offsets("1s, 2m,3h,4d").unwrap(),
             [1, 120, 10_800, 345_600].map(Duration::from_secs).to_vec()
         );
+    }
+
+    #[test]
+    fn pauses_take_any_order_and_milliseconds() {
+        assert_eq!(
+            parse_pauses("5s,100ms,1m,1m").unwrap(),
+            [5_000, 100, 60_000, 60_000]
+                .map(Duration::from_millis)
+                .to_vec()
+        );
+        assert!(parse_pauses("5").is_err());
+        assert!(parse_pauses("").is_err());
     }
 
     #[test]

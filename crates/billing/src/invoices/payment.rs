@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 use saas_core::TenantId;
 use sqlx::PgConnection;
+use webhooks::EventData;
+use webhooks::events::{DunningRetryScheduled, InvoiceSummary, PaymentFailed};
 
 use crate::DunningStatus;
 use tenancy::StoreError;
@@ -183,10 +185,11 @@ pub(crate) async fn record_failure(
     dunning: DunningStatus,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
-    let recorded = sqlx::query(
+    let recorded: Option<(String, i64)> = sqlx::query_as(
         "UPDATE invoices SET payment_attempts = $3, first_failed_at = $4, \
              last_payment_error = $5, dunning = $6, next_attempt_at = $7 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND payment_attempts = $3 - 1",
+         WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND payment_attempts = $3 - 1 \
+         RETURNING currency, total",
     )
     .bind(tenant.as_uuid())
     .bind(invoice)
@@ -195,10 +198,28 @@ pub(crate) async fn record_failure(
     .bind(error)
     .bind(dunning)
     .bind(next_attempt_at)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(recorded == 1)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((currency, total)) = recorded else {
+        return Ok(false);
+    };
+    let failed = PaymentFailed {
+        invoice_id: invoice.to_string(),
+        amount_due: total,
+        currency,
+        reason: Some(error.to_owned()),
+        next_retry_at: next_attempt_at,
+    };
+    webhooks::emit(conn, tenant, EventData::InvoicePaymentFailed(failed)).await?;
+    if let Some(retry_at) = next_attempt_at {
+        let scheduled = DunningRetryScheduled {
+            invoice_id: invoice.to_string(),
+            retry: u32::try_from(number).unwrap_or(0),
+            retry_at,
+        };
+        webhooks::emit(conn, tenant, EventData::DunningRetryScheduled(scheduled)).await?;
+    }
+    Ok(true)
 }
 
 /// Dunning's verdict on the tenant's invoices: whether it gave up on `invoice` without
@@ -295,22 +316,33 @@ pub async fn mark_paid(
     invoice: Uuid,
     attempts: Option<i32>,
 ) -> Result<bool, StoreError> {
-    let moved = sqlx::query(
+    type Paid = (DateTime<Utc>, DateTime<Utc>, String, i64);
+    let moved: Option<Paid> = sqlx::query_as(
         "UPDATE invoices SET status = 'paid', paid_at = now(), next_attempt_at = NULL, \
              payment_attempts = COALESCE($3, payment_attempts) \
-         WHERE tenant_id = $1 AND id = $2 AND status = ANY($4)",
+         WHERE tenant_id = $1 AND id = $2 AND status = ANY($4) \
+         RETURNING period_start, period_end, currency, total",
     )
     .bind(tenant.as_uuid())
     .bind(invoice)
     .bind(attempts)
     .bind(InvoiceStatus::Paid.sources())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    if moved == 1 {
-        metrics::counter!("invoices_paid_total").increment(1);
-    }
-    Ok(moved == 1)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((period_start, period_end, currency, total)) = moved else {
+        return Ok(false);
+    };
+    metrics::counter!("invoices_paid_total").increment(1);
+    let summary = InvoiceSummary {
+        invoice_id: invoice.to_string(),
+        period_start,
+        period_end,
+        currency,
+        total,
+        status: "paid".to_owned(),
+    };
+    webhooks::emit(conn, tenant, EventData::InvoicePaid(summary)).await?;
+    Ok(true)
 }
 
 /// Closes an invoice without payment as Stripe did (`void` is final; an

@@ -7,6 +7,8 @@ use sqlx::PgConnection;
 use tenancy::StoreError;
 use tenancy::tenants::Tenant;
 use uuid::Uuid;
+use webhooks::EventData;
+use webhooks::events::InvoiceSummary;
 
 use super::run::{Collection, RunError};
 use crate::rating::{LineKind, RatedInvoice};
@@ -161,6 +163,15 @@ async fn insert(
         .execute(&mut *conn)
         .await?;
     }
+    let summary = InvoiceSummary {
+        invoice_id: id.to_string(),
+        period_start: new.period.start,
+        period_end: new.period.end,
+        currency: new.rated.currency.to_string(),
+        total: new.rated.total,
+        status: status.to_owned(),
+    };
+    webhooks::emit(conn, tenant.id, EventData::InvoiceCreated(summary)).await?;
     Ok(true)
 }
 

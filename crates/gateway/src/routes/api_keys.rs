@@ -8,6 +8,8 @@ use tenancy::api_keys::{self, ApiKey};
 use tenancy::audit::{self, Actor, AuditEntry};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use webhooks::EventData;
+use webhooks::events::ApiKeyChanged;
 
 use crate::auth::TenantContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -63,6 +65,14 @@ struct CreatedApiKeyView {
 #[derive(Serialize, utoipa::ToSchema)]
 struct ApiKeyList {
     api_keys: Vec<ApiKeyView>,
+}
+
+fn key_changed(key: &ApiKey) -> ApiKeyChanged {
+    ApiKeyChanged {
+        api_key_id: key.id,
+        name: key.name.clone(),
+        prefix: key.display_prefix.clone(),
+    }
 }
 
 fn validate_name(name: Option<String>) -> Result<String, ApiError> {
@@ -126,6 +136,12 @@ async fn create_api_key(
     entry.request_id = Some(request_id.0);
     entry.details = serde_json::json!({ "api_key_id": created.key.id });
     audit::record(&mut tx, &entry).await?;
+    webhooks::emit(
+        &mut tx,
+        tenant.tenant_id,
+        EventData::ApiKeyCreated(key_changed(&created.key)),
+    )
+    .await?;
     tx.commit().await?;
     let view = CreatedApiKeyView {
         key: created.key.into(),
@@ -181,6 +197,12 @@ async fn revoke_api_key(
     entry.request_id = Some(request_id.0);
     entry.details = serde_json::json!({ "api_key_id": key.id });
     audit::record(&mut tx, &entry).await?;
+    webhooks::emit(
+        &mut tx,
+        tenant.tenant_id,
+        EventData::ApiKeyRevoked(key_changed(&key)),
+    )
+    .await?;
     tx.commit().await?;
     // After the commit, so that every lookup from now on sees the revocation (one already
     // in flight may still cache the key, for at most the cache's time to live).

@@ -15,6 +15,8 @@ mod signups;
 mod tenant;
 mod transitions;
 mod usage;
+mod webhook_endpoints;
+mod webhook_events_doc;
 mod webhooks;
 mod winback;
 
@@ -24,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ErrorBody;
 use crate::state::AppState;
+use webhook_events_doc::WebhookEvents;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,7 +36,7 @@ use crate::state::AppState;
                        Every error response has the `ErrorBody` shape.",
     ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &WebhookEvents),
 )]
 struct ApiDoc;
 
@@ -83,4 +86,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(reactivation::router())
         .merge(winback::router())
         .merge(webhooks::router())
+        .merge(webhook_endpoints::router())
 }

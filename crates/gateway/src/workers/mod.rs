@@ -31,6 +31,7 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     }
     if roles.jobs {
         workers.push(tokio::spawn(job_worker(state).run(stop.clone())));
+        workers.push(tokio::spawn(webhook_worker(state).run(stop.clone())));
     }
     if roles.outbox {
         match state.config.mailer() {
@@ -48,7 +49,28 @@ pub fn spawn(state: &AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()
     workers
 }
 
-/// The job worker, with a handler for every kind of job.
+/// The worker of webhook deliveries: a worker of its own, so that a burst of them (or
+/// slow receivers) never keeps the other jobs waiting.
+fn webhook_worker(state: &AppState) -> Worker {
+    let config = &state.config;
+    Worker::new(
+        &state.db,
+        WorkerSettings {
+            concurrency: config.webhooks.concurrency,
+            poll_interval: Duration::from_millis(config.workers.job_poll_ms),
+            // Far past an attempt's timeout: a lease never runs out under a live one.
+            lease: Duration::from_millis(config.webhooks.timeout_ms) * 6,
+            ..WorkerSettings::default()
+        },
+    )
+    .register(webhooks::Deliverer::new(
+        state.db.clone(),
+        state.webhooks.clone(),
+        config.webhooks.retry_pauses.0.clone(),
+    ))
+}
+
+/// The job worker, with a handler for every kind of job but webhook deliveries.
 fn job_worker(state: &AppState) -> Worker {
     let config = &state.config;
     let onboarding = OnboardingWorkflow::new(

@@ -8,6 +8,8 @@ use sqlx::PgConnection;
 use tenancy::audit::{self, Actor, AuditEntry};
 use tenancy::plans::Plan;
 use tenancy::tenants::Tenant;
+use webhooks::EventData;
+use webhooks::events::PlanChange;
 
 use crate::transitions::{self, Transition, TransitionStatus};
 
@@ -86,6 +88,18 @@ pub(super) async fn finish(
         "to_plan": transition.to_plan,
     });
     audit::record(conn, &entry).await?;
+    let change = PlanChange {
+        transition_id: transition.id,
+        from_plan: transition.from_plan.clone(),
+        to_plan: transition.to_plan.clone(),
+        reason: entry.reason.clone(),
+    };
+    let event = if status == TransitionStatus::Completed {
+        EventData::PlanChangeCompleted(change)
+    } else {
+        EventData::PlanChangeFailed(change)
+    };
+    webhooks::emit(conn, tenant.id, event).await?;
     metrics::counter!("tenant_plan_changes_total", "result" => status.as_str()).increment(1);
     tracing::info!(tenant = %tenant.id, transition = %transition.id, status = status.as_str(), "plan change ended");
     Ok(())
