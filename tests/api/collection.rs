@@ -99,7 +99,7 @@ where
     }
 }
 
-async fn billing_run(app: &TestApp) -> Value {
+pub async fn billing_run(app: &TestApp) -> Value {
     let response = app
         .operator_post("/v1/admin/billing/runs", &json!({}))
         .await;

@@ -532,3 +532,180 @@ async fn a_tenant_sees_and_manages_only_its_own_endpoints_and_deliveries() {
         .await;
     assert_eq!(endpoint["enabled"], true);
 }
+
+#[tokio::test]
+async fn billing_events_follow_an_invoice_through_a_failed_payment_to_suspension() {
+    let app = TestApp::spawn_with(|config| {
+        crate::collection::short_cycles("3s", "1s,2s")(config);
+        config.webhooks.allow_http = true;
+        config.webhooks.allow_private_addresses = true;
+        config.workers.job_poll_ms = 50;
+    })
+    .await;
+    let tenant = app.sign_up_tenant("starter", Some("pm_card_visa")).await;
+    let tenant = TestTenant {
+        id: tenant.id,
+        key_id: saas_core::ApiKeyId::new(),
+        api_key: tenant.api_key,
+    };
+    let receiver = WebhookReceiver::start().await;
+    register(&app, &tenant, &receiver, json!(["*"])).await;
+    let customer = crate::collection::stripe_customer(&app, tenant.id).await;
+    crate::collection::set_default_card(&customer, &integration_tests::declining_card().await)
+        .await;
+    let usage = json!([{"id": "u1", "metric": "tokens", "value": 3_000_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    app.drain_relay().await;
+    crate::collection::billing_run(&app).await;
+
+    let received = receiver
+        .wait_until("the suspension", |r| {
+            types(r).iter().any(|t| t == "tenant.suspended")
+        })
+        .await;
+    let payloads: Vec<&Value> = received
+        .iter()
+        .filter(|r| r["status"] == 204)
+        .map(|r| &r["payload"])
+        .collect();
+    let of = |t: &str| -> Vec<&Value> {
+        payloads
+            .iter()
+            .copied()
+            .filter(|p| p["type"] == t)
+            .collect()
+    };
+    let created = of("invoice.created");
+    let invoice = created
+        .iter()
+        .find(|p| p["data"]["total"].as_i64().unwrap() > 0)
+        .expect("the invoice of the period");
+    let invoice_id = invoice["data"]["invoice_id"].as_str().unwrap();
+    let stored = crate::collection::stored_invoices(&app, tenant.id).await;
+    let ours = stored
+        .iter()
+        .find(|i| i.id.to_string() == invoice_id)
+        .unwrap();
+    assert_eq!(invoice["data"]["total"].as_i64().unwrap(), ours.total);
+    let failures = of("invoice.payment_failed");
+    let failures: Vec<&&Value> = failures
+        .iter()
+        .filter(|p| p["data"]["invoice_id"] == invoice_id)
+        .collect();
+    assert_eq!(failures.len(), 3, "the first charge and two retries");
+    assert_eq!(failures[0]["data"]["amount_due"], invoice["data"]["total"]);
+    assert!(failures[0]["data"]["next_retry_at"].is_string());
+    assert!(
+        failures
+            .iter()
+            .any(|p| p["data"]["next_retry_at"].is_null()),
+        "the last has no retry"
+    );
+    let retries = of("dunning.retry_scheduled");
+    let mut numbers: Vec<u64> = retries
+        .iter()
+        .map(|p| p["data"]["retry"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(of("tenant.suspended").len(), 1);
+}
+
+#[tokio::test]
+async fn an_erased_tenants_endpoints_hear_of_it_and_then_are_gone() {
+    let app = spawn("100ms").await;
+    let tenant = app.create_tenant("free").await;
+    let receiver = WebhookReceiver::start().await;
+    let listening = register(
+        &app,
+        &tenant,
+        &receiver,
+        json!(["tenant.erasure_completed"]),
+    )
+    .await;
+    let other = register(&app, &tenant, &receiver, json!(["api_key.created"])).await;
+    receiver
+        .use_secret(listening["secret"].as_str().unwrap())
+        .await;
+    let response = app
+        .post("/v1/tenant/erasure")
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let received = receiver
+        .wait_until("the erasure event", |r| !types(r).is_empty())
+        .await;
+    assert_eq!(types(&received), ["tenant.erasure_completed"]);
+    assert!(received[0]["payload"]["data"]["erased_at"].is_string());
+    // Then nothing of the tenant's webhooks is left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut tx = app.db.system_tx("test").await.unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1) \
+                  + (SELECT count(*) FROM webhook_events WHERE tenant_id = $1)",
+        )
+        .bind(tenant.id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} webhook rows left; other endpoint {}",
+            other["id"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn mail_goes_with_the_moments_a_tenant_chose() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("free").await;
+    let settings = app
+        .get_json(&tenant.api_key, "/v1/tenant/notifications")
+        .await;
+    assert_eq!(settings["email"]["quota_alert"], true);
+    let patch = |body: Value| {
+        app.client
+            .patch(app.url("/v1/tenant/notifications"))
+            .bearer_auth(&tenant.api_key)
+            .json(&body)
+            .send()
+    };
+    let refused = patch(json!({"email": {"welcome": false}})).await.unwrap();
+    assert_eq!(error_code(refused).await, "unknown_notification");
+    let changed: Value = patch(json!({"email": {"quota_alert": false}}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(changed["email"]["quota_alert"], false);
+    assert_eq!(changed["email"]["suspension"], true);
+
+    let usage = json!([{"id": "a", "metric": "queries", "value": 9_000}]);
+    assert_eq!(app.ingest(&tenant.api_key, usage).await.status(), 202);
+    let path = format!("/v1/admin/tenants/{}/transitions", tenant.id);
+    let response = app
+        .operator_post(&path, &json!({"to": "suspended", "reason": "test"}))
+        .await;
+    assert!(response.status().is_success());
+
+    let mut tx = app.db.system_tx("test").await.unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM notifications WHERE tenant_id = $1 ORDER BY created_at",
+    )
+    .bind(tenant.id.as_uuid())
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(kinds, ["suspension"], "the quota alert was turned off");
+}

@@ -21,7 +21,7 @@ pub const OWNERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("jobs", &["jobs"]),
-    ("outbox", &["notifications"]),
+    ("outbox", &["notifications", "notification_settings"]),
     (
         "webhooks",
         &["webhook_endpoints", "webhook_events", "webhook_deliveries"],

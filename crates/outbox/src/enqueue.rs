@@ -18,7 +18,25 @@ pub enum Kind {
     Winback,
     /// One of the tenant's webhook endpoints kept failing and was turned off.
     WebhookEndpointDisabled,
+    /// Usage crossed 80% or 100% of a quota.
+    QuotaAlert,
+    /// A payment failed (with when it is tried again).
+    PaymentFailed,
+    Suspension,
+    Reactivation,
+    /// An invoice was issued.
+    InvoiceAvailable,
 }
+
+/// The kinds a tenant may turn off; the others it always gets.
+pub const OPTIONAL_KINDS: &[Kind] = &[
+    Kind::QuotaAlert,
+    Kind::PaymentFailed,
+    Kind::Suspension,
+    Kind::Reactivation,
+    Kind::InvoiceAvailable,
+    Kind::Winback,
+];
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
@@ -26,6 +44,11 @@ impl Kind {
             Kind::EmailVerification => "email_verification",
             Kind::Winback => "winback",
             Kind::WebhookEndpointDisabled => "webhook_endpoint_disabled",
+            Kind::QuotaAlert => "quota_alert",
+            Kind::PaymentFailed => "payment_failed",
+            Kind::Suspension => "suspension",
+            Kind::Reactivation => "reactivation",
+            Kind::InvoiceAvailable => "invoice_available",
         }
     }
 }
@@ -43,14 +66,17 @@ pub struct NewMessage<'a> {
 }
 
 /// Writes `message` on `conn`, inside the caller's transaction; false when a message
-/// with its dedup key exists already.
+/// with its dedup key exists already, or the tenant turned its kind off.
 pub async fn enqueue(
     conn: &mut PgConnection,
     message: &NewMessage<'_>,
 ) -> Result<bool, StoreError> {
     let written = sqlx::query(
         "INSERT INTO notifications (id, tenant_id, kind, recipient, subject, body, dedup_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING",
+         SELECT $1, $2, $3, $4, $5, $6, $7 \
+         WHERE NOT EXISTS (SELECT 1 FROM notification_settings \
+                           WHERE tenant_id = $2 AND $3 = ANY (muted)) \
+         ON CONFLICT (dedup_key) DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(message.tenant.as_uuid())
@@ -101,13 +127,62 @@ pub async fn export_json(
     .await
 }
 
-/// Deletes every message to or about the tenant, sent or not. Rows deleted.
+/// Deletes every message to or about the tenant, sent or not, and its settings. Rows
+/// deleted.
 pub async fn erase(conn: &mut PgConnection, tenant: TenantId) -> Result<u64, StoreError> {
-    Ok(
-        sqlx::query("DELETE FROM notifications WHERE tenant_id = $1")
+    let mut erased = 0;
+    for table in ["notifications", "notification_settings"] {
+        erased += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE tenant_id = $1"
+        )))
+        .bind(tenant.as_uuid())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(erased)
+}
+
+/// The optional kinds the tenant turned off.
+pub async fn muted(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<Kind>, StoreError> {
+    let muted: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT muted FROM notification_settings WHERE tenant_id = $1")
             .bind(tenant.as_uuid())
-            .execute(conn)
-            .await?
-            .rows_affected(),
+            .fetch_optional(conn)
+            .await?;
+    let muted = muted.unwrap_or_default();
+    Ok(OPTIONAL_KINDS
+        .iter()
+        .copied()
+        .filter(|kind| muted.iter().any(|m| m == kind.as_str()))
+        .collect())
+}
+
+/// Turns each optional kind in `changes` on (`true`) or off.
+pub async fn set_muted(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    changes: &[(Kind, bool)],
+) -> Result<(), StoreError> {
+    let (mut mute, mut unmute) = (Vec::new(), Vec::new());
+    for (kind, wanted) in changes {
+        if *wanted {
+            unmute.push(kind.as_str());
+        } else {
+            mute.push(kind.as_str());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO notification_settings AS s (tenant_id, muted) \
+         VALUES ($1, ARRAY(SELECT DISTINCT unnest($2::text[]))) \
+         ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(), muted = ARRAY( \
+             SELECT DISTINCT m FROM unnest(s.muted || $2::text[]) AS m \
+             WHERE m <> ALL ($3::text[]))",
     )
+    .bind(tenant.as_uuid())
+    .bind(&mute)
+    .bind(&unmute)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use enqueue::{
-    Kind, MAX_CONFIRMATIONS_PER_DAY, NewMessage, enqueue, erase, export_json, may_send_confirmation,
+    Kind, MAX_CONFIRMATIONS_PER_DAY, NewMessage, OPTIONAL_KINDS, enqueue, erase, export_json,
+    may_send_confirmation, muted, set_muted,
 };
 
 /// Attempts before a message that keeps failing transiently is given up.

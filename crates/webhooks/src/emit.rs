@@ -1,7 +1,8 @@
 //! Writing an event, in the transaction of the change that caused it: the event, one
 //! delivery per enabled endpoint that subscribes to its type, and one job per delivery.
 //! A change that rolls back leaves none of them; one that commits is delivered even if
-//! the process dies the next moment.
+//! the process dies the next moment. The mail that goes with some events is written
+//! here too ([`crate::mail`]).
 
 use chrono::Utc;
 use db::StoreError;
@@ -62,6 +63,7 @@ pub async fn emit(
         )
         .await?;
     }
+    crate::mail::for_event(conn, &event).await?;
     metrics::counter!("webhook_events_total", "type" => type_name).increment(1);
     Ok(event.id)
 }

@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod erasure;
 pub mod events;
 pub mod log;
+mod mail;
 pub mod sender;
 pub mod signing;
 

@@ -9,6 +9,7 @@ mod email_verifications;
 mod erasure;
 pub(crate) mod health;
 mod invoices;
+mod notification_settings;
 mod plans;
 mod reactivation;
 mod signups;
@@ -87,4 +88,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(winback::router())
         .merge(webhooks::router())
         .merge(webhook_endpoints::router())
+        .merge(notification_settings::router())
 }
